@@ -1,0 +1,543 @@
+"""Index and read AVSBench S4, MS3 and AVSS exactly as distributed (and our synthetic copies of them).
+
+``index_videos`` turns a metadata CSV into ``VideoRecord``s (every path resolved through
+``avseg.data.layout``); ``AVSBenchDataset`` reads one video per item into a ``VideoSample`` and
+``collate_videos`` stacks samples into the one batch contract, ``avseg.types.AVBatch``.
+
+Video-level labels (the only supervision weak methods see):
+- S4: the category column.
+- MS3: the optional ``labels`` column (class names separated by ';', written by our synthetic generator);
+  the official MS3 CSV has no class information, so without that column every video gets the single
+  class ``sounding``.
+- AVSS: the union of the non-zero classes of the video's ``labels_semantic`` maps (exact, unlike the
+  free-text ``a_obj`` column, whose vocabulary differs from label2idx).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from avseg.data import layout as L
+from avseg.data.errors import DataError
+from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
+
+SOUNDING = "sounding"
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a subset and split; paths are absolute, frame numbers as on disk."""
+
+    video_id: str
+    split: str
+    category: str  # S4 category, "" for MS3, the AVSS label v1s/v1m/v2
+    frame_paths: tuple[Path, ...]
+    frame_numbers: tuple[int, ...]  # 1-based for S4/MS3, 0-based for AVSS
+    mask_paths: tuple[Path | None, ...]  # None: this frame has no ground truth in this split
+    audio_path: Path
+    pkl_path: Path | None
+    label_names: tuple[str, ...] | None  # from the metadata; None for AVSS (read from the maps)
+    rgb_paths: tuple[Path | None, ...] = ()  # AVSS palette maps
+
+
+@dataclass(frozen=True)
+class MetadataProblem:
+    path: str
+    problem: str
+
+
+def _check_name(value: str, what: str, path: Path, line: int) -> None:
+    """Ids become path components: refuse anything that could escape the dataset folder."""
+    p = PurePath(value)
+    if not value or value in (".", "..") or p.is_absolute() or "/" in value or "\\" in value or ".." in p.parts:
+        raise DataError(path, f"line {line}: {what} {value!r} is not a plain file name (refused: path traversal)")
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    if not path.is_file():
+        raise DataError(path, "metadata file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"unreadable metadata ({exc})") from exc
+    rows = [row for row in csv.reader(text.splitlines()) if row and any(c.strip() for c in row)]
+    if not rows:
+        raise DataError(path, "metadata file is empty")
+    return [[c.strip() for c in row] for row in rows]
+
+
+def read_metadata(root: Path, layout: str) -> list[dict[str, str]]:
+    """Parse a subset's metadata CSV into rows {video, split, category, labels, line}.
+
+    Raises DataError naming the CSV and line for missing columns, unknown split names, duplicate ids and
+    ids that are not plain file names (the first problem; ``scan_metadata`` lists them all).
+    """
+    rows, problems = scan_metadata(root, layout)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise DataError(problems[0].path, problems[0].problem + more)
+    return rows
+
+
+def scan_metadata(root: Path, layout: str) -> tuple[list[dict[str, str]], list[DataError]]:
+    """Like read_metadata, but returns the good rows and every problem instead of raising."""
+    root = Path(root)
+    if layout not in L.LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {L.LAYOUTS}")
+    path = L.metadata_path(root, layout)
+    try:
+        rows = _read_csv(path)
+    except DataError as exc:
+        return [], [exc]
+    problems: list[DataError] = []
+    out: list[dict[str, str]] = []
+
+    def bad(line: int, problem: str) -> None:
+        problems.append(DataError(path, f"line {line}: {problem}"))
+
+    if layout == "s4":
+        # Columns by position: name, start-second, category, split; a header row is optional.
+        start = 1 if rows[0][-1].lower() not in L.SPLITS or rows[0][0].lower() == "name" else 0
+        for i, row in enumerate(rows[start:], start=start + 1):
+            if len(row) < 4:
+                bad(i, f"expected 4 columns (name, start, category, split), found {len(row)}")
+                continue
+            out.append({"video": row[0], "category": row[2], "split": row[3], "labels": row[2], "line": str(i)})
+    elif layout == "ms3":
+        header = [h.lower() for h in rows[0]]
+        if "split" not in header:
+            return [], [DataError(path, f"line 1: header has no 'split' column (found {rows[0]})")]
+        split_col = header.index("split")
+        label_col = header.index("labels") if "labels" in header else None
+        for i, row in enumerate(rows[1:], start=2):
+            if len(row) <= max(split_col, label_col or 0):
+                bad(i, f"expected {len(header)} columns, found {len(row)}")
+                continue
+            labels = row[label_col] if label_col is not None else ""
+            out.append({"video": row[0], "category": "", "split": row[split_col], "labels": labels, "line": str(i)})
+    else:
+        header = [h.lower() for h in rows[0]]
+        if len(header) < 7:
+            return [], [DataError(path, f"line 1: expected 7 columns (vid, uid, s_min, s_sec, a_obj, split, label), found {len(header)}")]
+        for i, row in enumerate(rows[1:], start=2):
+            if len(row) < 7:
+                bad(i, f"expected 7 columns, found {len(row)}")
+                continue
+            if row[6] not in L.AVSS_LABELS:
+                bad(i, f"label {row[6]!r} is not one of {L.AVSS_LABELS}")
+                continue
+            out.append({"video": row[1], "category": row[6], "split": row[5], "labels": "", "line": str(i)})
+    good: list[dict[str, str]] = []
+    seen: dict[str, str] = {}
+    for r in out:
+        line = int(r["line"])
+        if r["split"] not in L.SPLITS:
+            bad(line, f"unknown split {r['split']!r} (expected one of {L.SPLITS})")
+            continue
+        try:
+            _check_name(r["video"], "video id", path, line)
+            if r["category"]:
+                _check_name(r["category"], "category", path, line)
+        except DataError as exc:
+            problems.append(exc)
+            continue
+        if r["video"] in seen:
+            bad(line, f"duplicate video id {r['video']!r} (first on line {seen[r['video']]})")
+            continue
+        seen[r["video"]] = r["line"]
+        good.append(r)
+    return good, problems
+
+
+def class_names(root: Path, layout: str) -> list[str]:
+    """The label vocabulary, index = position in the video-level label vector.
+
+    S4: the official 23 categories in official order when every category is one of them, else the sorted
+    categories of the CSV (synthetic or custom data). MS3: sorted names of the ``labels`` column, or
+    ``["sounding"]``. AVSS: label2idx.json without background (class id c -> label index c - 1).
+    """
+    root = Path(root)
+    if layout == "avss":
+        return avss_classes(root)[1:]
+    rows = read_metadata(root, layout)
+    if layout == "s4":
+        cats = sorted({r["category"] for r in rows})
+        if set(cats) <= set(L.S4_CATEGORIES):
+            return list(L.S4_CATEGORIES)
+        return cats
+    names = sorted({n.strip() for r in rows for n in r["labels"].split(";") if n.strip()})
+    return names or [SOUNDING]
+
+
+def avss_classes(root: Path) -> list[str]:
+    """All AVSS class names by class index (0 = background) from label2idx.json."""
+    path = L.label2idx_path(Path(root))
+    if not path.is_file():
+        raise DataError(path, "label2idx.json not found")
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"malformed JSON ({exc})") from exc
+    if not isinstance(mapping, dict) or not mapping:
+        raise DataError(path, "expected a non-empty JSON object {class name: index}")
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in mapping.items()):
+        raise DataError(path, "every entry must map a class name (string) to an integer index")
+    indices = sorted(mapping.values())
+    if indices != list(range(len(mapping))):
+        raise DataError(path, f"class indices must be 0..{len(mapping) - 1} without gaps or repeats")
+    names = [""] * len(mapping)
+    for name, idx in mapping.items():
+        names[idx] = name
+    return names
+
+
+def index_videos(root: Path, layout: str, split: str, rows: list[dict[str, str]] | None = None) -> list[VideoRecord]:
+    """Every video of ``split`` in metadata order, with all paths resolved (files are not opened).
+
+    ``rows``: already parsed metadata rows (``scan_metadata``); read from the CSV when None.
+    """
+    root = Path(root)
+    if split not in L.SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {L.SPLITS}")
+    records = []
+    for r in read_metadata(root, layout) if rows is None else rows:
+        if r["split"] != split:
+            continue
+        vid, cat = r["video"], r["category"]
+        if layout == "s4":
+            ks = tuple(range(1, 6))
+            has = set(L.s4_mask_frames(split))
+            records.append(VideoRecord(
+                video_id=vid, split=split, category=cat,
+                frame_paths=tuple(L.s4_frame(root, split, cat, vid, k) for k in ks), frame_numbers=ks,
+                mask_paths=tuple(L.s4_mask(root, split, cat, vid, k) if k in has else None for k in ks),
+                audio_path=L.s4_wav(root, split, cat, vid), pkl_path=L.s4_pkl(root, split, cat, vid),
+                label_names=(cat,),
+            ))  # fmt: skip
+        elif layout == "ms3":
+            ks = tuple(range(1, 6))
+            names = tuple(n.strip() for n in r["labels"].split(";") if n.strip()) or (SOUNDING,)
+            records.append(VideoRecord(
+                video_id=vid, split=split, category="",
+                frame_paths=tuple(L.ms3_frame(root, vid, k) for k in ks), frame_numbers=ks,
+                mask_paths=tuple(L.ms3_mask(root, split, vid, k) for k in ks),
+                audio_path=L.ms3_wav(root, split, vid), pkl_path=L.ms3_pkl(root, split, vid),
+                label_names=names,
+            ))  # fmt: skip
+        else:
+            ks = tuple(range(L.FRAMES_PER_VIDEO[cat]))
+            has = set(L.avss_mask_frames(cat, split))
+            records.append(VideoRecord(
+                video_id=vid, split=split, category=cat,
+                frame_paths=tuple(L.avss_frame(root, cat, vid, i) for i in ks), frame_numbers=ks,
+                mask_paths=tuple(L.avss_semantic(root, cat, vid, i) if i in has else None for i in ks),
+                audio_path=L.avss_wav(root, cat, vid), pkl_path=None, label_names=None,
+                rgb_paths=tuple(L.avss_rgb(root, cat, vid, i) if i in has else None for i in ks),
+            ))  # fmt: skip
+    return records
+
+
+# --- file readers ------------------------------------------------------------------------------------
+def _open_image(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(path, f"{what} not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, f"{what} is 0 bytes")
+    try:
+        img = Image.open(path)
+        img.load()  # decode now: truncated files fail here, not later inside a transform
+    except Exception as exc:
+        raise DataError(path, f"{what} is not a readable image ({type(exc).__name__}: {exc})") from exc
+    return img
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
+    img = _open_image(Path(path), "frame")
+    return np.asarray(img.convert("RGB"))
+
+
+def read_mask(path: Path, layout: str, num_classes: int | None = None) -> np.ndarray:
+    """Ground-truth mask as (H, W) int64: binary 0/1 for s4/ms3 (``!= 0``, grey or palette files),
+    class ids for avss (raw palette indices or grey values, checked against ``num_classes``)."""
+    path = Path(path)
+    img = _open_image(path, "mask")
+    if layout == "avss":
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise DataError(path, f"semantic map must be a single-channel class-index PNG, found mode {img.mode}")
+        arr = np.asarray(img).astype(np.int64)
+        if num_classes is not None and arr.size and int(arr.max()) >= num_classes:
+            raise DataError(path, f"class index {int(arr.max())} out of range (label2idx has {num_classes} classes)")
+        return arr
+    if img.mode in ("L", "P", "1", "I", "I;16"):
+        arr = np.asarray(img)
+    else:  # RGB(A) masks: any non-black pixel is foreground
+        arr = np.asarray(img.convert("RGB")).max(axis=2)
+    return (arr != 0).astype(np.int64)
+
+
+def read_probability_png(path: Path) -> np.ndarray:
+    """(H, W) float32 in [0, 1] from an 8-bit grey PNG holding probability x 255."""
+    img = _open_image(Path(path), "probability map")
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+# --- dataset -----------------------------------------------------------------------------------------
+@dataclass
+class VideoSample:
+    """One video, before batching; shapes as AVBatch without the leading B."""
+
+    frames: torch.Tensor  # (T, 3, H, W)
+    audio: torch.Tensor | None  # (T, 1, F, W_a)
+    waveform: torch.Tensor | None  # (T, S)
+    masks: torch.Tensor  # (T, H, W) int64
+    has_mask: torch.Tensor  # (T,) bool
+    valid: torch.Tensor  # (T,) bool
+    labels: torch.Tensor  # (K,) float32
+    video_id: str
+    frame_ids: list[int]
+    pseudo_masks: torch.Tensor | None = None  # (T, H, W) float32
+    has_pseudo: torch.Tensor | None = None  # (T,) bool
+
+
+def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    img = Image.fromarray(arr)
+    return np.asarray(img.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+class AVSBenchDataset(Dataset):
+    """One item per video of an AVSBench-layout subset and split.
+
+    Args:
+        root: the subset folder (the one holding the metadata CSV).
+        layout: "s4", "ms3" or "avss".
+        split: "train", "val" or "test".
+        image_size: frames and masks are resized to image_size x image_size (AVSBench frames are
+            224x224 already; AVSS frames are full resolution).
+        audio_frontend: a name of ``avseg.audio.FRONTENDS`` computing per-frame features from the wav, or
+            "pkl" to read the official VGGish features through the tensor-only unpickler, or None.
+        audio_window: "centred" (each frame gets the window centred on its second, looped if short) or
+            "clip" (every frame gets the whole clip, as the official WS-AVS code).
+        return_waveform: also return each frame's waveform window at ``waveform_rate``.
+        pad_to: pad videos with fewer frames to this many (AVSS 5 -> 10); padding has valid=False.
+        augment: training augmentation: resize to image_size*246/224, random crop, horizontal flip,
+            applied identically to frames, masks and pseudo masks of a video (the official WS-AVS code
+            crops frames but not pseudo masks; we keep them aligned).
+        pseudo_dir: folder of pseudo masks (grey PNG = probability x 255) at ``layout.prediction_relpath``.
+        seed: augmentation randomness derives from (seed, epoch, index), so it is reproducible with any
+            number of workers and after a resume.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        layout: str,
+        split: str,
+        image_size: int = 224,
+        audio_frontend: str | None = "wsavs-logmel",
+        audio_window: str = "centred",
+        return_waveform: bool = False,
+        waveform_rate: int = 16000,
+        pad_to: int | None = None,
+        augment: bool = False,
+        pseudo_dir: Path | None = None,
+        seed: int = 0,
+        max_videos: int | None = None,
+    ) -> None:
+        if audio_window not in ("centred", "clip"):
+            raise ValueError(f"audio_window must be 'centred' or 'clip', got {audio_window!r}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {image_size}")
+        self.root = Path(root)
+        self.layout = layout
+        self.split = split
+        self.image_size = image_size
+        self.audio_frontend = audio_frontend
+        self.audio_window = audio_window
+        self.return_waveform = return_waveform
+        self.waveform_rate = waveform_rate
+        self.augment = augment
+        self.pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
+        self.seed = seed
+        self.epoch = 0
+        self.records = index_videos(self.root, layout, split)
+        if max_videos is not None:
+            self.records = self.records[:max_videos]
+        if not self.records:
+            raise DataError(L.metadata_path(self.root, layout), f"no videos in split {split!r}")
+        self.classes = class_names(self.root, layout)
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
+        self.num_semantic_classes = len(self.classes) + 1 if layout == "avss" else 2
+        self.num_frames = max(len(r.frame_paths) for r in self.records)
+        self.pad_to = max(pad_to or 0, self.num_frames) if layout == "avss" else self.num_frames
+        if audio_frontend not in (None, "pkl"):
+            from avseg.audio import FRONTENDS
+
+            if audio_frontend not in FRONTENDS:
+                raise ValueError(f"unknown audio front-end {audio_frontend!r}; expected one of {sorted(FRONTENDS)} or 'pkl'")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def pseudo_path(self, record: VideoRecord, k: int) -> Path:
+        assert self.pseudo_dir is not None
+        return self.pseudo_dir / L.prediction_relpath(self.layout, record.split, record.category, record.video_id, k)
+
+    def _labels(self, record: VideoRecord, masks: list[np.ndarray | None]) -> torch.Tensor:
+        labels = torch.zeros(self.num_classes, dtype=torch.float32)
+        if record.label_names is not None:
+            for name in record.label_names:
+                if name not in self._class_index:
+                    raise DataError(L.metadata_path(self.root, self.layout), f"video {record.video_id}: unknown class {name!r}")
+                labels[self._class_index[name]] = 1.0
+        else:  # AVSS: union of the semantic maps' foreground classes
+            for m in masks:
+                if m is not None:
+                    for c in np.unique(m):
+                        if c > 0:
+                            labels[int(c) - 1] = 1.0
+        return labels
+
+    def _audio(self, record: VideoRecord, t: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.audio_frontend is None and not self.return_waveform:
+            return None, None
+        if self.audio_frontend == "pkl":
+            if record.pkl_path is None:
+                raise DataError(record.audio_path, "this layout ships no .pkl features; use a wav front-end")
+            from avseg.data.safe_pickle import load_tensor_pickle
+
+            feats = load_tensor_pickle(record.pkl_path).float()
+            if feats.dim() != 4 or feats.shape[1:] != (1, 96, 64):
+                raise DataError(record.pkl_path, f"expected a [T, 1, 96, 64] tensor, found {list(feats.shape)}")
+            audio = feats[:t]
+            if audio.shape[0] < t:
+                audio = torch.cat([audio, audio[-1:].expand(t - audio.shape[0], -1, -1, -1)])
+            waveform = None
+            if self.return_waveform:
+                waveform = self._waveforms(record, t)
+            return audio, waveform
+        from avseg.audio import FRONTENDS, compute_features, frame_windows, load_audio
+
+        audio = None
+        if self.audio_frontend is not None:
+            spec = FRONTENDS[self.audio_frontend]
+            wave, sr = load_audio(record.audio_path, spec.sample_rate)
+            audio = compute_features(self.audio_frontend, wave, sr, t, mode=self.audio_window)
+        waveform = self._waveforms(record, t) if self.return_waveform else None
+        return audio, waveform
+
+    def _waveforms(self, record: VideoRecord, t: int) -> torch.Tensor:
+        from avseg.audio import frame_windows, load_audio
+
+        wave, sr = load_audio(record.audio_path, self.waveform_rate)
+        return frame_windows(torch.from_numpy(wave), sr, t, mode=self.audio_window)
+
+    def __getitem__(self, index: int) -> VideoSample:
+        record = self.records[index]
+        t = len(record.frame_paths)
+        size = self.image_size
+        num_sem = self.num_semantic_classes if self.layout == "avss" else None
+        frames = [read_frame(p) for p in record.frame_paths]
+        shapes = {f.shape[:2] for f in frames}
+        if len(shapes) > 1:
+            raise DataError(record.frame_paths[0].parent, f"frames of video {record.video_id} differ in size: {sorted(shapes)}")
+        masks_raw = [read_mask(p, self.layout, num_sem) if p is not None else None for p in record.mask_paths]
+        for p, m in zip(record.mask_paths, masks_raw):
+            if m is not None and m.shape != frames[0].shape[:2]:
+                raise DataError(p, f"mask is {m.shape[1]}x{m.shape[0]} but its frame is {frames[0].shape[1]}x{frames[0].shape[0]}")
+        pseudo_raw: list[np.ndarray] | None = None
+        if self.pseudo_dir is not None:
+            pseudo_raw = [read_probability_png(self.pseudo_path(record, k)) for k in record.frame_numbers]
+        labels = self._labels(record, masks_raw)
+        audio, waveform = self._audio(record, t)
+
+        # Resize (and augment) frames, masks and pseudo masks with one geometry per video.
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            big = int(round(size * 246 / 224))
+            y0, x0 = (int(v) for v in rng.integers(0, big - size + 1, size=2))
+            flip = bool(rng.random() < 0.5)
+        else:
+            big, y0, x0, flip = size, 0, 0, False
+
+        def geom(arr: np.ndarray, nearest: bool) -> np.ndarray:
+            out = _resize(arr, big, nearest)[y0 : y0 + size, x0 : x0 + size]
+            return out[:, ::-1] if flip else out
+
+        frames_t = torch.from_numpy(np.stack([geom(f, False) for f in frames]).copy()).permute(0, 3, 1, 2)
+        frames_t = frames_t.float().div_(255.0)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        frames_t = (frames_t - mean) / std  # (T, 3, H, W)
+        masks = torch.zeros(t, size, size, dtype=torch.int64)
+        has_mask = torch.zeros(t, dtype=torch.bool)
+        for i, m in enumerate(masks_raw):
+            if m is not None:
+                masks[i] = torch.from_numpy(geom(m.astype(np.uint8), True).astype(np.int64))
+                has_mask[i] = True
+        pseudo = has_pseudo = None
+        if pseudo_raw is not None:
+            pseudo = torch.from_numpy(np.stack([geom((p * 255).astype(np.uint8), False) for p in pseudo_raw]).astype(np.float32) / 255.0)
+            has_pseudo = torch.ones(t, dtype=torch.bool)
+        sample = VideoSample(
+            frames=frames_t, audio=audio, waveform=waveform, masks=masks, has_mask=has_mask,
+            valid=torch.ones(t, dtype=torch.bool), labels=labels, video_id=record.video_id,
+            frame_ids=list(record.frame_numbers), pseudo_masks=pseudo, has_pseudo=has_pseudo,
+        )  # fmt: skip
+        return _pad(sample, self.pad_to)
+
+
+def _pad(sample: VideoSample, t_out: int) -> VideoSample:
+    """Pad a video to t_out frames with zero frames flagged valid=False, has_mask=False."""
+    t = sample.frames.shape[0]
+    if t >= t_out:
+        return sample
+    n = t_out - t
+
+    def pad(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        return torch.cat([x, x.new_zeros((n, *x.shape[1:]))])
+
+    return VideoSample(
+        frames=pad(sample.frames), audio=pad(sample.audio), waveform=pad(sample.waveform), masks=pad(sample.masks),
+        has_mask=pad(sample.has_mask), valid=pad(sample.valid), labels=sample.labels, video_id=sample.video_id,
+        frame_ids=sample.frame_ids + [-1] * n, pseudo_masks=pad(sample.pseudo_masks), has_pseudo=pad(sample.has_pseudo),
+    )  # fmt: skip
+
+
+def collate_videos(samples: list[VideoSample]) -> AVBatch:
+    """Stack VideoSamples into an AVBatch (all videos of a batch must have the same T; AVSS pads)."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    ts = {s.frames.shape[0] for s in samples}
+    if len(ts) > 1:
+        raise ValueError(f"videos in one batch have different frame counts {sorted(ts)}; set pad_to")
+
+    def stack(name: str) -> torch.Tensor | None:
+        values = [getattr(s, name) for s in samples]
+        if any(v is None for v in values):
+            return None
+        return torch.stack(values)
+
+    return AVBatch(
+        frames=stack("frames"), audio=stack("audio"), waveform=stack("waveform"), masks=stack("masks"),
+        has_mask=stack("has_mask"), valid=stack("valid"), labels=stack("labels"),
+        video_ids=[s.video_id for s in samples], frame_ids=[s.frame_ids for s in samples],
+        pseudo_masks=stack("pseudo_masks"), has_pseudo=stack("has_pseudo"),
+    )  # fmt: skip

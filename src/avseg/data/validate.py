@@ -1,0 +1,126 @@
+"""``avseg data validate``: check a dataset in an AVSBench layout and list every problem in one pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from avseg.data import layout as L
+from avseg.data.avsbench import VideoRecord, avss_classes, index_videos, read_frame, read_mask, scan_metadata
+from avseg.data.errors import DataError
+
+
+def _check_audio(path: Path) -> str | None:
+    """None when the file decodes to finite, non-empty audio; else the problem."""
+    if not path.is_file():
+        return "audio file not found"
+    if path.stat().st_size == 0:
+        return "audio file is 0 bytes"
+    try:
+        wave, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        return f"audio is not readable ({type(exc).__name__}: {exc})"
+    if wave.shape[0] == 0:
+        return "audio has no samples"
+    if not np.isfinite(wave).all():
+        return "audio holds NaN or Inf samples"
+    return None
+
+
+def _check_video(record: VideoRecord, layout: str, num_classes: int | None) -> tuple[list[dict], int, int, list[dict]]:
+    """Returns (problems, frames ok, masks ok, warnings) for one video."""
+    problems: list[dict] = []
+    warnings: list[dict] = []
+    size: tuple[int, int] | None = None
+    n_frames = n_masks = 0
+    for path in record.frame_paths:
+        try:
+            shape = read_frame(path).shape[:2]
+        except DataError as exc:
+            problems.append({"path": exc.path, "problem": exc.problem})
+            continue
+        n_frames += 1
+        if size is None:
+            size = shape
+        elif shape != size:
+            problems.append({"path": str(path), "problem": f"frame is {shape[1]}x{shape[0]}, other frames of the video are {size[1]}x{size[0]}"})
+    for path in record.mask_paths:
+        if path is None:
+            continue
+        try:
+            mask = read_mask(path, layout, num_classes)
+        except DataError as exc:
+            problems.append({"path": exc.path, "problem": exc.problem})
+            continue
+        if size is not None and mask.shape != size:
+            problems.append({"path": str(path), "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, its frames are {size[1]}x{size[0]}"})
+            continue
+        if layout != "avss":
+            from PIL import Image
+
+            with Image.open(path) as img:
+                if img.mode == "L":
+                    values = set(np.unique(np.asarray(img)).tolist())
+                    if not values <= {0, 1, 255}:
+                        warnings.append({"path": str(path), "problem": f"grey mask holds values other than 0/255 ({len(values)} distinct); binarised with != 0"})
+        n_masks += 1
+    problem = _check_audio(record.audio_path)
+    if problem:
+        problems.append({"path": str(record.audio_path), "problem": problem})
+    return problems, n_frames, n_masks, warnings
+
+
+def validate_dataset(root: Path, layout: str) -> dict:
+    """Validate every split of a dataset.
+
+    Returns:
+        {"layout", "root", "splits": {split: {"videos", "frames", "masks"}}, "problems": [{"path",
+        "problem"}], "warnings": [...]}: counts are of files that exist and decode; every missing or
+        unreadable file is a problem naming its path.
+    """
+    root = Path(root)
+    report: dict = {"layout": layout, "root": str(root), "splits": {}, "problems": [], "warnings": []}
+    if not root.is_dir():
+        report["problems"].append({"path": str(root), "problem": "dataset folder not found"})
+        return report
+    rows, meta_problems = scan_metadata(root, layout)
+    report["problems"].extend({"path": p.path, "problem": p.problem} for p in meta_problems)
+    num_classes = None
+    if layout == "avss":
+        try:
+            num_classes = len(avss_classes(root))
+        except DataError as exc:
+            report["problems"].append({"path": exc.path, "problem": exc.problem})
+    if not rows:
+        return report
+    for split in L.SPLITS:
+        records = index_videos(root, layout, split, rows=rows)  # only the rows that parsed
+        counts = {"videos": len(records), "frames": 0, "masks": 0}
+        for record in records:
+            problems, n_frames, n_masks, warnings = _check_video(record, layout, num_classes)
+            report["problems"].extend(problems)
+            report["warnings"].extend(warnings)
+            counts["frames"] += n_frames
+            counts["masks"] += n_masks
+        report["splits"][split] = counts
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Human-readable summary: counts table, then every problem."""
+    lines = [f"{report['layout']} dataset at {report['root']}"]
+    lines.append(f"{'split':<8}{'videos':>8}{'frames':>8}{'masks':>8}")
+    for split, c in report["splits"].items():
+        lines.append(f"{split:<8}{c['videos']:>8}{c['frames']:>8}{c['masks']:>8}")
+    for w in report.get("warnings", [])[:20]:
+        lines.append(f"warning: {w['path']}: {w['problem']}")
+    if len(report.get("warnings", [])) > 20:
+        lines.append(f"... and {len(report['warnings']) - 20} more warnings")
+    if report["problems"]:
+        lines.append(f"{len(report['problems'])} problem(s):")
+        lines.extend(f"  {p['path']}: {p['problem']}" for p in report["problems"])
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests share two cores with everything else: one intra-op thread keeps them predictable.
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def media_dir() -> Path | None:
+    """The shared real-media folder (../shared/media beside the checkout, or $AVSEG_MEDIA)."""
+    env = os.environ.get("AVSEG_MEDIA")
+    path = Path(env) if env else REPO.parent / "shared" / "media"
+    return path if (path / "classes.txt").is_file() else None
+
+
+@pytest.fixture
+def media() -> Path:
+    path = media_dir()
+    if path is None:
+        pytest.skip("real media folder ../shared/media not present")
+    return path
+
+
+@pytest.fixture
+def fake_s4(tmp_path: Path) -> Path:
+    from fakes import write_fake_s4
+
+    return write_fake_s4(tmp_path / "Single-source")
+
+
+@pytest.fixture
+def fake_ms3(tmp_path: Path) -> Path:
+    from fakes import write_fake_ms3
+
+    return write_fake_ms3(tmp_path / "Multi-sources")
+
+
+@pytest.fixture
+def fake_avss(tmp_path: Path) -> Path:
+    from fakes import write_fake_avss
+
+    return write_fake_avss(tmp_path / "AVSS")
