@@ -213,3 +213,14 @@ def test_safe_pickle_refuses_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(DataError, match="expected a pickled tensor"):
         load_tensor_pickle(tmp_path / "list.pkl")
+
+
+def test_sample_frames(fake_s4: Path) -> None:
+    ds = AVSBenchDataset(fake_s4, "s4", "test", image_size=16, audio_frontend=None, sample_frames=2, augment=True)
+    s = ds[0]
+    assert s.frames.shape[0] == 2 and len(s.frame_ids) == 2 and s.frame_ids[0] < s.frame_ids[1]
+    full = AVSBenchDataset(fake_s4, "s4", "test", image_size=16, audio_frontend=None, augment=True)[0]
+    i = s.frame_ids[0] - 1
+    assert torch.equal(s.frames[0], full.frames[i])  # same geometry as the full video
+    with pytest.raises(ValueError, match="sample_frames"):
+        AVSBenchDataset(fake_s4, "s4", "test", audio_frontend=None, sample_frames=6)

@@ -334,6 +334,10 @@ class AVSBenchDataset(Dataset):
         pseudo_dir: folder of pseudo masks (grey PNG = probability x 255) at ``layout.prediction_relpath``.
         seed: augmentation randomness derives from (seed, epoch, index), so it is reproducible with any
             number of workers and after a resume.
+        sample_frames: when set, each item keeps this many of the video's frames, drawn at random (from
+            the same (seed, epoch, index) stream) in ascending order: the per-frame sampling of the
+            official training code, with T = sample_frames in the batch.
+        max_videos: keep only the first videos of the split (quick runs, previews).
     """
 
     def __init__(
@@ -350,6 +354,7 @@ class AVSBenchDataset(Dataset):
         augment: bool = False,
         pseudo_dir: Path | None = None,
         seed: int = 0,
+        sample_frames: int | None = None,
         max_videos: int | None = None,
     ) -> None:
         if audio_window not in ("centred", "clip"):
@@ -367,6 +372,7 @@ class AVSBenchDataset(Dataset):
         self.augment = augment
         self.pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
         self.seed = seed
+        self.sample_frames = sample_frames
         self.epoch = 0
         self.records = index_videos(self.root, layout, split)
         if max_videos is not None:
@@ -378,6 +384,11 @@ class AVSBenchDataset(Dataset):
         self.num_semantic_classes = len(self.classes) + 1 if layout == "avss" else 2
         self.num_frames = max(len(r.frame_paths) for r in self.records)
         self.pad_to = max(pad_to or 0, self.num_frames) if layout == "avss" else self.num_frames
+        if sample_frames is not None:
+            shortest = min(len(r.frame_paths) for r in self.records)
+            if not 1 <= sample_frames <= shortest:
+                raise ValueError(f"sample_frames must be in 1..{shortest} (frames of the shortest video), got {sample_frames}")
+            self.pad_to = sample_frames
         if audio_frontend not in (None, "pkl"):
             from avseg.audio import FRONTENDS
 
@@ -499,7 +510,24 @@ class AVSBenchDataset(Dataset):
             valid=torch.ones(t, dtype=torch.bool), labels=labels, video_id=record.video_id,
             frame_ids=list(record.frame_numbers), pseudo_masks=pseudo, has_pseudo=has_pseudo,
         )  # fmt: skip
+        if self.sample_frames is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            keep = np.sort(rng.choice(t, size=self.sample_frames, replace=False))
+            sample = _select(sample, keep.tolist())
         return _pad(sample, self.pad_to)
+
+
+def _select(sample: VideoSample, keep: list[int]) -> VideoSample:
+    """Keep the frames at positions ``keep``."""
+
+    def sel(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[keep]
+
+    return VideoSample(
+        frames=sel(sample.frames), audio=sel(sample.audio), waveform=sel(sample.waveform), masks=sel(sample.masks),
+        has_mask=sel(sample.has_mask), valid=sel(sample.valid), labels=sample.labels, video_id=sample.video_id,
+        frame_ids=[sample.frame_ids[i] for i in keep], pseudo_masks=sel(sample.pseudo_masks), has_pseudo=sel(sample.has_pseudo),
+    )  # fmt: skip
 
 
 def _pad(sample: VideoSample, t_out: int) -> VideoSample:

@@ -1,0 +1,33 @@
+"""Audio decoding and front-ends (log-mel, log-STFT, VGGish examples), pure torch."""
+
+from __future__ import annotations
+
+from avseg.audio.frontends import (
+    FRONTENDS,
+    AudioError,
+    FrontendSpec,
+    compute_features,
+    decode_audio_stream,
+    feature_shape,
+    frame_windows,
+    load_audio,
+    log_mel,
+    log_stft,
+    resample,
+    vggish_examples,
+)
+
+__all__ = [
+    "FRONTENDS",
+    "AudioError",
+    "FrontendSpec",
+    "compute_features",
+    "decode_audio_stream",
+    "feature_shape",
+    "frame_windows",
+    "load_audio",
+    "log_mel",
+    "log_stft",
+    "resample",
+    "vggish_examples",
+]
