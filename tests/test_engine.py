@@ -1,0 +1,329 @@
+"""The training engine on a toy AVBatch task: learning, exact resume, SIGKILL, NaN, checkpoints, run folders."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from avseg.engine import (
+    NonFiniteLossError,
+    TrainSettings,
+    fit,
+    load_model_weights,
+    prepare_run_dir,
+    read_jsonl,
+    read_metadata,
+    save_model_weights,
+    setup_logging,
+)
+from avseg.engine.checkpoint import STATE, atomic_path, load_training_state
+from avseg.engine.distributed import EpochSampler
+from avseg.engine.tracking import git_revision
+from avseg.engine.trainer import lr_factor
+
+SCRIPT = Path(__file__).with_name("ddp_script.py")
+
+
+def _load_toy():
+    spec = importlib.util.spec_from_file_location("avseg_toy_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+toy = _load_toy()
+
+
+def settings(**kw) -> TrainSettings:
+    base = dict(epochs=3, lr=0.05, batch_size=4, optimizer="adamw", schedule="cosine", warmup_steps=2,
+                grad_clip=1.0, seed=0, device="cpu", log_every=1, progress="off")
+    return TrainSettings(**{**base, **kw})
+
+
+def model(seed: int = 0, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    return toy.ToyModel(**kw)
+
+
+def rng_eating_eval(m: nn.Module) -> dict[str, float]:
+    """Accuracy on the clean toy set; also draws from every global RNG, which must not leak into training."""
+    random.random(), np.random.rand(), torch.rand(3)
+    batch = toy.collate([toy.ToyAV()[i] for i in range(16)])
+    with torch.no_grad():
+        acc = ((m(batch)["logits"] > 0).float() == batch.labels).float().mean().item()
+    return {"acc": acc, "neg_acc": -acc}
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path))
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs"
+
+
+def train_records(out: Path) -> list[tuple]:
+    return [(r["step"], r["epoch"], r["lr"], r["loss"], r["bce"])
+            for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_toy_training_learns_and_writes_run_files(tmp_path: Path):
+    data = toy.ToyAV(noise=0.05)
+    out = tmp_path / "run"
+    result = fit(model(), data, settings(epochs=6), out, collate_fn=toy.collate, evaluate=rng_eating_eval,
+                 best_key="acc", desc="toy")
+    records = read_jsonl(out / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, 25))
+    assert np.mean([r["loss"] for r in train[-4:]]) < 0.6 * np.mean([r["loss"] for r in train[:4]])
+    assert {"step", "epoch", "lr", "loss", "bce", "time", "sec_per_step"} <= set(train[0])
+    assert [r["epoch"] for r in evals] == [1, 2, 3, 4, 5, 6] and "acc" in evals[0]
+    assert data.epochs_seen == [0, 1, 2, 3, 4, 5]
+    assert result.steps == 24 and result.metrics["acc"] == evals[-1]["acc"]
+    assert result.best == max(r["acc"] for r in evals) and result.train_loss is not None
+    for name in ("last.safetensors", "last.json", "best.safetensors", "best.json", STATE):
+        assert (out / name).is_file(), name
+    assert result.last_checkpoint == out / "last.safetensors" and result.best_checkpoint == out / "best.safetensors"
+    assert read_metadata(out / "best.safetensors")["best_key"] == "acc"
+    fresh = model(seed=5)
+    meta = load_model_weights(fresh, out / "last.safetensors")
+    assert meta["step"] == 24 and meta["desc"] == "toy"
+    assert rng_eating_eval(fresh)["acc"] == result.metrics["acc"]
+
+
+@pytest.mark.parametrize("interruption", ["max_steps", "crash"])
+def test_resume_is_bit_exact(tmp_path: Path, interruption: str):
+    kw = dict(collate_fn=toy.collate, evaluate=rng_eating_eval, best_key="acc", desc="toy")
+    full = fit(model(dropout=0.2), toy.ToyAV(noise=0.05), settings(), tmp_path / "a", **kw)
+
+    b = tmp_path / "b"
+    if interruption == "max_steps":  # stop mid-epoch 2 (4 steps per epoch)
+        part = fit(model(dropout=0.2), toy.ToyAV(noise=0.05), settings(max_steps=6), b, **kw)
+        assert part.steps == 6
+    else:  # forward call 7 raises; the step checkpoint of step 6 is the resume point
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            fit(model(dropout=0.2, crash_at_call=7), toy.ToyAV(noise=0.05), settings(checkpoint_every_steps=3), b, **kw)
+    state = load_training_state(b / STATE)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 2)
+
+    # A different initialisation proves the weights come from the checkpoint.
+    resumed = fit(model(seed=99, dropout=0.2), toy.ToyAV(noise=0.05), settings(), b, resume=True, **kw)
+    assert resumed.steps == 12 and resumed.metrics == full.metrics
+    if interruption == "crash":  # (max_steps adds an evaluation at step 6, which may be the best)
+        assert resumed.best == full.best
+    assert_identical(tmp_path / "a" / "last.safetensors", b / "last.safetensors")
+    assert train_records(tmp_path / "a") == train_records(b)  # also: lines after the checkpoint were dropped
+
+    # Resuming a finished run does nothing; starting over in a used folder is refused.
+    before = sha(b / "last.safetensors")
+    again = fit(model(), toy.ToyAV(noise=0.05), settings(), b, resume=True, **kw)
+    assert again.steps == 12 and again.train_loss is None and sha(b / "last.safetensors") == before
+    with pytest.raises(FileExistsError, match="resume=True"):
+        fit(model(), toy.ToyAV(), settings(), b, collate_fn=toy.collate)
+
+
+def test_resume_after_sigkill(tmp_path: Path):
+    """A real training process killed with SIGKILL mid-epoch resumes to the same final weights."""
+    run = tmp_path / "killed"
+    args = ["--epochs", "3", "--dropout", "0.2", "--noise", "0.05", "--checkpoint-every", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(run), "--sleep", "0.25", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / STATE).is_file() and load_training_state(run / STATE)["step"] >= 5:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stdout.read().decode()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = load_training_state(run / STATE)
+    assert 5 <= state["step"] < 12 and state["batch_in_epoch"] > 0  # mid-epoch 2 or 3
+
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(run), "--resume", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    toy.main(["--out", str(tmp_path / "reference"), *args])  # uninterrupted, in this process
+    assert_identical(tmp_path / "reference" / "last.safetensors", run / "last.safetensors")
+
+
+def test_nan_loss_stops_with_step_and_stage_and_keeps_checkpoint(tmp_path: Path):
+    out = tmp_path / "run"
+    fit(model(), toy.ToyAV(), settings(max_steps=4), out, collate_fn=toy.collate, desc="stage-x")
+    files = ("last.safetensors", "last.json", STATE)
+    before = {name: sha(out / name) for name in files}
+    with pytest.raises(NonFiniteLossError, match=r"stage-x: non-finite loss \(nan\) at step 5"):
+        fit(model(nan_at_call=1), toy.ToyAV(), settings(checkpoint_every_steps=1), out,
+            collate_fn=toy.collate, resume=True, desc="stage-x")
+    assert {name: sha(out / name) for name in files} == before
+
+    fresh = tmp_path / "fresh"  # from scratch: step checkpoints at 2, NaN at step 3
+    with pytest.raises(NonFiniteLossError, match=r"stage-y: non-finite loss .* at step 3 "):
+        fit(model(nan_at_call=3), toy.ToyAV(), settings(checkpoint_every_steps=2), fresh,
+            collate_fn=toy.collate, desc="stage-y")
+    assert load_training_state(fresh / STATE)["step"] == 2
+    assert all(torch.isfinite(w).all() for w in weights(fresh / "last.safetensors").values())
+
+
+def test_bf16_autocast_and_sgd_poly_run_on_cpu(tmp_path: Path):
+    s = settings(epochs=1, amp="bf16", optimizer="sgd", schedule="poly", warmup_steps=0)
+    result = fit(model(), toy.ToyAV(), s, tmp_path / "r", collate_fn=toy.collate)
+    assert result.steps == 4 and np.isfinite(result.train_loss)
+
+
+def test_param_groups_lr_scale_and_frozen_parts(tmp_path: Path):
+    m = model()
+    m.audio.requires_grad_(False)  # a frozen, unused part
+    frozen = m.audio.weight.detach().clone()
+    lrs = []
+
+    def groups(mod: nn.Module) -> list[dict]:
+        return [{"params": mod.visual.parameters()}, {"params": mod.head.parameters(), "lr_scale": 10.0}]
+
+    fit(m, toy.ToyAV(), settings(epochs=1, schedule="constant", warmup_steps=0), tmp_path / "r",
+        collate_fn=toy.collate, param_groups=groups)
+    state = load_training_state(tmp_path / "r" / STATE)
+    lrs = [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert lrs == pytest.approx([0.05, 0.5])
+    assert torch.equal(m.audio.weight, frozen)
+
+
+def test_lr_schedule_warmup_cosine_poly():
+    s = settings(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_factor(i, s, 20) for i in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert lr_factor(4, s, 20) == pytest.approx(1.0) and lr_factor(20, s, 20) == pytest.approx(0.1)
+    p = settings(warmup_steps=0, schedule="poly", poly_power=1.0)
+    assert lr_factor(5, p, 10) == pytest.approx(0.5)
+    assert lr_factor(7, settings(warmup_steps=0, schedule="constant"), 10) == 1.0
+
+
+def test_epoch_sampler_shards_global_batches_and_skips():
+    one = EpochSampler(10, seed=3)
+    one.set_epoch(2)
+    order = list(one)
+    assert sorted(order) == list(range(10))
+    two = [EpochSampler(10, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in two:
+        s.set_epoch(2)
+    shards = [list(s) for s in two]
+    for i in range(2):  # global batch 4 = 2 per rank: the same videos as the single process
+        assert sorted(shards[0][2 * i: 2 * i + 2] + shards[1][2 * i: 2 * i + 2]) == sorted(order[4 * i: 4 * i + 4])
+    one.set_start(4)
+    assert list(one) == order[4:] and len(one) == 6
+    one.set_epoch(3)
+    assert list(one) != order[4:]
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="amp"):
+        TrainSettings(amp="fp32")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        TrainSettings(amp="fp16", device="cpu")
+    with pytest.raises(ValueError, match="fused_optimizer"):
+        TrainSettings(fused_optimizer=True, device="cpu")
+    with pytest.raises(ValueError, match="lr"):
+        TrainSettings(lr=0)
+    with pytest.raises(ValueError, match="device"):
+        TrainSettings(device="gpu")
+    TrainSettings(amp="bf16", device="cpu")
+
+
+def test_fit_argument_errors(tmp_path: Path):
+    with pytest.raises(ValueError, match="best_key"):
+        fit(model(), toy.ToyAV(), settings(), tmp_path / "a", collate_fn=toy.collate, best_key="acc")
+    with pytest.raises(ValueError, match="no full batch"):
+        fit(model(), toy.ToyAV(n=3), settings(), tmp_path / "b", collate_fn=toy.collate)
+
+    class NoLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, batch):
+            return {"logits": self.w}
+
+    with pytest.raises(TypeError, match="'loss'"):
+        fit(NoLoss(), toy.ToyAV(), settings(), tmp_path / "c", collate_fn=toy.collate)
+
+
+def test_weights_helpers_strip_wrapper_prefixes(tmp_path: Path):
+    m = model()
+    path = tmp_path / "w.safetensors"
+    # A state dict as DDP + torch.compile would name it.
+    wrapped = {f"module._orig_mod.{k}": v for k, v in m.state_dict().items()}
+    safetensors.torch.save_file(wrapped, str(path))
+    other = model(seed=1)
+    load_model_weights(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), other.state_dict().values()))
+
+    save_model_weights(m, tmp_path / "m.safetensors", {"note": "hi", "path": tmp_path})
+    assert read_metadata(tmp_path / "m.safetensors")["note"] == "hi"
+    (tmp_path / "m.json").unlink()  # the header keeps a copy of the metadata
+    assert read_metadata(tmp_path / "m.safetensors")["note"] == "hi"
+    with pytest.raises(RuntimeError, match="m.safetensors does not match"):
+        load_model_weights(nn.Linear(2, 2), tmp_path / "m.safetensors")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_prepare_run_dir_and_logging(tmp_path: Path):
+    out = prepare_run_dir(tmp_path / "run", {"train": {"lr": 0.1}, "data": {"root": "/x"}})
+    assert (out / "config.yaml").read_text().startswith("train:")
+    assert (out / "git.txt").read_text().strip()
+    env = json.loads((out / "env.json").read_text())
+    assert {"python", "torch", "cuda", "platform", "hostname", "argv"} <= set(env)
+    assert git_revision(tmp_path) == "unknown"
+    setup_logging(out)
+    try:
+        logging.getLogger("avseg.test").info("hello run")
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if getattr(h, "_avseg_handler", False):
+                logging.getLogger().removeHandler(h)
+                h.close()
+    assert "hello run" in (out / "train.log").read_text()
+
+
+def test_worker_processes_give_the_same_run(tmp_path: Path):
+    """Augmentation derives from (seed, epoch, index), so loader workers change nothing."""
+    for workers in (0, 2):
+        fit(model(dropout=0.2), toy.ToyAV(noise=0.05), settings(epochs=2, workers=workers), tmp_path / f"w{workers}",
+            collate_fn=toy.collate)
+    assert_identical(tmp_path / "w0" / "last.safetensors", tmp_path / "w2" / "last.safetensors")
