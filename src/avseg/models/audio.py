@@ -165,3 +165,32 @@ class TinyAudioEncoder(nn.Module):
         """spectrogram (N, 1, F, W) -> embedding (N, out_dim)."""
         x = self.convs(spectrogram)  # (N, width, F/8, W/8)
         return self.proj(torch.amax(x, dim=(2, 3)))
+
+
+class SmallAudioEncoder(nn.Module):
+    """A small spectrogram CNN for CPU demos: four levels of (stride-2 + stride-1) conv3x3-GN-ReLU,
+    global max pool over time and frequency, linear to ``out_dim``.
+
+    Args:
+        out_dim: embedding size D_a.
+        widths: channels of the four levels.
+    """
+
+    def __init__(self, out_dim: int = 128, widths: tuple[int, int, int, int] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for w in widths:
+            layers += [
+                nn.Conv2d(in_ch, w, 3, stride=2, padding=1, bias=False), group_norm(w, 4), nn.ReLU(),
+                nn.Conv2d(w, w, 3, padding=1, bias=False), group_norm(w, 4), nn.ReLU(),
+            ]  # fmt: skip
+            in_ch = w
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(in_ch, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, spectrogram: Tensor) -> Tensor:
+        """spectrogram (N, 1, F, W) -> embedding (N, out_dim)."""
+        x = self.convs(spectrogram)  # (N, C, F/16, W/16)
+        return self.proj(torch.amax(x, dim=(2, 3)))

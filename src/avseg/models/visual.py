@@ -147,6 +147,33 @@ class TinyVisualEncoder(nn.Module):
         return features
 
 
+class SmallVisualEncoder(nn.Module):
+    """A small CNN for CPU demos (~0.4 M parameters): a stride-2 stem, then per level a stride-2 and a
+    stride-1 conv3x3-GN-ReLU, so each level sees a useful receptive field at a few tens of MFLOPs per
+    128 px frame.
+
+    Args:
+        channels: output channels of the four pyramid levels.
+    """
+
+    def __init__(self, channels: tuple[int, int, int, int] = (32, 64, 96, 128)) -> None:
+        super().__init__()
+        self.channels = tuple(channels)  # type: ignore[assignment]
+        stem = channels[0] // 2
+        self.stem = nn.Sequential(_conv_gn_relu(3, stem, stride=2), _conv_gn_relu(stem, stem))  # H/2
+        ins = (stem,) + tuple(channels[:-1])
+        self.stages = nn.ModuleList(nn.Sequential(_conv_gn_relu(i, o, stride=2), _conv_gn_relu(o, o)) for i, o in zip(ins, channels))
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """images (N, 3, H, W) -> [(N, C1, H/4, W/4), (N, C2, H/8, W/8), (N, C3, H/16, W/16), (N, C4, H/32, W/32)]."""
+        x = self.stem(images)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
 def _conv_gn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),

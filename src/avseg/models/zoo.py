@@ -20,10 +20,10 @@ from pathlib import Path
 from torch import nn
 
 from avseg.models import weights as W
-from avseg.models.audio import AisfxEncoder, ResNetAudioEncoder, TinyAudioEncoder
+from avseg.models.audio import AisfxEncoder, ResNetAudioEncoder, SmallAudioEncoder, TinyAudioEncoder
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.fusion import AVFusion, IdentityFusion
-from avseg.models.visual import EfficientNetLiteEncoder, ResNetEncoder, TinyVisualEncoder
+from avseg.models.visual import EfficientNetLiteEncoder, ResNetEncoder, SmallVisualEncoder, TinyVisualEncoder
 
 __all__ = [
     "VISUAL_ENCODERS",
@@ -113,11 +113,23 @@ def build_visual_tiny(
     return TinyVisualEncoder(channels=channels)
 
 
+def build_visual_small(
+    weights: str = "none",
+    weights_path: Path | None = None,
+    allow_download: bool = False,
+    channels: tuple[int, int, int, int] = (32, 64, 96, 128),
+) -> SmallVisualEncoder:
+    """A ~0.4M-parameter CNN pyramid for CPU demos. weights: "none" only."""
+    _check_weights("small", weights, VISUAL_WEIGHT_CHOICES["small"], weights_path)
+    return SmallVisualEncoder(channels=channels)
+
+
 VISUAL_ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": build_visual_resnet18,
     "resnet50": build_visual_resnet50,
     "efficientnet_lite0": build_visual_efficientnet_lite0,
     "tiny": build_visual_tiny,
+    "small": build_visual_small,
 }
 
 VISUAL_WEIGHT_CHOICES: dict[str, tuple[str, ...]] = {
@@ -125,6 +137,7 @@ VISUAL_WEIGHT_CHOICES: dict[str, tuple[str, ...]] = {
     "resnet50": ("none", "imagenet"),
     "efficientnet_lite0": ("none", "imagenet"),
     "tiny": ("none",),
+    "small": ("none",),
 }
 
 
@@ -172,11 +185,20 @@ def build_audio_tiny(
     return TinyAudioEncoder(out_dim=out_dim)
 
 
+def build_audio_small(
+    weights: str = "none", weights_path: Path | None = None, allow_download: bool = False, out_dim: int = 128
+) -> SmallAudioEncoder:
+    """A small 8-conv spectrogram CNN for CPU demos, D_a = ``out_dim``. weights: "none" only."""
+    _check_weights("small", weights, AUDIO_WEIGHT_CHOICES["small"], weights_path)
+    return SmallAudioEncoder(out_dim=out_dim)
+
+
 AUDIO_ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": build_audio_resnet18,
     "resnet50": build_audio_resnet50,
     "aisfx": build_audio_aisfx,
     "tiny": build_audio_tiny,
+    "small": build_audio_small,
 }
 
 AUDIO_WEIGHT_CHOICES: dict[str, tuple[str, ...]] = {
@@ -184,6 +206,7 @@ AUDIO_WEIGHT_CHOICES: dict[str, tuple[str, ...]] = {
     "resnet50": ("none", "imagenet"),
     "aisfx": ("none", "aisfx"),
     "tiny": ("none",),
+    "small": ("none",),
 }
 
 

@@ -1,0 +1,104 @@
+"""Helpers every method shares: building datasets from the data config, weights of a stage, validation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from avseg.config import DataConfig
+from avseg.data.avsbench import AVSBenchDataset
+from avseg.engine.trainer import TrainSettings
+from avseg.types import AVBatch
+
+log = logging.getLogger("avseg")
+
+
+def make_dataset(
+    data: DataConfig,
+    split: str,
+    *,
+    augment: bool = False,
+    audio: bool = True,
+    pseudo_dir: Path | None = None,
+    sample_frames: int | None = None,
+    seed: int = 0,
+    max_videos: int | None = None,
+) -> AVSBenchDataset:
+    """The dataset of one split as the data config describes it (``audio=False`` skips audio decoding)."""
+    return AVSBenchDataset(
+        Path(data.root), data.layout, split, image_size=data.image_size,
+        audio_frontend=data.audio_frontend if audio else None, audio_window=data.audio_window,
+        pad_to=10 if data.layout == "avss" else None, augment=augment, pseudo_dir=pseudo_dir,
+        seed=seed, sample_frames=sample_frames, max_videos=max_videos if max_videos is not None else data.max_videos,
+    )  # fmt: skip
+
+
+def train_stage(
+    model: nn.Module,
+    dataset: AVSBenchDataset,
+    settings: "TrainSettings",
+    out_dir: Path,
+    *,
+    resume: bool,
+    desc: str,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    best_key: str | None = None,
+    find_unused_parameters: bool = False,
+) -> dict:
+    """Train one stage with the engine on AVBatches; returns a JSON-able summary for the stage marker.
+
+    A last, smaller batch is dropped only when the split holds at least one full batch, so tiny datasets
+    (tests, demos) still train.
+    """
+    from avseg.data.avsbench import collate_videos
+    from avseg.engine.trainer import fit
+
+    result = fit(
+        model, dataset, settings, out_dir, collate_fn=collate_videos, evaluate=evaluate, best_key=best_key,
+        resume=resume, desc=desc, drop_last=len(dataset) >= settings.batch_size,
+        find_unused_parameters=find_unused_parameters,
+    )  # fmt: skip
+    return {
+        "seconds": result.seconds, "steps": result.steps, "train_loss": result.train_loss, "metrics": result.metrics,
+        "best": result.best, "best_step": result.best_step,
+        "checkpoint": str(result.best_checkpoint or result.last_checkpoint),
+    }  # fmt: skip
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def binary_validator(data: DataConfig, device: torch.device, audio: bool, split: str = "val", batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
+    """A callable scoring ``model.predict`` on a split with the clean protocol: {"val_miou", "val_fscore"}."""
+    from avseg.inference.predict import evaluate_outputs, iterate_outputs
+
+    dataset = make_dataset(data, split, audio=audio)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        inner = unwrap(model)
+        was_training = inner.training
+        inner.eval()
+        try:
+            result = evaluate_outputs(iterate_outputs(inner.predict, dataset, device, batch_size=batch_size), data.layout, "clean")
+        finally:
+            inner.train(was_training)
+        return {f"{split}_miou": float(result["miou"]), f"{split}_fscore": float(result["fscore"])}
+
+    return evaluate
+
+
+def valid_frames(batch: AVBatch) -> Tensor:
+    """(B*T,) bool: real frames (not AVSS padding)."""
+    return batch.valid.flatten()

@@ -1,0 +1,74 @@
+"""Fully supervised reference: the WS-AVS segmenter trained on ground-truth masks (BCE + IoU loss).
+
+It reports how much of the supervised result the weak methods reach on the same data. Only frames with
+ground truth contribute to the loss (S4 train: frame 1 of each video).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from avseg.config import DataConfig
+from avseg.engine.trainer import TrainSettings
+from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.common import binary_validator, make_dataset, train_stage
+from avseg.methods.ws_avs import WSAVSNet, _no_download, build_segmenter, final_checkpoint
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+
+
+@dataclass
+class SupervisedConfig:
+    data: DataConfig
+    visual: str = "resnet50"
+    visual_weights: str = "imagenet"
+    audio: str = "resnet50"
+    audio_weights: str = "imagenet"
+    embed_dim: int = 512
+    visual_dropout: float = 0.9
+    tau: float = 0.03
+    m2icl_scale_by_tau: bool = True
+    m2icl_weight: float = 0.0  # plain BCE + IoU; set > 0 to add the M2ICL term
+    fusion_stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    decoder_channels: int = 128
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=16, optimizer="adam", schedule="constant"))
+    select_best: bool = True
+
+    def __post_init__(self) -> None:
+        if self.data.layout == "avss":
+            raise ValueError("the supervised reference here predicts binary masks: use the s4 or ms3 layout")
+        for name, table in (("visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
+            if getattr(self, name) not in table:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+
+    def train_settings(self) -> dict[str, TrainSettings]:
+        return {"train": self.train}
+
+
+def stage_train(ctx: StageContext) -> dict[str, Any]:
+    cfg: SupervisedConfig = ctx.config
+    s = cfg.train
+    model = WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
+    # All frames of a video: S4 train videos have ground truth on frame 1 only.
+    train = make_dataset(cfg.data, "train", augment=True, seed=s.seed)
+    evaluate = binary_validator(cfg.data, ctx.device, audio=True) if cfg.select_best else None
+    return train_stage(model, train, s, ctx.path("segmenter"), resume=ctx.resume, desc="supervised", evaluate=evaluate, best_key="val_miou" if evaluate else None)
+
+
+def load_predictor(cfg: SupervisedConfig, run_dir: Path, device: torch.device) -> nn.Module:
+    from avseg.engine.checkpoint import load_model_weights
+
+    net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
+    load_model_weights(net, final_checkpoint(run_dir))
+    return net.to(device).eval()
+
+
+SPEC = MethodSpec(
+    name="supervised", config_cls=SupervisedConfig, stages=lambda cfg: [Stage("segmenter", stage_train, "train on ground-truth masks", all_ranks=True, outputs=("segmenter",))],
+    load_predictor=load_predictor, output="binary", supervision="ground-truth masks",
+    description="fully supervised reference: the WS-AVS segmenter trained on GT masks (BCE + IoU)",
+)  # fmt: skip

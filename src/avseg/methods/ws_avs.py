@@ -1,0 +1,363 @@
+"""WS-AVS (Mo & Raj, NeurIPS 2023): M2ICL audio-visual fusion + pseudo-mask refinement by C2AM.
+
+Stages (each writes named artifacts in the run folder):
+1. ``c2am``: train a class-agnostic activation map model on the training frames (image only).
+2. ``activation-maps``: C2AM map A per training frame (polarity fixed from the border statistics),
+   thresholded (+ optional dense CRF) into initial masks: ``pseudo/maps``, ``pseudo/initial``.
+3. ``saliency``: train a saliency detector on the initial masks (skipped by the official shortcut).
+4. ``pseudo-masks``: paper Eq. 6, pseudo mask = A > 1 - saliency (or the initial masks directly with
+   ``refinement: c2am``), written to ``pseudo/masks`` with a manifest, a contact sheet and their mIoU
+   against the ground truth of the training frames that have it.
+5. ``segmenter``: train the segmenter with L = L_avf (M2ICL) + BCE(M, pseudo mask), frames and pseudo
+   masks cropped and flipped together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avseg.config import DataConfig
+from avseg.engine.trainer import TrainSettings
+from avseg.losses.c2am import c2am_losses
+from avseg.losses.contrastive import m2icl_loss
+from avseg.losses.segmentation import bce_loss
+from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.common import binary_validator, make_dataset, train_stage
+from avseg.models.decoders import PanopticFPNDecoder
+from avseg.models.heads import C2AMHead
+from avseg.models.segmenter import AVSegmenter, masked_mean
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.types import AVBatch
+
+log = logging.getLogger("avseg")
+
+
+def _default_train(epochs: int, lr: float = 1e-4, batch_size: int = 64) -> TrainSettings:
+    return TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, optimizer="adam", schedule="constant")
+
+
+@dataclass
+class WSAVSConfig:
+    """WS-AVS settings. Defaults follow the paper (R50 x2, 224 px, Adam 1e-4, batch 64, 20 epochs)."""
+
+    data: DataConfig
+    visual: str = "resnet50"
+    visual_weights: str = "imagenet"
+    audio: str = "resnet50"
+    audio_weights: str = "imagenet"
+    embed_dim: int = 512
+    visual_dropout: float = 0.9  # official code
+    tau: float = 0.03
+    m2icl_scale_by_tau: bool = True  # the official code multiplies the loss by tau
+    m2icl_weight: float = 1.0
+    fusion_stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    decoder_channels: int = 128
+    train_frames: int | None = 1  # frames sampled per video and step (the official code samples one)
+    # Pseudo-mask refinement
+    refinement: str = "saliency"  # "saliency": paper Eq. 6; "c2am": the official shortcut (C2AM masks)
+    c2am_visual: str = "resnet50"
+    c2am_weights: str = "imagenet"
+    c2am_threshold: float = 0.3
+    c2am_level: int = 3  # pyramid level the C2AM head reads (3 = stride 32; 2 = stride 16 for small frames)
+    crf: bool = False
+    saliency_visual: str = "resnet50"
+    saliency_weights: str = "imagenet"
+    c2am_train: TrainSettings = field(default_factory=lambda: _default_train(10, lr=1e-4, batch_size=64))
+    saliency_train: TrainSettings = field(default_factory=lambda: _default_train(10, lr=1e-4, batch_size=16))
+    segmenter_train: TrainSettings = field(default_factory=lambda: _default_train(20))
+    select_best: bool = True  # keep the checkpoint with the best validation mIoU (uses val masks)
+
+    def __post_init__(self) -> None:
+        if self.refinement not in ("saliency", "c2am"):
+            raise ValueError(f"refinement must be 'saliency' or 'c2am', got {self.refinement!r}")
+        if not 0.0 < self.c2am_threshold < 1.0:
+            raise ValueError(f"c2am_threshold must be in (0, 1), got {self.c2am_threshold}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.data.layout == "avss":
+            raise ValueError("WS-AVS predicts binary masks: use the s4 or ms3 layout (PCAS handles avss)")
+        for name, table in (("visual", VISUAL_ENCODERS), ("c2am_visual", VISUAL_ENCODERS), ("saliency_visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
+            if getattr(self, name) not in table:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+
+    def train_settings(self) -> dict[str, TrainSettings]:
+        return {"c2am_train": self.c2am_train, "saliency_train": self.saliency_train, "segmenter_train": self.segmenter_train}
+
+
+# --- models -------------------------------------------------------------------------------------------
+class C2AMNet(nn.Module):
+    """Visual encoder + C2AM head on the last stage; trained with the C2AM contrastive losses."""
+
+    def __init__(self, encoder: nn.Module, level: int = 3) -> None:
+        super().__init__()
+        if not 0 <= level < len(encoder.channels):
+            raise ValueError(f"c2am_level must be within 0..{len(encoder.channels) - 1}, got {level}")
+        self.encoder = encoder
+        self.level = level
+        self.head = C2AMHead(encoder.channels[level])
+
+    def foreground(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """frames (N, 3, H, W) -> (features (N, C, h, w), P (N, 1, h, w) in [0, 1])."""
+        features = self.encoder(frames)[self.level]
+        return features, self.head(features)
+
+    def forward(self, batch: AVBatch) -> dict[str, Tensor]:
+        frames = batch.frames.flatten(0, 1)[batch.valid.flatten()]
+        features, fg = self.foreground(frames)
+        losses = c2am_losses(features, fg)
+        return losses
+
+    @torch.no_grad()
+    def activation(self, frames: Tensor, flip: bool) -> Tensor:
+        """(N, 3, H, W) -> (N, H, W) activation map A in [0, 1], min-max normalised per frame."""
+        _, fg = self.foreground(frames)
+        if flip:
+            fg = 1.0 - fg
+        a = F.interpolate(fg, size=frames.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        lo = a.flatten(1).min(1).values[:, None, None]
+        hi = a.flatten(1).max(1).values[:, None, None]
+        return (a - lo) / (hi - lo).clamp_min(1e-6)
+
+
+class SaliencyNet(nn.Module):
+    """A light FPN saliency detector: visual encoder + Panoptic-FPN head with one output."""
+
+    def __init__(self, encoder: nn.Module, channels: int = 64) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = PanopticFPNDecoder(tuple(encoder.channels), channels=channels, num_classes=1)
+
+    def logits(self, frames: Tensor) -> Tensor:
+        return self.decoder(self.encoder(frames), out_size=frames.shape[-2:])[:, 0]  # (N, H, W)
+
+    def forward(self, batch: AVBatch) -> dict[str, Tensor]:
+        frames = batch.frames.flatten(0, 1)
+        target = batch.pseudo_masks.flatten(0, 1)
+        keep = (batch.valid & batch.has_pseudo).flatten()
+        loss = bce_loss(self.logits(frames[keep]), target[keep])
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def predict(self, batch: AVBatch) -> Tensor:
+        b, t = batch.frames.shape[:2]
+        return torch.sigmoid(self.logits(batch.frames.flatten(0, 1))).view(b, t, *batch.frames.shape[-2:])
+
+
+class WSAVSNet(nn.Module):
+    """The final WS-AVS model: AVSegmenter + M2ICL + BCE against pseudo masks.
+
+    ``mask_source`` selects the pixel supervision: "pseudo" (WS-AVS) or "gt" (the fully supervised
+    reference, BCE + IoU on ground truth).
+    """
+
+    output = "binary"
+
+    def __init__(self, segmenter: AVSegmenter, tau: float, scale_by_tau: bool, m2icl_weight: float, mask_source: str = "pseudo") -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.tau = tau
+        self.scale_by_tau = scale_by_tau
+        self.m2icl_weight = m2icl_weight
+        self.mask_source = mask_source
+
+    def forward(self, batch: AVBatch) -> dict[str, Tensor]:
+        from avseg.losses.segmentation import iou_loss
+
+        b, t = batch.frames.shape[:2]
+        out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
+        logits = out.logits[:, 0]  # (N, H, W)
+        losses: dict[str, Tensor] = {}
+        if self.mask_source == "pseudo":
+            keep = (batch.valid & batch.has_pseudo).flatten()
+            losses["bce"] = bce_loss(logits[keep], batch.pseudo_masks.flatten(0, 1)[keep])
+            total = losses["bce"]
+        else:
+            keep = (batch.valid & batch.has_mask).flatten()
+            target = batch.masks.flatten(0, 1)[keep].float()
+            losses["bce"] = bce_loss(logits[keep], target) if keep.any() else logits.sum() * 0
+            losses["iou"] = iou_loss(logits[keep], target) if keep.any() else logits.sum() * 0
+            total = losses["bce"] + losses["iou"]
+        if self.m2icl_weight > 0 and out.visual_embeds:
+            # M2ICL per time step: negatives are the other videos at the same second, never other
+            # seconds of the same video (they share the sound class and would be false negatives).
+            audio = out.audio_embed.view(b, t, -1)
+            visual = [v.view(b, t, *v.shape[1:]) for v in out.visual_embeds]
+            terms = [m2icl_loss(audio[:, i], [v[:, i] for v in visual], tau=self.tau, scale_by_tau=self.scale_by_tau) for i in range(t)]
+            losses["m2icl"] = torch.stack(terms).mean()
+            total = total + self.m2icl_weight * losses["m2icl"]
+        losses["loss"] = total
+        return losses
+
+    @torch.no_grad()
+    def predict(self, batch: AVBatch) -> Tensor:
+        """(B, T, H, W) sounding-object probabilities."""
+        b, t = batch.frames.shape[:2]
+        out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
+        return torch.sigmoid(out.logits[:, 0]).view(b, t, *batch.frames.shape[-2:])
+
+
+def build_segmenter(cfg: Any, use_audio: bool = True) -> AVSegmenter:
+    visual = VISUAL_ENCODERS[cfg.visual](weights=cfg.visual_weights)
+    audio = AUDIO_ENCODERS[cfg.audio](weights=cfg.audio_weights) if use_audio else None
+    return AVSegmenter(
+        visual, audio, fusion_stages=tuple(cfg.fusion_stages), embed_dim=cfg.embed_dim,
+        visual_dropout=cfg.visual_dropout, decoder_channels=cfg.decoder_channels,
+    )  # fmt: skip
+
+
+# --- stages -------------------------------------------------------------------------------------------
+def stage_c2am(ctx: StageContext) -> dict[str, Any]:
+    cfg: WSAVSConfig = ctx.config
+    s = cfg.c2am_train
+    model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights=cfg.c2am_weights), level=cfg.c2am_level)
+    train = make_dataset(cfg.data, "train", augment=True, audio=False, seed=s.seed)
+    return train_stage(model, train, s, ctx.path("c2am"), resume=ctx.resume, desc="c2am")
+
+
+def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> tuple[C2AMNet, bool]:
+    from avseg.engine.checkpoint import load_model_weights
+
+    model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level)
+    load_model_weights(model, run_dir / "c2am" / "last.safetensors")
+    return model.to(device).eval(), False
+
+
+def _border_fraction(maps: list[np.ndarray], width: int = 2) -> float:
+    vals = [np.concatenate([m[:width].ravel(), m[-width:].ravel(), m[:, :width].ravel(), m[:, -width:].ravel()]) for m in maps]
+    return float(np.mean([(v > 0.5).mean() for v in vals]))
+
+
+def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
+    """C2AM maps of every training frame -> pseudo/maps (A x 255) and pseudo/initial (A > threshold)."""
+    from avseg.inference.predict import iterate_outputs, save_probability_png
+    from avseg.pseudo.crf import dense_crf
+
+    cfg: WSAVSConfig = ctx.config
+    model, _ = _load_c2am(cfg, ctx.run_dir, ctx.device)
+    train = make_dataset(cfg.data, "train", audio=False)
+    maps_dir, init_dir = ctx.path("pseudo", "maps"), ctx.path("pseudo", "initial")
+
+    def raw(batch: AVBatch) -> Tensor:
+        b, t = batch.frames.shape[:2]
+        return model.activation(batch.frames.flatten(0, 1), flip=False).view(b, t, *batch.frames.shape[-2:])
+
+    # Polarity (C2AM): the loss is symmetric in P and 1 - P, so which side is foreground is decided
+    # after training: if the image border is mostly "foreground", the map is flipped.
+    outputs = list(iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am maps"))
+    flip = _border_fraction([o.output for o in outputs]) > 0.5
+    for o in outputs:
+        a = 1.0 - o.output if flip else o.output
+        save_probability_png(a, maps_dir / o.relpath(cfg.data.layout))
+        mask = (a > cfg.c2am_threshold).astype(np.float32)
+        if cfg.crf:
+            from avseg.inference.visualize import denormalize
+
+            mask = dense_crf(denormalize(o.frame), a, cfg.c2am_threshold)
+        save_probability_png(mask, init_dir / o.relpath(cfg.data.layout))
+    return {"frames": len(outputs), "polarity_flipped": flip, "threshold": cfg.c2am_threshold, "crf": cfg.crf}
+
+
+def stage_saliency(ctx: StageContext) -> dict[str, Any]:
+    cfg: WSAVSConfig = ctx.config
+    s = cfg.saliency_train
+    model = SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights=cfg.saliency_weights))
+    train = make_dataset(cfg.data, "train", augment=True, audio=False, pseudo_dir=ctx.path("pseudo", "initial"), seed=s.seed)
+    return train_stage(model, train, s, ctx.path("saliency"), resume=ctx.resume, desc="saliency")
+
+
+def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
+    """Paper Eq. 6 (or the official shortcut) -> pseudo/masks + manifest + contact sheet + quality."""
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.pseudo.writer import PseudoMaskWriter
+
+    cfg: WSAVSConfig = ctx.config
+    data = cfg.data
+    train = make_dataset(data, "train", audio=False, pseudo_dir=ctx.path("pseudo", "maps"))
+    saliency = None
+    if cfg.refinement == "saliency":
+        saliency = SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
+        load_model_weights(saliency, ctx.path("saliency", "last.safetensors"))
+        saliency = saliency.to(ctx.device).eval()
+    writer = PseudoMaskWriter(ctx.path("pseudo"), data.layout, columns=["frame", "C2AM map", "saliency", "pseudo mask", "ground truth"])
+
+    def combine(batch: AVBatch) -> Tensor:
+        a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
+        if saliency is None:
+            return torch.stack([a, torch.zeros_like(a), (a > cfg.c2am_threshold).float()], dim=2)
+        sal = saliency.predict(batch)
+        pseudo = (a > 1.0 - sal).float()  # Eq. 6: argmax over [B; A] with B = 1 - saliency
+        return torch.stack([a, sal, pseudo], dim=2)  # (B, T, 3, H, W)
+
+    summary = writer.run(combine, train, ctx.device)
+    summary.update({
+        "stage": "pseudo-masks", "refinement": cfg.refinement, "threshold": cfg.c2am_threshold,
+        "c2am_checkpoint": str(ctx.path("c2am", "last.safetensors")),
+        "saliency_checkpoint": str(ctx.path("saliency", "last.safetensors")) if saliency is not None else None,
+    })  # fmt: skip
+    writer.write_manifest(summary)
+    ctx.summary["pseudo_masks"] = summary
+    return summary
+
+
+def stage_segmenter(ctx: StageContext) -> dict[str, Any]:
+    cfg: WSAVSConfig = ctx.config
+    s = cfg.segmenter_train
+    model = WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
+    train = make_dataset(cfg.data, "train", augment=True, pseudo_dir=ctx.path("pseudo", "masks"), sample_frames=cfg.train_frames, seed=s.seed)
+    evaluate = binary_validator(cfg.data, ctx.device, audio=True) if cfg.select_best else None
+    return train_stage(model, train, s, ctx.path("segmenter"), resume=ctx.resume, desc="segmenter", evaluate=evaluate, best_key="val_miou" if evaluate else None)
+
+
+def stages(cfg: WSAVSConfig) -> list[Stage]:
+    out = [
+        Stage("c2am", stage_c2am, "train C2AM on the training frames", all_ranks=True, outputs=("c2am",)),
+        Stage("activation-maps", stage_activation_maps, "C2AM activation maps and initial masks", outputs=("pseudo/maps", "pseudo/initial")),
+    ]
+    if cfg.refinement == "saliency":
+        out.append(Stage("saliency", stage_saliency, "train the saliency detector on the initial masks", all_ranks=True, outputs=("saliency",)))
+    out += [
+        Stage(
+            "pseudo-masks", stage_pseudo_masks, "pseudo masks (Eq. 6), manifest, contact sheet, quality",
+            outputs=("pseudo/masks", "pseudo/saliency", "pseudo/manifest.json", "pseudo/contact_sheet.png"),
+        ),  # fmt: skip
+        Stage("segmenter", stage_segmenter, "train the segmenter on pseudo masks with M2ICL", all_ranks=True, outputs=("segmenter",)),
+    ]
+    return out
+
+
+def final_checkpoint(run_dir: Path, stage: str = "segmenter") -> Path:
+    best = run_dir / stage / "best.safetensors"
+    return best if best.is_file() else run_dir / stage / "last.safetensors"
+
+
+def load_predictor(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> nn.Module:
+    from avseg.engine.checkpoint import load_model_weights
+
+    net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
+    load_model_weights(net, final_checkpoint(run_dir))
+    return net.to(device).eval()
+
+
+def _no_download(cfg: Any) -> Any:
+    """A copy of the config whose encoders start from random init (the checkpoint overwrites them)."""
+    import copy
+
+    c = copy.copy(cfg)
+    for name in ("visual_weights", "audio_weights"):
+        if hasattr(c, name):
+            object.__setattr__(c, name, "none")
+    return c
+
+
+SPEC = MethodSpec(
+    name="ws-avs", config_cls=WSAVSConfig, stages=stages, load_predictor=load_predictor, output="binary",
+    supervision="video labels", description="WS-AVS: M2ICL fusion + C2AM/saliency pseudo-mask refinement (NeurIPS 2023)",
+)  # fmt: skip
