@@ -14,22 +14,30 @@ from typing import Any
 
 import numpy as np
 
-from avseg.runner import build_config, evaluate_run, recipe_path, run_method
+from avseg.runner import RunError, build_config, evaluate_run, load_run, run_method
 
 log = logging.getLogger("avseg")
 
 
-def _demo_data_settings(recipe: str) -> dict[str, Any]:
-    from avseg.config import load_yaml
-
-    raw = load_yaml(recipe_path(f"ws-avs/{recipe}"))
-    return raw.get("demo", {}) if isinstance(raw.get("demo"), dict) else {}
+DEFAULT_VIDEOS, DEFAULT_SIZE = 100, 128
+# --quick: every stage runs, on 32 px frames for 1 epoch, so a smoke test takes seconds.
+QUICK = {"image_size": 32, "epochs": 1, "batch_size": 4}
 
 
-def run_demo(out: Path, videos: int | None = None, size: int | None = None, seed: int = 0, recipe: str = "demo") -> dict[str, Any]:
-    """Run the demo into ``out``; returns the metrics written to ``out/metrics.json``."""
+def run_demo(
+    out: Path,
+    videos: int | None = None,
+    size: int | None = None,
+    seed: int = 0,
+    recipe: str = "demo",
+    quick: bool = False,
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the metrics written to ``out/metrics.json``.
+
+    ``quick`` builds the recipes with image_size 32, 1 epoch and batch 4 for smoke tests (the numbers
+    mean nothing then). A second call with the same arguments continues an interrupted demo.
+    """
     from avseg.data.imageio import write_text_atomic
-    from avseg.data.synthetic import generate
     from avseg.data.validate import format_report, validate_dataset
     from avseg.inference.preview import preview_sheet
 
@@ -37,21 +45,22 @@ def run_demo(out: Path, videos: int | None = None, size: int | None = None, seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data" / "s4"
-    demo = {"videos": 100, "size": 128}
-    demo.update({k: v for k, v in {"videos": videos, "size": size}.items() if v is not None})
-    if not (data_root / "s4_meta_data.csv").is_file():
-        log.info("generating %d synthetic S4 videos at %d px into %s", demo["videos"], demo["size"], data_root)
-        generate("s4", data_root, num_videos=demo["videos"], seed=seed, size=demo["size"])
+    demo = {"videos": DEFAULT_VIDEOS if videos is None else videos, "size": DEFAULT_SIZE if size is None else size, "seed": seed}
+    _ensure_data(data_root, demo)
     report = validate_dataset(data_root, "s4")
     log.info(format_report(report))
     if report["problems"]:
-        raise RuntimeError(f"the generated dataset in {data_root} does not validate: {report['problems'][:3]}")
+        raise RunError(f"the generated dataset in {data_root} does not validate: {report['problems'][:3]}")
     preview_sheet(data_root, "s4", "test", out / "preview.png")
 
     runs = {"ws-avs": out / "ws-avs", "supervised": out / "supervised"}
     stage_summaries: dict[str, Any] = {}
     for method, run_dir in runs.items():
-        spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4")
+        if quick:
+            spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4", quick={k: QUICK[k] for k in ("epochs", "batch_size")}, image_size=QUICK["image_size"])
+        else:
+            spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4")
+        _check_same_run(spec, cfg, run_dir)
         stage_summaries[method] = run_method(spec, cfg, run_dir, resume=True)
 
     results: dict[str, dict[str, Any]] = {}
@@ -79,8 +88,40 @@ def run_demo(out: Path, videos: int | None = None, size: int | None = None, seed
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     overlays = _write_overlays(out, runs, pictures)
+    if quick:
+        demo["quick"] = QUICK
     _write_report(out, metrics, results, stage_summaries, overlays, data_root, demo)
     return metrics
+
+
+def _ensure_data(data_root: Path, demo: dict[str, Any]) -> None:
+    """Generate the synthetic data once; a later call must ask for the same data (else: an error)."""
+    from avseg.data.synthetic import generate
+
+    info_path = data_root / "synth_info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        have = {"videos": info.get("num_videos"), "size": info.get("size"), "seed": info.get("seed")}
+        if have != demo:
+            raise RunError(f"{data_root} holds demo data generated with {have}, not {demo}: choose another --out or remove it")
+        return
+    if (data_root / "s4_meta_data.csv").is_file():
+        raise RunError(f"{data_root} holds a dataset without synth_info.json: choose another --out or remove it")
+    log.info("generating %d synthetic S4 videos at %d px into %s", demo["videos"], demo["size"], data_root)
+    generate("s4", data_root, num_videos=demo["videos"], seed=demo["seed"], size=demo["size"])
+
+
+def _check_same_run(spec: Any, cfg: Any, run_dir: Path) -> None:
+    """Continuing a demo run is only right with the settings it started with."""
+    from avseg.config import to_dict
+
+    if not (run_dir / "config.yaml").is_file():
+        return
+    saved_spec, saved = load_run(run_dir)
+    a, b = to_dict(saved), to_dict(cfg)
+    a["data"].pop("root"), b["data"].pop("root")
+    if saved_spec.name != spec.name or a != b:
+        raise RunError(f"{run_dir} holds a run with other settings (e.g. a --quick run): choose another --out or remove it")
 
 
 def _write_overlays(out: Path, runs: dict[str, Path], pictures: dict[str, dict]) -> list[str]:
@@ -142,6 +183,7 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
         "# avseg demo: WS-AVS on the embedded synthetic S4 data",
         "",
         f"Data: {demo['videos']} synthetic S4 videos at {demo['size']} px in `{data_root}` (silent distractor objects in every frame).",
+        *([f"**Quick smoke run** ({demo['quick']}): the numbers below say nothing about the methods.", ""] if demo.get("quick") else []),
         f"Total time: {metrics['seconds']} s.",
         "",
         "| model | supervision | mIoU (clean) | F (clean) | mIoU (avsbench) | F (avsbench) |",

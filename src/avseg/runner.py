@@ -9,18 +9,17 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from avseg.config import apply_overrides, from_dict, load_yaml, to_dict
-from avseg.data.layout import LAYOUTS, SPLITS
+from avseg.data.layout import LAYOUTS, SPLITS, metadata_path
 from avseg.engine import distributed as dist
-from avseg.engine.trainer import TrainSettings, resolve_device
+from avseg.engine.trainer import TrainSettings, resolve_device, seed_everything
 from avseg.methods import METHODS
-from avseg.methods.base import MethodSpec, StageContext, write_marker
+from avseg.methods.base import MethodSpec, StageContext, read_marker, write_marker
 
 log = logging.getLogger("avseg")
 
@@ -58,7 +57,7 @@ def build_config(
     Quick flags (epochs, batch_size, ...) apply to every training stage of the method.
     """
     if method not in METHODS:
-        raise RunError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+        raise RunError(f"unknown method {method!r}; expected one of {', '.join(sorted(METHODS))}")
     spec = METHODS[method]
     raw: dict[str, Any] = {}
     source = "defaults"
@@ -69,7 +68,10 @@ def build_config(
         recipe_method = raw.pop("method", method)
         if recipe_method != method:
             raise RunError(f"{path}: recipe is for method {recipe_method!r}, not {method!r}")
-    raw.setdefault("data", {})
+    if raw.get("data") is None:
+        raw["data"] = {}
+    if not isinstance(raw["data"], dict):
+        raise RunError(f"{source}: data must be a mapping, got {raw['data']!r}")
     if data_root is not None:
         raw["data"]["root"] = str(data_root)
     if layout is not None:
@@ -78,27 +80,60 @@ def build_config(
         raw["data"]["image_size"] = image_size
     if "root" not in raw["data"]:
         raise RunError("no dataset given: pass --data ROOT (and --layout)")
+    if "layout" not in raw["data"]:
+        raise RunError(f"no dataset layout given: pass --layout ({', '.join(LAYOUTS)})")
     cfg = from_dict(spec.config_cls, raw, source=source)
+    return spec, reconfigure(spec, cfg, quick, overrides, source=source)
+
+
+def reconfigure(spec: MethodSpec, cfg: Any, quick: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "config") -> Any:
+    """``cfg`` with quick flags (applied to every training stage) and dotted overrides, validated again."""
     settings_names = list(cfg.train_settings())
-    overrides = list(overrides or [])
+    extra: list[str] = []
     for key, value in (quick or {}).items():
         if value is not None:
-            overrides += [f"{name}.{key}={json.dumps(value)}" for name in settings_names]
-    if overrides:
-        d = apply_overrides(to_dict(cfg), overrides)
-        cfg = from_dict(spec.config_cls, d, source=f"{source} + overrides")
-    return spec, cfg
+            extra += [f"{name}.{key}={json.dumps(value)}" for name in settings_names]
+    extra += list(overrides or [])  # explicit --set wins over the quick flags
+    if not extra:
+        return cfg
+    return from_dict(spec.config_cls, apply_overrides(to_dict(cfg), extra), source=f"{source} + overrides")
+
+
+def check_data(cfg: Any) -> None:
+    """Fail early, before a run folder is made, when the dataset is not where the config says."""
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise RunError(f"dataset folder {root} not found")
+    meta = metadata_path(root, cfg.data.layout)
+    if not meta.is_file():
+        raise RunError(f"{root} is not a {cfg.data.layout} dataset: {meta.name} not found in it")
 
 
 def _first_settings(cfg: Any) -> TrainSettings:
     return next(iter(cfg.train_settings().values()))
 
 
-def run_method(spec: MethodSpec, cfg: Any, run_dir: Path, resume: bool = False, only: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+def run_method(
+    spec: MethodSpec,
+    cfg: Any,
+    run_dir: Path,
+    resume: bool = False,
+    only: list[str] | None = None,
+    force: bool = False,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
     """Run the method's stages in ``run_dir``; finished stages are skipped unless ``force``.
 
     Writes config.yaml, git revision and environment into the run folder (rank 0) and one JSON marker
     per finished stage under ``stages/``. Returns {stage name: summary}.
+
+    Stages form a chain, so once a stage has (re)computed its outputs in this call, every later stage
+    that ran before is stale: its outputs are removed and it runs again from scratch (stages outside
+    ``only`` are marked stale instead, and the next ``train --resume`` recomputes them).
+
+    ``max_steps`` caps every training stage for this call only (it is not written to config.yaml): a
+    stage it stops early gets a marker with ``"truncated": true``, and a later call without it (e.g.
+    ``avseg train --out RUN --resume``) continues that stage from its checkpoint to the end.
     """
     from avseg.engine.tracking import prepare_run_dir, setup_logging
 
@@ -106,47 +141,97 @@ def run_method(spec: MethodSpec, cfg: Any, run_dir: Path, resume: bool = False, 
     config_file = run_dir / "config.yaml"
     if config_file.exists() and not resume and only is None:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if dist.is_main():
-        prepare_run_dir(run_dir, {"method": spec.name, **to_dict(cfg)})
-    setup_logging(run_dir if dist.is_main() else None, level=logging.getLogger().level or logging.INFO)
-    settings = _first_settings(cfg)
-    device = resolve_device(settings.device)
-    if dist.is_dist() and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank())
-    summaries: dict[str, Any] = {}
+    check_data(cfg)
     stages = spec.stages(cfg)
     names = [s.name for s in stages]
     for name in only or []:
         if name not in names:
             raise RunError(f"method {spec.name} has no stage {name!r}; its stages: {', '.join(names)}")
+    if dist.is_main():
+        prepare_run_dir(run_dir, {"method": spec.name, **to_dict(cfg)})
+    dist.barrier()
+    setup_logging(run_dir if dist.is_main() else None, level=logging.getLogger().level or logging.INFO)
+    run_cfg = reconfigure(spec, cfg, {"max_steps": max_steps}) if max_steps is not None else cfg
+    settings = _first_settings(run_cfg)
+    device = resolve_device(settings.device)
+    if dist.is_dist() and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank())
+    summaries: dict[str, Any] = {}
+    upstream_changed: str | None = None  # the first stage that (re)computed its outputs in this call
     for stage in stages:
+        # Rank 0 reads the run folder and every rank takes the same decisions from what it read.
+        marker = dist.broadcast_object(read_marker(stage.name, run_dir) if dist.is_main() else None)
         if only is not None and stage.name not in only:
+            if upstream_changed and marker is not None and not marker.get("stale") and dist.is_main():
+                _mark_stale(stage, run_dir, marker, upstream_changed)
             continue
-        if stage.is_done(run_dir) and not force:
+        fresh = force or upstream_changed is not None or bool(marker and marker.get("stale"))
+        if marker is not None and not fresh and _finished(marker, max_steps):
             log.info("stage %s: done earlier, skipped (%s)", stage.name, stage.marker(run_dir))
-            summaries[stage.name] = json.loads(stage.marker(run_dir).read_text())
+            summaries[stage.name] = marker
             continue
-        log.info("stage %s: %s", stage.name, stage.description)
+        if fresh and marker is None and not dist.broadcast_object(_has_outputs(stage, run_dir) if dist.is_main() else None):
+            fresh = False  # nothing to remove (first run of this stage)
+        log.info("stage %s: %s%s", stage.name, stage.description, " (from scratch)" if fresh else "")
         start = time.time()
-        if force and dist.is_main():
+        if fresh and dist.is_main():
             _remove_outputs(stage, run_dir)
         dist.barrier()
-        ctx = StageContext(run_dir=run_dir, config=cfg, device=device, resume=resume and not force)
+        # Continue the stage's own checkpoints when it was interrupted (no marker) or stopped by max_steps.
+        ctx = StageContext(run_dir=run_dir, config=run_cfg, device=device, resume=not fresh and (resume or marker is not None))
+        # Stages build their models before the engine seeds (and torch's own start seed is random):
+        # seed here so that model initialisation, and so the whole run, repeats for the same seed.
+        seed_everything(settings.seed)
         if stage.all_ranks or dist.is_main():
             summary = stage.run(ctx)
         else:
             summary = {}
         dist.barrier()
-        summary = {"stage": stage.name, "seconds": round(time.time() - start, 2), **summary}
         if dist.is_main():
+            summary = {"stage": stage.name, **summary, "seconds": round(time.time() - start, 2)}
+            if _stopped_early(stage, run_dir):
+                summary["truncated"] = True
+                log.warning("stage %s: stopped by max_steps after %s steps; `avseg train --out %s --resume` "
+                            "(without --max-steps) continues it", stage.name, summary.get("steps"), run_dir)  # fmt: skip
             write_marker(stage, run_dir, summary)
+        summary = dist.broadcast_object(summary if dist.is_main() else None)
         summaries[stage.name] = summary
+        # A resumed stage whose checkpoint did not move (nothing left to train) changed nothing downstream.
+        unchanged = marker is not None and not fresh and marker.get("steps") is not None and marker.get("steps") == summary.get("steps")
+        if upstream_changed is None and not unchanged:
+            upstream_changed = stage.name
         log.info("stage %s: finished in %.1f s", stage.name, summary["seconds"])
+    dist.barrier()
     return summaries
 
 
+def _finished(marker: dict[str, Any], max_steps: int | None) -> bool:
+    """A marker of a complete stage, or of one stopped at (at least) the ``max_steps`` asked for now."""
+    if not marker.get("truncated"):
+        return True
+    return max_steps is not None and (marker.get("steps") or 0) >= max_steps
+
+
+def _stopped_early(stage: Any, run_dir: Path) -> bool:
+    """True when a training stage's last checkpoint is short of its epochs (stopped by max_steps)."""
+    from avseg.engine.checkpoint import LAST, read_metadata
+
+    for rel in stage.outputs:
+        last = run_dir / rel / LAST
+        if last.is_file():
+            meta = read_metadata(last)
+            epochs = (meta.get("settings") or {}).get("epochs")
+            if epochs is not None and meta.get("epoch", epochs) < epochs:
+                return True
+    return False
+
+
+def _has_outputs(stage: Any, run_dir: Path) -> bool:
+    return any((run_dir / rel).exists() for rel in stage.outputs)
+
+
 def _remove_outputs(stage: Any, run_dir: Path) -> None:
-    """Before a forced rerun: remove what the stage wrote, so nothing stale is mixed with the new run."""
+    """Before a rerun from scratch: remove what the stage wrote, so nothing stale is mixed with the new run."""
     import shutil
 
     stage.marker(run_dir).unlink(missing_ok=True)
@@ -156,6 +241,12 @@ def _remove_outputs(stage: Any, run_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def _mark_stale(stage: Any, run_dir: Path, marker: dict[str, Any], cause: str) -> None:
+    log.warning("stage %s: its outputs were computed from the previous outputs of stage %s and are now stale; "
+                "`avseg train --out %s --resume` recomputes them", stage.name, cause, run_dir)  # fmt: skip
+    write_marker(stage, run_dir, {**marker, "stale": True, "stale_because": f"stage {cause} was rerun"})
 
 
 def load_run(run_dir: Path) -> tuple[MethodSpec, Any]:
@@ -189,6 +280,8 @@ def evaluate_run(
     spec, cfg = load_run(run_dir)
     if data_root is not None:
         cfg.data.root = data_root
+    check_data(cfg)
+    _warn_unfinished(spec, cfg, Path(run_dir))
     dev = resolve_device(device)
     predictor = spec.load_predictor(cfg, Path(run_dir), dev)
     dataset = make_dataset(cfg.data, split, audio=cfg.data.audio_frontend is not None)
@@ -200,9 +293,18 @@ def evaluate_run(
     return result
 
 
+def _warn_unfinished(spec: MethodSpec, cfg: Any, run_dir: Path) -> None:
+    for stage in spec.stages(cfg):
+        marker = read_marker(stage.name, run_dir)
+        state = "not finished" if marker is None else "stale" if marker.get("stale") else "stopped by max_steps" if marker.get("truncated") else None
+        if state:
+            log.warning("%s: stage %s is %s; evaluating what is there (`avseg train --out %s --resume` completes the run)", run_dir, stage.name, state, run_dir)
+
+
 # --- CLI ----------------------------------------------------------------------------------------------
 def _quick(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k, None) for k in QUICK_TRAIN_FLAGS}
+    """The quick training flags given on the command line (max_steps is applied per call, see run_method)."""
+    return {k: getattr(args, k, None) for k in QUICK_TRAIN_FLAGS if k != "max_steps"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -210,43 +312,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     dist.init_from_env("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     try:
         if args.resume and (run_dir / "config.yaml").is_file():
+            # The run's own config; flags given again change only what they name.
             spec, cfg = load_run(run_dir)
-            quick = {k: v for k, v in _quick(args).items() if v is not None}
-            if quick or args.set:
-                spec, cfg = build_config(spec.name, None, None, None, quick, None, list(args.set or []) + _as_overrides(cfg))
+            if args.method is not None and args.method != spec.name:
+                raise RunError(f"{run_dir} holds a {spec.name} run, not {args.method}")
+            sets = list(args.set or [])
+            sets += [f"data.root={json.dumps(str(args.data))}"] if args.data else []
+            sets += [f"data.image_size={args.image_size}"] if args.image_size else []
+            cfg = reconfigure(spec, cfg, _quick(args), sets, source=str(run_dir / "config.yaml"))
         else:
-            spec, cfg = build_config(args.method, args.config, args.data, args.layout, _quick(args), args.image_size, args.set)
-        summaries = run_method(spec, cfg, run_dir, resume=args.resume)
+            spec, cfg = build_config(args.method or "ws-avs", args.config, args.data, args.layout, _quick(args), args.image_size, args.set)
+        summaries = run_method(spec, cfg, run_dir, resume=args.resume, max_steps=args.max_steps)
         if dist.is_main():
-            print(json.dumps({"run": str(run_dir), "stages": {k: v.get("seconds") for k, v in summaries.items()}}))
+            truncated = [k for k, v in summaries.items() if v.get("truncated")]
+            print(json.dumps({"run": str(run_dir), "stages": {k: v.get("seconds") for k, v in summaries.items()},
+                              **({"truncated": truncated} if truncated else {})}))  # fmt: skip
     finally:
         dist.cleanup()
     return 0
 
 
-def _as_overrides(cfg: Any) -> list[str]:
-    """A config as dotted overrides (to re-apply quick flags on top of a loaded run config)."""
-    out: list[str] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        else:
-            out.append(f"{prefix[:-1]}={json.dumps(value)}")
-
-    walk("", to_dict(cfg))
-    return out
-
-
 def cmd_pseudo(args: argparse.Namespace) -> int:
-    spec, cfg = load_run(Path(args.run))
+    run_dir = Path(args.run)
+    spec, cfg = load_run(run_dir)
     names = [s.name for s in spec.stages(cfg)]
     pseudo = names[:-1]  # every stage before the final training produces the pseudo masks
     if not pseudo:
         raise RunError(f"method {spec.name} has no pseudo-mask stages")
+    if args.from_stage is not None and args.from_stage not in pseudo:
+        raise RunError(f"--from {args.from_stage!r}: the pseudo-mask stages of {spec.name} are {', '.join(pseudo)}")
     only = pseudo[pseudo.index(args.from_stage):] if args.from_stage else pseudo
-    summaries = run_method(spec, cfg, Path(args.run), resume=True, only=only, force=args.force or bool(args.from_stage))
+    summaries = run_method(spec, cfg, run_dir, resume=True, only=only, force=args.force or bool(args.from_stage))
     print(json.dumps({k: v.get("quality", v.get("seconds")) for k, v in summaries.items()}, default=str))
     return 0
 
@@ -263,14 +359,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from avseg.demo import run_demo
 
-    metrics = run_demo(Path(args.out), videos=args.videos, size=args.size, seed=args.seed, recipe=args.recipe)
+    metrics = run_demo(Path(args.out), videos=args.videos, size=args.size, seed=args.seed, recipe=args.recipe, quick=args.quick)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def add_run_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a method (all its stages) into a run folder")
-    t.add_argument("--method", choices=sorted(METHODS), default="ws-avs")
+    t.add_argument("--method", metavar="METHOD", help=f"one of {', '.join(sorted(METHODS))} (default ws-avs; on --resume, the run's)")
     t.add_argument("--data", help="dataset root (the folder holding the metadata CSV)")
     t.add_argument("--layout", choices=LAYOUTS)
     t.add_argument("--out", required=True, help="run folder")
@@ -306,11 +402,12 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     d = sub.add_parser("demo", help="the main job on the embedded synthetic data: WS-AVS + supervised reference, report")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--videos", type=int, default=None, help="videos to generate (default: the demo recipe's)")
-    d.add_argument("--size", type=int, default=None, help="frame size (default: the demo recipe's)")
+    d.add_argument("--videos", type=int, default=None, help="videos to generate (default 100)")
+    d.add_argument("--size", type=int, default=None, help="frame size in pixels (default 128)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--recipe", default="demo", help="recipe name under ws-avs/ and supervised/")
+    d.add_argument("--quick", action="store_true", help="smoke test: 32 px, 1 epoch per stage, batch 4 (seconds, meaningless numbers)")
     d.set_defaults(func=cmd_demo)
 
 
-__all__ = ["build_config", "run_method", "evaluate_run", "load_run", "add_run_commands", "RunError", "fields", "is_dataclass"]
+__all__ = ["build_config", "reconfigure", "run_method", "evaluate_run", "load_run", "add_run_commands", "RunError"]

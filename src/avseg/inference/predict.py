@@ -8,6 +8,7 @@ batches are always cut from the same frame sequence as ``avseg score``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,7 +55,7 @@ def iterate_outputs(
         raise ValueError("iterate_outputs needs a dataset without augmentation or frame sampling")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_videos)
     index = 0
-    bar = tqdm(total=len(dataset), desc=progress, unit="video", disable=progress is None, leave=False)
+    bar = tqdm(total=len(dataset), desc=progress, unit="video", disable=progress is None or not sys.stderr.isatty(), leave=False)
     for batch in loader:
         out = fn(batch.to(device)).float().cpu()
         for b in range(batch.batch_size):

@@ -1,0 +1,326 @@
+"""Methods end to end through the real entry point ``avseg.cli.main``: every shipped recipe, WS-AVS (both
+refinements) and the supervised reference on tiny synthetic S4 / MS3 data, eval + save-pred + score,
+pseudo-mask reruns, exact resume (after --max-steps and after SIGKILL) and the quick demo.
+
+Everything runs at 32 px for 1 epoch on 8 videos; the numbers mean nothing, the plumbing is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from avseg import runner
+from avseg.cli import main
+from avseg.config import ConfigError
+from avseg.data import layout as L
+from avseg.data.avsbench import index_videos
+from avseg.data.synthetic import generate
+
+RECIPES = sorted(runner.RECIPES.glob("*/*.yaml"))
+PROTOCOLS = ("clean", "avsbench", "per-frame-max")
+TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "4"]
+
+
+def train(data: Path, run: Path, *extra: str, method: str = "ws-avs", layout: str = "s4", config: str | None = "demo") -> None:
+    args = ["train", "--method", method, "--data", str(data), "--layout", layout, "--out", str(run), "--device", "cpu"]
+    if config is not None:
+        args += ["--config", f"{method}/{config}"]
+    assert main(args + list(extra)) == 0
+
+
+def eval_json(run: Path, capsys: pytest.CaptureFixture, protocol: str = "clean", *extra: str) -> dict:
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--split", "test", "--protocol", protocol, "--device", "cpu", "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def train_frames(root: Path, layout: str) -> list[Path]:
+    """Relative paths (prediction layout) of every training frame."""
+    return [L.prediction_relpath(layout, r.split, r.category, r.video_id, k) for r in index_videos(root, layout, "train") for k in r.frame_numbers]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert sorted(wa) == sorted(wb)
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# --- recipes ------------------------------------------------------------------------------------------
+def test_recipes_are_shipped() -> None:
+    names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
+    assert {"ws-avs/s4", "ws-avs/ms3", "ws-avs/demo", "supervised/s4", "supervised/ms3", "supervised/demo"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_recipe_builds(recipe: Path, tmp_path: Path) -> None:
+    method = recipe.parent.name
+    layout = runner.load_yaml(recipe)["data"]["layout"]
+    spec, cfg = runner.build_config(method, f"{method}/{recipe.stem}", str(tmp_path), layout)
+    assert spec.name == method and cfg.data.layout == layout and cfg.data.root == str(tmp_path)
+    assert spec.stages(cfg), "a method has at least one stage"
+    # The same recipe given as a file path builds the same config.
+    assert runner.build_config(method, str(recipe), str(tmp_path), layout)[1] == cfg
+
+
+def test_recipe_with_a_typo_key_names_key_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "typo.yaml"
+    text = (runner.RECIPES / "ws-avs" / "demo.yaml").read_text().replace("c2am_threshold:", "c2am_treshold:")
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"typo\.yaml.*c2am_treshold.*unknown key.*c2am_threshold"):
+        runner.build_config("ws-avs", str(bad), str(tmp_path), "s4")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(text.replace("c2am_treshold:", "c2am_threshold:").replace("segmenter_train: {epochs", "segmenter_train: {epoch"))
+    with pytest.raises(ConfigError, match=r"nested\.yaml.*segmenter_train\.epoch\b.*unknown key"):
+        runner.build_config("ws-avs", str(nested), str(tmp_path), "s4")
+
+
+def test_quick_flags_apply_to_every_stage_and_set_wins(tmp_path: Path) -> None:
+    _, cfg = runner.build_config("ws-avs", "ws-avs/demo", str(tmp_path), "s4", quick={"epochs": 1, "batch_size": 4}, image_size=32,
+                                 overrides=["segmenter_train.epochs=3"])  # fmt: skip
+    assert cfg.data.image_size == 32
+    assert [s.batch_size for s in cfg.train_settings().values()] == [4, 4, 4]
+    assert (cfg.c2am_train.epochs, cfg.saliency_train.epochs, cfg.segmenter_train.epochs) == (1, 1, 3)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def s4_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "s4"
+    generate("s4", root, num_videos=8, seed=0, size=32)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ms3_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "ms3"
+    generate("ms3", root, num_videos=8, seed=0, size=32)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ws_run(s4_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "ws-avs"
+    train(s4_data, run, *TINY)
+    return run
+
+
+# --- WS-AVS end to end --------------------------------------------------------------------------------
+def test_ws_avs_run_folder(ws_run: Path, s4_data: Path) -> None:
+    for name in ("config.yaml", "git.txt", "env.json", "train.log"):
+        assert (ws_run / name).is_file(), name
+    markers = {p.stem: json.loads(p.read_text()) for p in (ws_run / "stages").glob("*.json")}
+    assert sorted(markers) == sorted(["c2am", "activation-maps", "saliency", "pseudo-masks", "segmenter"])
+    assert not any(m.get("truncated") or m.get("stale") for m in markers.values())
+    for rel in train_frames(s4_data, "s4"):
+        for folder in ("maps", "initial", "saliency", "masks"):
+            assert (ws_run / "pseudo" / folder / rel).is_file(), f"pseudo/{folder}/{rel}"
+    manifest = json.loads((ws_run / "pseudo" / "manifest.json").read_text())
+    quality = manifest["quality"]
+    assert quality["frames"] == len(index_videos(s4_data, "s4", "train"))  # S4 train: frame 1 has GT
+    assert 0.0 <= quality["miou"] <= 1.0 and 0.0 <= quality["fscore"] <= 1.0
+    assert manifest["refinement"] == "saliency" and manifest["saliency_checkpoint"]
+    assert (ws_run / "pseudo" / "contact_sheet.png").stat().st_size > 0
+    assert (ws_run / "segmenter" / "last.safetensors").is_file()
+    saved = runner.load_yaml(ws_run / "config.yaml")
+    assert saved["method"] == "ws-avs" and saved["data"]["image_size"] == 32 and saved["segmenter_train"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ws_avs_eval_and_saved_predictions_score_the_same(ws_run: Path, s4_data: Path, protocol: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred = tmp_path / "pred"
+    result = eval_json(ws_run, capsys, protocol, "--save-pred", str(pred))
+    assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
+    assert result["protocol"] == protocol and result["frames"] == 5 * len(index_videos(s4_data, "s4", "test"))
+    assert json.loads((ws_run / "eval" / f"test-{protocol}.json").read_text())["miou"] == result["miou"]
+    assert main(["score", "--data", str(s4_data), "--layout", "s4", "--split", "test", "--pred", str(pred), "--protocol", protocol, "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["frames"] == result["frames"] and scored["resized"] == 0
+    # PNGs hold probability x 255: scores move by at most the quantisation.
+    assert scored["miou"] == pytest.approx(result["miou"], abs=1 / 255)
+    assert scored["fscore"] == pytest.approx(result["fscore"], abs=1 / 255)
+
+
+def test_eval_text_output(ws_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", "--run", str(ws_run), "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("ws-avs on s4 test") and "mIoU" in line
+
+
+def test_pseudo_rerun_from_activation_maps(ws_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(ws_run, run)
+    before = {p.stem: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")}
+    segmenter_before = json.loads((run / "stages" / "segmenter.json").read_text())
+    time.sleep(0.01)
+    assert main(["pseudo", "--run", str(run), "--from", "activation-maps"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(printed) == ["activation-maps", "pseudo-masks", "saliency"]
+    after = {p.stem: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")}
+    assert after["c2am"] == before["c2am"]  # before --from: untouched
+    for name in ("activation-maps", "saliency", "pseudo-masks"):
+        assert after[name] > before[name], f"{name} marker not rewritten"
+    assert json.loads((run / "pseudo" / "manifest.json").read_text())["quality"]["frames"] > 0
+    # The segmenter learned from the old pseudo masks: marked stale, and --resume retrains it.
+    stale = json.loads((run / "stages" / "segmenter.json").read_text())
+    assert stale["stale"] and stale["steps"] == segmenter_before["steps"]
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    retrained = json.loads((run / "stages" / "segmenter.json").read_text())
+    assert not retrained.get("stale") and retrained["steps"] == segmenter_before["steps"]
+    assert json.loads((run / "stages" / "c2am.json").read_text()) == json.loads((ws_run / "stages" / "c2am.json").read_text())
+    # Resuming a finished run does nothing.
+    mtimes = {p.stem: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")}
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert {p.stem: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")} == mtimes
+
+
+def test_ws_avs_official_shortcut(s4_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "c2am-run"
+    train(s4_data, run, *TINY, "--set", "refinement=c2am")
+    stages = sorted(p.stem for p in (run / "stages").glob("*.json"))
+    assert stages == sorted(["c2am", "activation-maps", "pseudo-masks", "segmenter"])  # no saliency stage
+    assert not (run / "saliency").exists()
+    manifest = json.loads((run / "pseudo" / "manifest.json").read_text())
+    assert manifest["refinement"] == "c2am" and manifest["saliency_checkpoint"] is None
+    assert 0.0 <= manifest["quality"]["miou"] <= 1.0
+    for rel in train_frames(s4_data, "s4"):
+        assert (run / "pseudo" / "masks" / rel).is_file()
+    for protocol in PROTOCOLS:
+        result = eval_json(run, capsys, protocol)
+        assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
+    assert main(["pseudo", "--run", str(run), "--from", "activation-maps"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == ["activation-maps", "pseudo-masks"]
+
+
+def test_supervised_end_to_end(s4_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "sup"
+    train(s4_data, run, *TINY, method="supervised")
+    assert [p.stem for p in (run / "stages").glob("*.json")] == ["segmenter"]
+    for protocol in PROTOCOLS:
+        result = eval_json(run, capsys, protocol)
+        assert result["method"] == "supervised" and 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
+    assert main(["pseudo", "--run", str(run)]) == 2  # no pseudo-mask stages
+    assert "no pseudo-mask stages" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["ws-avs", "supervised"])
+def test_ms3_end_to_end(method: str, ms3_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / method
+    # The demo recipes are S4; --layout ms3 switches the data section.
+    train(ms3_data, run, *TINY, method=method, layout="ms3")
+    if method == "ws-avs":
+        for rel in train_frames(ms3_data, "ms3"):
+            assert (run / "pseudo" / "masks" / rel).is_file()
+        quality = json.loads((run / "pseudo" / "manifest.json").read_text())["quality"]
+        assert quality["frames"] == 5 * len(index_videos(ms3_data, "ms3", "train"))  # MS3 train: all frames have GT
+    pred = tmp_path / "pred"
+    result = eval_json(run, capsys, "clean", "--save-pred", str(pred))
+    assert result["layout"] == "ms3" and 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
+    assert main(["score", "--data", str(ms3_data), "--layout", "ms3", "--split", "test", "--pred", str(pred), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(result["miou"], abs=1 / 255)
+
+
+# --- resume -------------------------------------------------------------------------------------------
+# batch 2 on 4 training videos: 2 steps per epoch, so --max-steps 1 stops every stage mid-epoch; the
+# segmenter trains 2 epochs with a checkpoint every step so that a kill lands between checkpoints.
+RESUME = ["--epochs", "1", "--image-size", "32", "--batch-size", "2", "--seed", "3",
+          "--set", "segmenter_train.epochs=2", "--set", "segmenter_train.checkpoint_every_steps=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(s4_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    train(s4_data, run, *RESUME)
+    return run
+
+
+def assert_same_run(run: Path, reference: Path, capsys: pytest.CaptureFixture) -> None:
+    assert_same_weights(run / "segmenter" / "last.safetensors", reference / "segmenter" / "last.safetensors")
+    for stage in ("c2am", "saliency"):
+        assert_same_weights(run / stage / "last.safetensors", reference / stage / "last.safetensors")
+    for protocol in ("clean", "avsbench"):
+        got, want = eval_json(run, capsys, protocol), eval_json(reference, capsys, protocol)
+        assert (got["miou"], got["fscore"]) == (want["miou"], want["fscore"])
+
+
+def test_resume_after_max_steps_equals_uninterrupted(s4_data: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train(s4_data, run, *RESUME, "--max-steps", "1")
+    markers = {p.stem: json.loads(p.read_text()) for p in (run / "stages").glob("*.json")}
+    assert all(markers[s]["truncated"] and markers[s]["steps"] == 1 for s in ("c2am", "saliency", "segmenter"))
+    assert "max_steps: null" in (run / "config.yaml").read_text() or "max_steps" not in (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run"] == str(run)
+    markers = {p.stem: json.loads(p.read_text()) for p in (run / "stages").glob("*.json")}
+    assert not any(m.get("truncated") for m in markers.values())
+    assert markers["segmenter"]["steps"] == 4
+    assert_same_run(run, uninterrupted, capsys)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted(s4_data: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "avseg.cli", "train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(s4_data),
+           "--layout", "s4", "--out", str(run), "--device", "cpu", *RESUME]  # fmt: skip
+    # One thread like the test process, so the floating-point results are the same bit for bit.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "segmenter" / "train_state.pt"
+    deadline = time.time() + 120
+    try:
+        # Kill in the segmenter stage, after its first checkpoint (the stages before it are done).
+        while not (state.is_file() and (run / "stages" / "c2am.json").is_file()):
+            assert proc.poll() is None, f"training ended (rc {proc.returncode}) before it could be killed"
+            assert time.time() < deadline, "training did not reach the segmenter stage in time"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "stages" / "segmenter.json").exists(), "killed too late: the stage had finished"
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert "segmenter: resumed from" in (run / "train.log").read_text()  # from its checkpoint, not from scratch
+    assert json.loads((run / "stages" / "segmenter.json").read_text())["steps"] == 4
+    assert_same_run(run, uninterrupted, capsys)
+
+
+# --- demo ---------------------------------------------------------------------------------------------
+def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32", "--quick"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert printed == metrics
+    assert set(metrics) == {"ws-avs", "pseudo-masks", "supervised", "protocol", "seconds"}
+    assert set(metrics["ws-avs"]) == {"miou", "fscore"} and set(metrics["supervised"]) == {"miou", "fscore"}
+    assert set(metrics["pseudo-masks"]) == {"miou"} and metrics["protocol"] == "clean"
+    values = [metrics["ws-avs"]["miou"], metrics["ws-avs"]["fscore"], metrics["pseudo-masks"]["miou"],
+              metrics["supervised"]["miou"], metrics["supervised"]["fscore"]]  # fmt: skip
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values), values
+    assert metrics["seconds"] > 0
+    report = (out / "report.md").read_text()
+    assert "Weak / fully supervised mIoU ratio" in report and "Quick smoke run" in report
+    for png in ("preview.png", "overlays_test.png", "overlays_train.png", "ws-avs/pseudo/contact_sheet.png"):
+        assert (out / png).stat().st_size > 0, png
+    # A full-size demo into the same folder would mix settings: refused with a clear message.
+    assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32"]) == 2
+    assert "other settings" in capsys.readouterr().err
