@@ -309,6 +309,9 @@ def _quick(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
+    # --visual-weights / --audio-weights are shorthands for the config keys of the same names.
+    weights = [f"{key}={json.dumps(value)}" for key, value in (("visual_weights", args.visual_weights), ("audio_weights", args.audio_weights)) if value]
+    args.set = weights + list(args.set or [])
     dist.init_from_env("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     try:
         if args.resume and (run_dir / "config.yaml").is_file():
@@ -380,6 +383,8 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int)
     t.add_argument("--amp", choices=("off", "bf16", "fp16"))
+    t.add_argument("--visual-weights", dest="visual_weights", help="none | imagenet (torchvision file in the torch hub cache; the error names it)")
+    t.add_argument("--audio-weights", dest="audio_weights", help="none | imagenet | aisfx (encoder-dependent)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.set_defaults(func=cmd_train)
 
