@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=cmd_score)
 
     _add_run_commands(sub)
+    from avseg.inference.commands import add_inference_commands
+
+    add_inference_commands(sub)
     return p
 
 
