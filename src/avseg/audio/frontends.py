@@ -12,7 +12,9 @@ reference implementation named in its docstring (pinned by ``tests/test_audio.py
 
 from __future__ import annotations
 
+import logging
 import math
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "AudioError",
     "FRONTENDS",
+    "container_truncation",
     "FrontendSpec",
     "compute_features",
     "decode_audio_stream",
@@ -39,8 +42,25 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+
 class AudioError(ValueError):
-    """An audio file cannot be used; the message names the file and the problem."""
+    """An audio file cannot be used; the message names the file and the problem.
+
+    ``path`` and ``problem`` (the message without the file name) are set when the error is about one file,
+    so a report that lists files (``avseg data validate``) does not repeat the path.
+    """
+
+    def __init__(self, message: str, *, path: Path | str | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.path = str(path) if path is not None else None
+        self.problem = problem if problem is not None else message
+
+
+def _error(path: Path, problem: str) -> AudioError:
+    """``audio file PATH <problem>``, e.g. problem = "is truncated (...)"."""
+    return AudioError(f"audio file {path} {problem}", path=path, problem=f"audio {problem}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,11 +77,68 @@ _SF_BLOCK = 65536
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise AudioError(f"audio file {path} does not exist")
+        raise _error(path, "does not exist")
     if not path.is_file():
-        raise AudioError(f"audio path {path} is not a file")
+        raise AudioError(f"audio path {path} is not a file", path=path, problem="audio path is not a file")
     if path.stat().st_size == 0:
-        raise AudioError(f"audio file {path} is 0 bytes")
+        raise _error(path, "is 0 bytes")
+    problem = container_truncation(path)
+    if problem is not None:
+        raise _error(path, f"is truncated: {problem}")
+
+
+# The largest chunk size a RIFF header can give; writers that stream to a pipe put it (or 0) for "unknown".
+_RIFF_UNKNOWN = (0, 0xFFFFFFFF)
+_ISO_BMFF_TYPES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"moof", b"styp", b"sidx", b"uuid"})
+
+
+def container_truncation(path: Path) -> str | None:
+    """Why a WAV (RIFF) or MP4/MOV/M4A (ISO-BMFF) file is cut short, or None.
+
+    Decoders read such files up to where the bytes end without complaint, so a copy that stopped half-way
+    would silently give shorter audio; the chunk / box sizes in the file say how long it should be.
+    Other formats, RF64 and sizes marked unknown are not checked (None).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            offset = 12
+            while offset + 8 <= size:
+                f.seek(offset)
+                chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+                if chunk_size in _RIFF_UNKNOWN and chunk_id == b"data":
+                    return None  # streamed WAV of unknown length: the data runs to the end of the file
+                end = offset + 8 + chunk_size
+                if end > size:
+                    name = chunk_id.decode("latin-1")
+                    return f"its '{name.strip()}' chunk declares {chunk_size} bytes but only {size - offset - 8} follow"
+                if chunk_id == b"data":
+                    return None
+                offset = end + (chunk_size & 1)  # chunks are padded to even sizes
+            return None
+        if len(head) >= 8 and head[4:8] in _ISO_BMFF_TYPES:
+            offset = 0
+            while offset + 8 <= size:
+                f.seek(offset)
+                box_size, box_type = struct.unpack(">I4s", f.read(8))
+                header = 8
+                if box_size == 1:  # 64-bit size follows the type
+                    raw = f.read(8)
+                    if len(raw) < 8:
+                        return f"box '{box_type.decode('latin-1')}' at byte {offset} is cut off"
+                    box_size, header = struct.unpack(">Q", raw)[0], 16
+                elif box_size == 0:  # the last box runs to the end of the file
+                    return None
+                if box_size < header:
+                    return None  # not a box structure we understand; let the decoder judge
+                if offset + box_size > size:
+                    name = box_type.decode("latin-1")
+                    return f"its '{name}' box at byte {offset} declares {box_size} bytes but the file ends after {size - offset}"
+                offset += box_size
+            return None
+    return None
 
 
 def _soundfile_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]] | None:
@@ -72,6 +149,11 @@ def _soundfile_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]] | None:
         handle = sf.SoundFile(str(path))
     except Exception:  # libsndfile cannot parse it: let PyAV try (or report it as corrupt)
         return None
+    try:
+        _check_rate(path, int(handle.samplerate))
+    except AudioError:
+        handle.close()
+        raise
 
     def blocks() -> Iterator[np.ndarray]:
         with handle:
@@ -79,7 +161,7 @@ def _soundfile_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]] | None:
                 try:
                     block = handle.read(_SF_BLOCK, dtype="float32", always_2d=True)  # (n, C)
                 except Exception as e:
-                    raise AudioError(f"audio file {path} is corrupt or truncated: {e}") from e
+                    raise _error(path, f"is corrupt or truncated: {e}") from e
                 if block.shape[0] == 0:
                     return
                 yield block.mean(axis=1, dtype=np.float32)  # channels averaged -> (n,)
@@ -112,29 +194,37 @@ def _pyav_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
     try:
         container = av.open(str(path))
     except Exception as e:
-        raise AudioError(f"audio file {path} is unreadable or corrupt: {e}") from e
+        raise _error(path, f"is unreadable or corrupt: {e}") from e
     streams = list(container.streams.audio)
     if not streams:
+        what = f" (FFmpeg reads it as '{getattr(container.format, 'name', '?')}': {len(container.streams)} stream(s), none of them audio)"
         container.close()
-        raise AudioError(f"{path} has no audio track")
+        raise AudioError(f"{path} has no audio track{what}", path=path, problem=f"file has no audio track{what}")
     stream = streams[0]
-    rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+    try:
+        rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+    except Exception:  # no decoder for the track (e.g. a WAV with an unknown format tag)
+        rate = 0
     if rate <= 0:
         container.close()
-        raise AudioError(f"audio track of {path} has no valid sample rate")
+        raise AudioError(f"audio track of {path} has no valid sample rate", path=path, problem="audio track has no valid sample rate")
+    try:
+        _check_rate(path, rate)
+    except AudioError:
+        container.close()
+        raise
 
     def blocks() -> Iterator[np.ndarray]:
         try:
             for frame in container.decode(stream):
                 if frame.sample_rate and int(frame.sample_rate) != rate:
-                    raise AudioError(
-                        f"audio track of {path} changes sample rate mid-stream ({rate} -> {frame.sample_rate} Hz)"
-                    )
+                    problem = f"changes sample rate mid-stream ({rate} -> {frame.sample_rate} Hz)"
+                    raise AudioError(f"audio track of {path} {problem}", path=path, problem=f"audio track {problem}")
                 yield _frame_to_mono(frame)
         except AudioError:
             raise
         except Exception as e:
-            raise AudioError(f"audio track of {path} is corrupt: {e}") from e
+            raise AudioError(f"audio track of {path} is corrupt: {e}", path=path, problem=f"audio track is corrupt: {e}") from e
         finally:
             container.close()
 
@@ -152,26 +242,53 @@ def _native_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
     return _pyav_blocks(path)
 
 
+# Native rates a real recording can have; anything else is a corrupt header (and would make the resampler
+# build an absurd filter).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
+
+
+def _check_rate(path: Path, rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise _error(path, f"declares a sample rate of {rate} Hz (expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; a corrupt header?)")
+
+
 def _check_block(path: Path, block: np.ndarray, offset: int, rate: int) -> None:
     if not np.isfinite(block).all():
         bad = offset + int(np.flatnonzero(~np.isfinite(block))[0])
-        raise AudioError(f"audio file {path} holds NaN/Inf samples (first at {bad / rate:.3f} s)")
+        raise _error(path, f"holds NaN/Inf samples (first at {bad / rate:.3f} s)")
 
 
-def load_audio(path: Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+# Files already warned about as silent (one warning per file and process, not one per epoch).
+_WARNED_SILENT: set[str] = set()
+_MAX_WARNED = 100_000
+
+
+def _warn_silent(path: Path) -> None:
+    """All-zero audio is accepted (a silent clip is a valid input) but logged once per file."""
+    key = str(path)
+    if key in _WARNED_SILENT:
+        return
+    if len(_WARNED_SILENT) < _MAX_WARNED:
+        _WARNED_SILENT.add(key)
+    log.warning("audio file %s is all zeros (silent): its features are those of silence", path)
+
+
+def load_audio(path: Path, sample_rate: int | None = None, warn_silent: bool = True) -> tuple[np.ndarray, int]:
     """Decode a whole audio file, or the first audio track of a video, to mono float32.
 
     Args:
         path: wav/flac/ogg (libsndfile) or any container FFmpeg reads (mp4, mkv, webm, m4a, ...).
         sample_rate: resample to this rate (``resample``); None keeps the native rate.
+        warn_silent: log a warning (once per file) when the audio is all zeros.
 
     Returns:
         ``(audio, rate)``: audio (S,) float32 in [-1, 1] (channels averaged, clipped after
         resampling), and its sample rate.
 
     Raises:
-        AudioError: missing, 0-byte, unreadable or corrupt file, no audio track, zero samples, or
-            NaN/Inf samples; the message names the file.
+        AudioError: missing, 0-byte, truncated (``container_truncation``), unreadable or corrupt file, no
+            audio track, zero samples, or NaN/Inf samples; the message names the file. All-zero audio is
+            accepted with a warning logged once per file.
     """
     path = Path(path)
     rate, blocks = _native_blocks(path)
@@ -182,8 +299,10 @@ def load_audio(path: Path, sample_rate: int | None = None) -> tuple[np.ndarray, 
         parts.append(block)
         offset += block.shape[0]
     if offset == 0:
-        raise AudioError(f"audio file {path} has zero samples")
+        raise _error(path, "has zero samples")
     audio = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if warn_silent and not audio.any():
+        _warn_silent(path)
     if sample_rate is not None and sample_rate != rate:
         audio = resample(torch.from_numpy(audio), rate, sample_rate).numpy()
         rate = int(sample_rate)
@@ -220,6 +339,7 @@ def decode_audio_stream(
     pending: list[np.ndarray] = []
     pending_len = 0
     offset = 0
+    audible = False
 
     def emit(final: bool) -> Iterator[np.ndarray]:
         nonlocal pending, pending_len
@@ -238,13 +358,16 @@ def decode_audio_stream(
     for block in blocks:
         _check_block(path, block, offset, rate)
         offset += block.shape[0]
+        audible = audible or bool(block.any())
         out = block if resampler is None else resampler.push(block)
         if out.size:
             pending.append(out.astype(np.float32, copy=False))
             pending_len += out.size
         yield from emit(final=False)
     if offset == 0:
-        raise AudioError(f"audio file {path} has zero samples")
+        raise _error(path, "has zero samples")
+    if not audible:
+        _warn_silent(path)
     if resampler is not None:
         out = resampler.flush()
         if out.size:
@@ -288,11 +411,45 @@ def _sinc_kernel(
     return kernel[:, None, :], width
 
 
+# The polyphase kernel has (new / gcd) rows of about (orig / gcd) taps: rates whose gcd is tiny (32001 Hz ->
+# 16 kHz: 16000 x 32069 float64, 4 GB) would exhaust memory. Above this size the input rate is rounded to
+# a nearby one that shares a large divisor with the output rate (see ``_reduced``).
+_MAX_KERNEL_BYTES = 64 * 2**20
+_MAX_RATE_ERROR = 0.005  # relative timing error allowed by that rounding (0.5 %)
+
+
+def _kernel_bytes(orig: int, new: int) -> int:
+    width = math.ceil(_LOWPASS_WIDTH * orig / (min(orig, new) * _ROLLOFF))
+    return 8 * new * (2 * width + orig)
+
+
+@lru_cache(maxsize=64)
 def _reduced(orig_sr: int, new_sr: int) -> tuple[int, int]:
+    """The resampling ratio as (orig, new) divided by their gcd.
+
+    When that ratio needs a kernel above ``_MAX_KERNEL_BYTES``, the input rate is rounded to the nearest
+    multiple of 10, 100 or 1000 Hz whose kernel fits and whose relative error is at most 0.5 % (a warning
+    says so, once per rate pair): the audio then plays that much faster or slower, which no front-end can
+    hear. Rates that fit neither way raise ValueError.
+    """
     if int(orig_sr) != orig_sr or int(new_sr) != new_sr or orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive integers, got {orig_sr} -> {new_sr}")
-    g = math.gcd(int(orig_sr), int(new_sr))
-    return int(orig_sr) // g, int(new_sr) // g
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    g = math.gcd(orig_sr, new_sr)
+    if _kernel_bytes(orig_sr // g, new_sr // g) <= _MAX_KERNEL_BYTES:
+        return orig_sr // g, new_sr // g
+    for step in (10, 100, 1000):
+        rate = round(orig_sr / step) * step
+        if rate <= 0 or abs(rate - orig_sr) / orig_sr > _MAX_RATE_ERROR:
+            break
+        g = math.gcd(rate, new_sr)
+        if _kernel_bytes(rate // g, new_sr // g) <= _MAX_KERNEL_BYTES:
+            log.warning("resampling %d Hz -> %d Hz as if the input were %d Hz (the exact ratio needs a %d MB filter); "
+                        "timing error %.3f %%", orig_sr, new_sr, rate, _kernel_bytes(orig_sr, new_sr) // 2**20,
+                        100 * abs(rate - orig_sr) / orig_sr)  # fmt: skip
+            return rate // g, new_sr // g
+    raise ValueError(f"cannot resample {orig_sr} Hz -> {new_sr} Hz: the exact filter is too large and no rate within "
+                     f"{100 * _MAX_RATE_ERROR:g} % has a usable ratio")
 
 
 def resample(

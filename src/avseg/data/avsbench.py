@@ -16,6 +16,7 @@ Video-level labels (the only supervision weak methods see):
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -30,6 +31,7 @@ from avseg.data.errors import DataError
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 SOUNDING = "sounding"
+MAX_NAME_BYTES = 200  # ids become file names with suffixes such as ".mp4_5.png"; file systems stop at 255
 
 
 @dataclass(frozen=True)
@@ -55,23 +57,49 @@ class MetadataProblem:
 
 
 def _check_name(value: str, what: str, path: Path, line: int) -> None:
-    """Ids become path components: refuse anything that could escape the dataset folder."""
+    """Ids become path components: refuse anything that could escape the dataset folder or is no file name."""
     p = PurePath(value)
     if not value or value in (".", "..") or p.is_absolute() or "/" in value or "\\" in value or ".." in p.parts:
         raise DataError(path, f"line {line}: {what} {value!r} is not a plain file name (refused: path traversal)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise DataError(path, f"line {line}: {what} {value!r} holds control characters (refused)")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise DataError(path, f"line {line}: {what} {value[:40]!r}... is longer than {MAX_NAME_BYTES} bytes (refused)")
 
 
-def _read_csv(path: Path) -> list[list[str]]:
+def _read_csv(path: Path) -> list[tuple[int, list[str]]]:
+    """(physical line number, stripped cells) of every non-blank row."""
     if not path.is_file():
         raise DataError(path, "metadata file not found")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(path, f"unreadable metadata ({exc})") from exc
-    rows = [row for row in csv.reader(text.splitlines()) if row and any(c.strip() for c in row)]
+    rows: list[tuple[int, list[str]]] = []
+    # newline="" keeps line breaks inside quoted cells in the cell (they are refused as control characters)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = 1
+    try:
+        for row in reader:
+            if row and any(c.strip() for c in row):
+                rows.append((start, [c.strip() for c in row]))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(path, f"line {reader.line_num}: not valid CSV ({exc})") from exc
     if not rows:
         raise DataError(path, "metadata file is empty")
-    return [[c.strip() for c in row] for row in rows]
+    return rows
+
+
+def _is_s4_header(row: list[str]) -> bool:
+    """The S4 CSV's header row is optional. It is recognised by a 'split' column, a first column 'name', or
+    a start column that is no number while the last column is no split name. Any other first row is data,
+    so a mistyped split in row 1 is reported instead of being dropped as a header."""
+    cells = [c.lower() for c in row]
+    if cells[0] == "name" or "split" in cells:
+        return True
+    start_is_number = len(cells) > 1 and cells[1].replace(".", "", 1).isdigit()
+    return not start_is_number and cells[-1] not in L.SPLITS
 
 
 def read_metadata(root: Path, layout: str) -> list[dict[str, str]]:
@@ -105,29 +133,30 @@ def scan_metadata(root: Path, layout: str) -> tuple[list[dict[str, str]], list[D
 
     if layout == "s4":
         # Columns by position: name, start-second, category, split; a header row is optional.
-        start = 1 if rows[0][-1].lower() not in L.SPLITS or rows[0][0].lower() == "name" else 0
-        for i, row in enumerate(rows[start:], start=start + 1):
+        start = 1 if _is_s4_header(rows[0][1]) else 0
+        for i, row in rows[start:]:
             if len(row) < 4:
                 bad(i, f"expected 4 columns (name, start, category, split), found {len(row)}")
                 continue
             out.append({"video": row[0], "category": row[2], "split": row[3], "labels": row[2], "line": str(i)})
     elif layout == "ms3":
-        header = [h.lower() for h in rows[0]]
+        header_line, header_row = rows[0]
+        header = [h.lower() for h in header_row]
         if "split" not in header:
-            return [], [DataError(path, f"line 1: header has no 'split' column (found {rows[0]})")]
+            return [], [DataError(path, f"line {header_line}: header has no 'split' column (found {header_row})")]
         split_col = header.index("split")
         label_col = header.index("labels") if "labels" in header else None
-        for i, row in enumerate(rows[1:], start=2):
+        for i, row in rows[1:]:
             if len(row) <= max(split_col, label_col or 0):
                 bad(i, f"expected {len(header)} columns, found {len(row)}")
                 continue
             labels = row[label_col] if label_col is not None else ""
             out.append({"video": row[0], "category": "", "split": row[split_col], "labels": labels, "line": str(i)})
     else:
-        header = [h.lower() for h in rows[0]]
-        if len(header) < 7:
-            return [], [DataError(path, f"line 1: expected 7 columns (vid, uid, s_min, s_sec, a_obj, split, label), found {len(header)}")]
-        for i, row in enumerate(rows[1:], start=2):
+        header_line, header_row = rows[0]
+        if len(header_row) < 7:
+            return [], [DataError(path, f"line {header_line}: expected 7 columns (vid, uid, s_min, s_sec, a_obj, split, label), found {len(header_row)}")]
+        for i, row in rows[1:]:
             if len(row) < 7:
                 bad(i, f"expected 7 columns, found {len(row)}")
                 continue
@@ -184,8 +213,8 @@ def avss_classes(root: Path) -> list[str]:
         raise DataError(path, "label2idx.json not found")
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"malformed JSON ({exc})") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(path, f"malformed JSON ({type(exc).__name__}: {exc})") from exc
     if not isinstance(mapping, dict) or not mapping:
         raise DataError(path, "expected a non-empty JSON object {class name: index}")
     if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in mapping.items()):
@@ -259,10 +288,17 @@ def _open_image(path: Path, what: str) -> Image.Image:
     return img
 
 
+def _converted(img: Image.Image, mode: str, path: Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(img.convert(mode))
+    except Exception as exc:  # a mode PIL cannot convert: still a problem of this file
+        raise DataError(path, f"{what} in image mode {img.mode} cannot be read as {mode} ({exc})") from exc
+
+
 def read_frame(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    img = _open_image(Path(path), "frame")
-    return np.asarray(img.convert("RGB"))
+    """(H, W, 3) uint8 RGB. Decoded by content: a JPEG named .png is read (``avseg data validate`` warns)."""
+    path = Path(path)
+    return _converted(_open_image(path, "frame"), "RGB", path, "frame")
 
 
 def read_mask(path: Path, layout: str, num_classes: int | None = None) -> np.ndarray:
@@ -274,20 +310,26 @@ def read_mask(path: Path, layout: str, num_classes: int | None = None) -> np.nda
         if img.mode not in ("L", "P", "I", "I;16"):
             raise DataError(path, f"semantic map must be a single-channel class-index PNG, found mode {img.mode}")
         arr = np.asarray(img).astype(np.int64)
+        if arr.ndim != 2:
+            raise DataError(path, f"semantic map must be a single-channel class-index PNG, found shape {arr.shape}")
+        if arr.size and int(arr.min()) < 0:
+            raise DataError(path, f"class index {int(arr.min())} is negative")
         if num_classes is not None and arr.size and int(arr.max()) >= num_classes:
             raise DataError(path, f"class index {int(arr.max())} out of range (label2idx has {num_classes} classes)")
         return arr
-    if img.mode in ("L", "P", "1", "I", "I;16"):
+    if img.mode in ("L", "P", "1", "I", "I;16", "F"):
         arr = np.asarray(img)
     else:  # RGB(A) masks: any non-black pixel is foreground
-        arr = np.asarray(img.convert("RGB")).max(axis=2)
+        arr = _converted(img, "RGB", path, "mask").max(axis=2)
+    if arr.ndim != 2:
+        raise DataError(path, f"mask must be a single image plane, found shape {arr.shape}")
     return (arr != 0).astype(np.int64)
 
 
 def read_probability_png(path: Path) -> np.ndarray:
     """(H, W) float32 in [0, 1] from an 8-bit grey PNG holding probability x 255."""
-    img = _open_image(Path(path), "probability map")
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    path = Path(path)
+    return _converted(_open_image(path, "probability map"), "L", path, "probability map").astype(np.float32) / 255.0
 
 
 # --- dataset -----------------------------------------------------------------------------------------
@@ -432,10 +474,14 @@ class AVSBenchDataset(Dataset):
                 raise DataError(record.audio_path, "this layout ships no .pkl features; use a wav front-end")
             from avseg.data.safe_pickle import load_tensor_pickle
 
-            feats = load_tensor_pickle(record.pkl_path).float()
-            if feats.dim() != 4 or feats.shape[1:] != (1, 96, 64):
+            feats = load_tensor_pickle(record.pkl_path)
+            # Shape first, then only the T rows used are converted: a crafted file with zero strides can
+            # describe a huge tensor over a tiny storage, and .float() of all of it would exhaust memory.
+            if feats.dim() != 4 or tuple(feats.shape[1:]) != (1, 96, 64) or feats.shape[0] < 1:
                 raise DataError(record.pkl_path, f"expected a [T, 1, 96, 64] tensor, found {list(feats.shape)}")
-            audio = feats[:t]
+            audio = feats[:t].float().contiguous()
+            if not torch.isfinite(audio).all():
+                raise DataError(record.pkl_path, "features hold NaN or Inf")
             if audio.shape[0] < t:
                 audio = torch.cat([audio, audio[-1:].expand(t - audio.shape[0], -1, -1, -1)])
             waveform = None
@@ -464,9 +510,10 @@ class AVSBenchDataset(Dataset):
         size = self.image_size
         num_sem = self.num_semantic_classes if self.layout == "avss" else None
         frames = [read_frame(p) for p in record.frame_paths]
-        shapes = {f.shape[:2] for f in frames}
-        if len(shapes) > 1:
-            raise DataError(record.frame_paths[0].parent, f"frames of video {record.video_id} differ in size: {sorted(shapes)}")
+        for p, f in zip(record.frame_paths, frames):
+            if f.shape[:2] != frames[0].shape[:2]:
+                (h, w), (h0, w0) = f.shape[:2], frames[0].shape[:2]
+                raise DataError(p, f"frame is {w}x{h}, the first frame of video {record.video_id} is {w0}x{h0} (frames of a video must have one size)")
         masks_raw = [read_mask(p, self.layout, num_sem) if p is not None else None for p in record.mask_paths]
         for p, m in zip(record.mask_paths, masks_raw):
             if m is not None and m.shape != frames[0].shape[:2]:

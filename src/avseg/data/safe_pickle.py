@@ -49,18 +49,26 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         raise DataError(self._path, "refused persistent id in pickle: only plain pickled tensors are admitted")
 
 
-def load_tensor_pickle(path: Path) -> torch.Tensor:
+MAX_BYTES = 64 * 2**20  # an official [5, 1, 96, 64] feature file is about 120 KB
+
+
+def load_tensor_pickle(path: Path, max_bytes: int = MAX_BYTES) -> torch.Tensor:
     """Load a pickled tensor (AVSBench ``audio_log_mel/*.pkl``) admitting tensor data only.
 
     Returns:
-        the tensor, e.g. (5, 1, 96, 64) float32 for official S4/MS3 files.
+        the tensor, e.g. (5, 1, 96, 64) float32 for official S4/MS3 files. Its shape is what the file
+        says: callers check it before touching the data (zero strides can make a large view of a tiny
+        storage).
     Raises:
-        DataError naming the file when it is missing, empty, not a pickle, refers to any global other than
-        torch's tensor rebuild functions, or does not hold a tensor.
+        DataError naming the file when it is missing, empty, larger than ``max_bytes``, not a pickle, refers
+        to any global other than torch's tensor rebuild functions, or does not hold a tensor.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(path, f"file is {size} bytes, more than the {max_bytes} a feature pickle may have (refused)")
     data = path.read_bytes()
     if not data:
         raise DataError(path, "file is 0 bytes")

@@ -1,31 +1,69 @@
-"""``avseg data validate``: check a dataset in an AVSBench layout and list every problem in one pass."""
+"""``avseg data validate``: check a dataset in an AVSBench layout and list every problem in one pass.
+
+Files are read with the same readers the training loader uses (``read_frame``, ``read_mask``,
+``avseg.audio.load_audio``, the tensor-only ``.pkl`` reader), so whatever validates also loads.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+from PIL import Image
 
 from avseg.data import layout as L
 from avseg.data.avsbench import VideoRecord, avss_classes, index_videos, read_frame, read_mask, scan_metadata
 from avseg.data.errors import DataError
 
+# What a file's name promises, by suffix, against what PIL finds in it.
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
-def _check_audio(path: Path) -> str | None:
-    """None when the file decodes to finite, non-empty audio; else the problem."""
+
+def _check_audio(path: Path) -> tuple[str | None, str | None]:
+    """(problem, warning) of one audio file: a problem when it does not decode to finite, non-empty audio
+    (missing, 0 bytes, truncated, corrupt, no samples, NaN/Inf); a warning when it is all zeros."""
+    from avseg.audio.frontends import AudioError, load_audio
+
     if not path.is_file():
-        return "audio file not found"
+        return "audio file not found", None
     if path.stat().st_size == 0:
-        return "audio file is 0 bytes"
+        return "audio file is 0 bytes", None
     try:
-        wave, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:
-        return f"audio is not readable ({type(exc).__name__}: {exc})"
-    if wave.shape[0] == 0:
-        return "audio has no samples"
-    if not np.isfinite(wave).all():
-        return "audio holds NaN or Inf samples"
+        wave, _ = load_audio(path, warn_silent=False)  # native rate; silence is listed as a warning below
+    except AudioError as exc:
+        return (exc.problem if exc.path == str(path) else str(exc)), None
+    except Exception as exc:  # a decoder failure the audio layer did not anticipate: still this file's
+        return f"audio is not readable ({type(exc).__name__}: {exc})", None
+    if not wave.any():
+        return None, "audio is all zeros (silent); accepted, its features are those of silence"
+    return None, None
+
+
+def _check_pkl(path: Path | None) -> str | None:
+    """The official VGGish feature file, when present: it must load through the tensor-only reader."""
+    if path is None or not path.is_file():
+        return None  # optional: features are computed from the wav by default
+    from avseg.data.safe_pickle import load_tensor_pickle
+
+    try:
+        feats = load_tensor_pickle(path)
+    except DataError as exc:
+        return exc.problem
+    if feats.dim() != 4 or tuple(feats.shape[1:]) != (1, 96, 64):
+        return f"expected a [T, 1, 96, 64] tensor, found {list(feats.shape)}"
+    return None
+
+
+def _format_warning(path: Path) -> str | None:
+    """A warning when an image's content is another format than its name says (it is read by content)."""
+    expected = _IMAGE_FORMATS.get(path.suffix.lower())
+    try:
+        with Image.open(path) as img:
+            found = img.format
+    except Exception:
+        return None  # already reported as a problem
+    if expected is not None and found is not None and found != expected:
+        return f"file is a {found} image named {path.suffix}; read by its content"
     return None
 
 
@@ -42,6 +80,9 @@ def _check_video(record: VideoRecord, layout: str, num_classes: int | None) -> t
             problems.append({"path": exc.path, "problem": exc.problem})
             continue
         n_frames += 1
+        warning = _format_warning(path)
+        if warning:
+            warnings.append({"path": str(path), "problem": warning})
         if size is None:
             size = shape
         elif shape != size:
@@ -58,17 +99,20 @@ def _check_video(record: VideoRecord, layout: str, num_classes: int | None) -> t
             problems.append({"path": str(path), "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, its frames are {size[1]}x{size[0]}"})
             continue
         if layout != "avss":
-            from PIL import Image
-
             with Image.open(path) as img:
                 if img.mode == "L":
                     values = set(np.unique(np.asarray(img)).tolist())
                     if not values <= {0, 1, 255}:
                         warnings.append({"path": str(path), "problem": f"grey mask holds values other than 0/255 ({len(values)} distinct); binarised with != 0"})
         n_masks += 1
-    problem = _check_audio(record.audio_path)
+    problem, warning = _check_audio(record.audio_path)
     if problem:
         problems.append({"path": str(record.audio_path), "problem": problem})
+    if warning:
+        warnings.append({"path": str(record.audio_path), "problem": warning})
+    problem = _check_pkl(record.pkl_path)
+    if problem:
+        problems.append({"path": str(record.pkl_path), "problem": problem})
     return problems, n_frames, n_masks, warnings
 
 
@@ -78,7 +122,12 @@ def validate_dataset(root: Path, layout: str) -> dict:
     Returns:
         {"layout", "root", "splits": {split: {"videos", "frames", "masks"}}, "problems": [{"path",
         "problem"}], "warnings": [...]}: counts are of files that exist and decode; every missing or
-        unreadable file is a problem naming its path.
+        unreadable file is a problem naming its path. Problems: metadata (missing columns, unknown split,
+        duplicate or unsafe ids), malformed label2idx.json, frames / masks / wavs that are missing, 0 bytes,
+        truncated or undecodable, frames of different sizes within a video, masks of the wrong size or
+        with out-of-range class ids, audio with no samples or NaN/Inf, ``.pkl`` features (when present)
+        that are not a plain [T, 1, 96, 64] tensor pickle. Warnings: grey masks with values other than
+        0/1/255, all-zero audio, images whose content is another format than their name.
     """
     root = Path(root)
     report: dict = {"layout": layout, "root": str(root), "splits": {}, "problems": [], "warnings": []}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,25 @@ STATE_FORMAT = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
 
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint file cannot be used (unreadable, not what avseg writes, or refused as unsafe); the
+    message names the file. A ValueError too, so command-line entry points report it in one line."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
@@ -50,6 +70,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:  # data on disk before the rename makes it visible
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -133,14 +154,31 @@ def save_model_weights(model: nn.Module, path: Path, metadata: dict | None = Non
 
 
 def read_metadata(path: Path) -> dict:
-    """The metadata saved with a weights file (the sidecar, else the safetensors header)."""
+    """The metadata saved with a weights file: the copy in the safetensors header (written atomically with
+    the weights, so it always describes them), else the JSON sidecar (weights written by other tools).
+
+    A crash between the two writes of :func:`save_model_weights` can leave a sidecar one save behind; the
+    header never is.
+    """
     path = Path(path)
-    side = sidecar_path(path)
-    if side.is_file():
-        return json.loads(side.read_text(encoding="utf-8"))
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-    return json.loads(header.get(METADATA_KEY, "{}"))
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    text, source = header.get(METADATA_KEY), path
+    if text is None:
+        side = sidecar_path(path)
+        if not side.is_file():
+            return {}
+        text, source = side.read_text(encoding="utf-8"), side
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: checkpoint metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: checkpoint metadata must be a JSON object, found {type(meta).__name__}")
+    return meta
 
 
 def load_model_weights(model: nn.Module, path: Path, *, strict: bool = True) -> dict:
@@ -154,7 +192,12 @@ def load_model_weights(model: nn.Module, path: Path, *, strict: bool = True) -> 
         raise FileNotFoundError(f"weights file {path} does not exist")
     target = unwrap_model(model)
     device = next((p.device for p in target.parameters()), torch.device("cpu"))
-    state = strip_prefixes(safetensors.torch.load_file(str(path), device=str(device)))
+    try:
+        # safetensors holds raw tensors and a JSON header: nothing in it can run code.
+        state = strip_prefixes(safetensors.torch.load_file(str(path), device=str(device)))
+    except Exception as exc:
+        hint = " (a pickled .pt/.pth checkpoint is never loaded here: weights files are safetensors)" if _is_pickle_or_zip(path) else ""
+        raise CheckpointError(f"{path} is not a readable safetensors weights file{hint}: {type(exc).__name__}: {exc}") from exc
     result = target.load_state_dict(state, strict=False)
     problems = []
     if result.missing_keys:
@@ -219,13 +262,44 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
         torch.save({"format": STATE_FORMAT, **state}, tmp)
 
 
+def _is_pickle_or_zip(path: Path) -> bool:
+    """Whether a file starts like a pickle (protocol 2+) or a zip archive (torch.save's format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+
+
+_GENERIC_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """The line of torch's weights-only error that says what was refused, without its generic advice."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_GENERIC_ADVICE)]
+    return (useful or lines or ["unreadable pickle"])[0]
+
+
 def load_training_state(path: Path) -> dict[str, Any]:
-    """Read a training state with ``weights_only=True`` (no arbitrary unpickling)."""
+    """Read a training state with ``weights_only=True`` (no arbitrary unpickling).
+
+    Raises:
+        CheckpointError naming the file: unreadable or truncated, refused because it needs a global outside
+        torch's weights-only allow-list (a pickle that would run code: nothing in it was executed), or not
+        an avseg training state.
+    """
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # re-raised with the file named
-        raise RuntimeError(f"cannot read training state {path}: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load training state {path}: it is not a plain tensors-and-containers file ({_unpickling_reason(exc)}). "
+            "It was read with torch.load(weights_only=True); nothing from the file was executed."
+        ) from None
+    except Exception as exc:  # truncated zip, not a torch file, ...: re-raised with the file named
+        raise CheckpointError(f"cannot read training state {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise RuntimeError(f"{path} is not an avseg training state (format {STATE_FORMAT})")
+        raise CheckpointError(f"{path} is not an avseg training state (format {STATE_FORMAT})")
     return state

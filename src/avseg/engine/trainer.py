@@ -150,7 +150,8 @@ class FitResult:
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf loss; the last checkpoint on disk is the last good state."""
+    """Training produced a NaN/Inf loss (or non-finite weights after a finite one); the last checkpoint on
+    disk is the last good state."""
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -389,7 +390,20 @@ def fit(
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - started
 
+    def check_weights() -> None:
+        """A finite loss can still leave non-finite weights (an absurd learning rate, overflowing gradients):
+        they are never evaluated or checkpointed. Run before every evaluation and checkpoint."""
+        tensors = [t for t in (*raw.parameters(), *raw.buffers()) if t.is_floating_point()]
+        ok = bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+        if distributed.all_reduce_max(torch.tensor(0.0 if ok else 1.0, device=device)).item():
+            names = [n for n, t in (*raw.named_parameters(), *raw.named_buffers()) if t.is_floating_point() and not torch.isfinite(t).all()]
+            raise NonFiniteLossError(
+                f"{desc}: non-finite weights after step {step} (epoch {epoch + 1}, e.g. {', '.join(names[:3]) or 'on another rank'}) "
+                f"although the loss was finite; training stopped, last good checkpoint: {state_path if state_path.exists() else 'none'}"
+            )
+
     def save_last() -> None:
+        check_weights()
         rng_states = distributed.all_gather_object(capture_rng_state())  # every rank's streams
         if main:
             meta = {"desc": desc, "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
@@ -411,7 +425,15 @@ def fit(
         if main:
             raw.eval()
             with rng_isolated():
-                result = evaluate(raw)  # type: ignore[misc]
+                try:
+                    result = evaluate(raw)  # type: ignore[misc]
+                except (ValueError, RuntimeError, TypeError) as exc:
+                    # e.g. a diverged model's NaN predictions refused by the metrics: say which stage and step
+                    context = (f"{desc}: evaluation after step {step} (epoch {epoch}) failed; last good checkpoint: "
+                               f"{state_path if state_path.exists() else 'none'}")
+                    if type(exc) in (ValueError, RuntimeError, TypeError):
+                        raise type(exc)(f"{context}: {exc}") from exc
+                    raise  # a specific error (e.g. DataError naming a validation file) says enough
             raw.train()
             if not isinstance(result, dict):
                 raise TypeError(f"{desc}: evaluate must return a dict of floats, got {type(result).__name__}")
@@ -500,6 +522,7 @@ def fit(
             if batch_in_epoch >= steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
             if evaluate is not None:
+                check_weights()
                 metrics = run_evaluation()
             save_last()
     finally:

@@ -235,34 +235,103 @@ def _border_fraction(maps: list[np.ndarray], width: int = 2) -> float:
     return float(np.mean([(v > 0.5).mean() for v in vals]))
 
 
+POLARITY_FILE = "polarity.json"  # in pseudo/maps, so a forced rerun that removes the maps removes it too
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
-    """C2AM maps of every training frame -> pseudo/maps (A x 255) and pseudo/initial (A > threshold)."""
+    """C2AM maps of every training frame -> pseudo/maps (A x 255) and pseudo/initial (A > threshold).
+
+    Resumable: the polarity decision is stored (``pseudo/maps/polarity.json``, with the C2AM checkpoint's
+    hash) before any map is written, and on resume every PNG that exists is kept (files are written
+    atomically, so an existing file is complete); only batches with a missing file are recomputed.
+    """
+    import json
+    import shutil
+
+    from avseg.data.imageio import write_text_atomic
     from avseg.inference.predict import iterate_outputs, save_probability_png
     from avseg.pseudo.crf import dense_crf
+    from avseg.pseudo.writer import frame_relpaths, remove_stale_temporaries
 
     cfg: WSAVSConfig = ctx.config
+    layout = cfg.data.layout
+    checkpoint = ctx.path("c2am", "last.safetensors")
     model, _ = _load_c2am(cfg, ctx.run_dir, ctx.device)
     train = make_dataset(cfg.data, "train", audio=False)
     maps_dir, init_dir = ctx.path("pseudo", "maps"), ctx.path("pseudo", "initial")
+    polarity_path = maps_dir / POLARITY_FILE
+    digest = _file_sha256(checkpoint)
 
     def raw(batch: AVBatch) -> Tensor:
         b, t = batch.frames.shape[:2]
         return model.activation(batch.frames.flatten(0, 1), flip=False).view(b, t, *batch.frames.shape[-2:])
 
-    # Polarity (C2AM): the loss is symmetric in P and 1 - P, so which side is foreground is decided
-    # after training: if the image border is mostly "foreground", the map is flipped.
-    outputs = list(iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am maps"))
-    flip = _border_fraction([o.output for o in outputs]) > 0.5
-    for o in outputs:
-        a = 1.0 - o.output if flip else o.output
-        save_probability_png(a, maps_dir / o.relpath(cfg.data.layout))
-        mask = (a > cfg.c2am_threshold).astype(np.float32)
-        if cfg.crf:
-            from avseg.inference.visualize import denormalize
+    frames = sum(len(r.frame_paths) for r in train.records)
+    polarity = None
+    if ctx.resume and polarity_path.is_file():
+        try:
+            polarity = json.loads(polarity_path.read_text())
+        except ValueError:
+            polarity = {}
+        if polarity.get("c2am_sha256") != digest or polarity.get("frames") != frames or "flip" not in polarity:
+            log.warning("activation-maps: %s belongs to another C2AM checkpoint or dataset; recomputing every map", polarity_path)
+            polarity = None
+    if polarity is None:
+        for folder in (maps_dir, init_dir):  # anything here came from another checkpoint or decision
+            if folder.exists():
+                shutil.rmtree(folder)
+        # Polarity (C2AM): the loss is symmetric in P and 1 - P, so which side is foreground is decided
+        # after training: if the image border is mostly "foreground", the map is flipped. A first pass
+        # keeps one number per frame (not the maps: S4 train at 224 px would hold gigabytes).
+        fractions = [_border_fraction([o.output]) for o in iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am polarity")]
+        border = float(np.mean(fractions))
+        polarity = {"flip": bool(border > 0.5), "border_fraction": border, "frames": len(fractions), "c2am_sha256": digest}
+        write_text_atomic(polarity_path, json.dumps(polarity, indent=2))
+    flip = bool(polarity["flip"])
 
-            mask = dense_crf(denormalize(o.frame), a, cfg.c2am_threshold)
-        save_probability_png(mask, init_dir / o.relpath(cfg.data.layout))
-    return {"frames": len(outputs), "polarity_flipped": flip, "threshold": cfg.c2am_threshold, "crf": cfg.crf}
+    if remove_stale_temporaries([maps_dir, init_dir]):
+        log.info("activation-maps: removed temporary files of an interrupted run")
+
+    def done(rel: Path) -> bool:
+        return (maps_dir / rel).is_file() and (init_dir / rel).is_file()
+
+    # Skip whole batches that are done, keeping the others exactly as an uninterrupted run batches them
+    # (kept groups are full batches of 4 except the dataset's last), so resumed maps are bit-identical.
+    batch = 4
+    all_records = list(train.records)
+    groups = [all_records[i : i + batch] for i in range(0, len(all_records), batch)]
+    train.records = [r for g in groups if not all(done(rel) for r in g for rel in frame_relpaths(r, layout)) for r in g]
+    written = 0
+    if train.records:
+        for o in iterate_outputs(raw, train, ctx.device, batch_size=batch, progress="c2am maps"):
+            rel = o.relpath(layout)
+            if done(rel):
+                continue  # written before the interruption, in a batch that still had missing frames
+            a = 1.0 - o.output if flip else o.output
+            if not (init_dir / rel).is_file():
+                mask = (a > cfg.c2am_threshold).astype(np.float32)
+                if cfg.crf:
+                    from avseg.inference.visualize import denormalize
+
+                    mask = dense_crf(denormalize(o.frame), a, cfg.c2am_threshold)
+                save_probability_png(mask, init_dir / rel)
+            if not (maps_dir / rel).is_file():
+                save_probability_png(a, maps_dir / rel)
+            written += 1
+    if written < frames:
+        log.info("activation-maps: kept %d frames written by an earlier run, wrote %d", frames - written, written)
+    return {"frames": frames, "written": written, "reused": frames - written, "polarity_flipped": flip,
+            "border_fraction": polarity["border_fraction"], "threshold": cfg.c2am_threshold, "crf": cfg.crf}
 
 
 def stage_saliency(ctx: StageContext) -> dict[str, Any]:
@@ -296,7 +365,8 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         pseudo = (a > 1.0 - sal).float()  # Eq. 6: argmax over [B; A] with B = 1 - saliency
         return torch.stack([a, sal, pseudo], dim=2)  # (B, T, 3, H, W)
 
-    summary = writer.run(combine, train, ctx.device)
+    # Resumable: frames whose PNGs an interrupted earlier run wrote are kept (see PseudoMaskWriter.run).
+    summary = writer.run(combine, train, ctx.device, resume=ctx.resume, with_saliency=saliency is not None)
     summary.update({
         "stage": "pseudo-masks", "refinement": cfg.refinement, "threshold": cfg.c2am_threshold,
         "c2am_checkpoint": str(ctx.path("c2am", "last.safetensors")),

@@ -1,8 +1,15 @@
-"""Write pseudo masks as PNGs with a manifest, a contact sheet, and their quality against ground truth."""
+"""Write pseudo masks as PNGs with a manifest, a contact sheet, and their quality against ground truth.
+
+Every file is written atomically (temporary file + rename), so a file that exists is complete. That makes
+an interrupted run resumable frame by frame: with ``resume=True`` frames whose outputs exist are not
+recomputed or rewritten, and videos whose every frame is done skip the model entirely.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,8 +17,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avseg.data.avsbench import AVSBenchDataset
+from avseg.data.avsbench import AVSBenchDataset, VideoRecord
+from avseg.data.layout import prediction_relpath
 from avseg.types import AVBatch
+
+log = logging.getLogger(__name__)
+
+
+def frame_relpaths(record: VideoRecord, layout: str) -> list[Path]:
+    """Relative output path (prediction layout) of each frame of a video."""
+    return [prediction_relpath(layout, record.split, record.category, record.video_id, k) for k in record.frame_numbers]
+
+
+def remove_stale_temporaries(folders: Iterable[Path]) -> int:
+    """Delete temporaries of atomic writes (``.<name>.*.tmp``) a killed process left under ``folders``."""
+    removed = 0
+    for folder in folders:
+        if Path(folder).is_dir():
+            for tmp in Path(folder).rglob(".*.tmp"):
+                if tmp.is_file():
+                    tmp.unlink()
+                    removed += 1
+    return removed
 
 
 class PseudoMaskWriter:
@@ -30,23 +57,80 @@ class PseudoMaskWriter:
         self.columns = columns
         self.sheet_rows = sheet_rows
 
-    def run(self, combine: Callable[[AVBatch], Tensor], dataset: AVSBenchDataset, device: torch.device) -> dict[str, Any]:
+    def _done(self, rel: Path, with_saliency: bool) -> bool:
+        return (self.folder / "masks" / rel).is_file() and (not with_saliency or (self.folder / "saliency" / rel).is_file())
+
+    def run(
+        self,
+        combine: Callable[[AVBatch], Tensor],
+        dataset: AVSBenchDataset,
+        device: torch.device,
+        *,
+        resume: bool = False,
+        with_saliency: bool = False,
+    ) -> dict[str, Any]:
+        """Write every training frame's outputs; returns the summary for the manifest.
+
+        Args:
+            resume: keep the outputs of frames already written (an interrupted earlier call): they are
+                neither recomputed nor rewritten, and their quality is computed from the saved PNGs
+                (exact for binary pseudo masks).
+            with_saliency: ``combine`` produces saliency maps: each frame's is written (even an all-zero
+                one) and a frame is done only when its saliency PNG exists too.
+
+        Summary keys: "frames", "written" (frames with a file written by this call), "reused" (frames kept
+        whole from an earlier call), "saliency", "quality", "contact_sheet".
+        """
+        from avseg.data.avsbench import read_probability_png
         from avseg.inference.predict import iterate_outputs, save_probability_png
         from avseg.inference.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
         from avseg.metrics.binary import BinaryAccumulator
 
+        outputs = [self.folder / "masks", self.folder / "saliency"]
+        if resume and (removed := remove_stale_temporaries(outputs)):
+            log.info("pseudo masks: removed %d temporary files of an interrupted run", removed)
+        records = {r.video_id: r for r in dataset.records}
+        done_videos = set()
+        if resume:
+            done_videos = {v for v, r in records.items() if all(self._done(rel, with_saliency) for rel in frame_relpaths(r, self.layout))}
+            if done_videos:
+                log.info("pseudo masks: %d of %d videos were written by an earlier run and are kept", len(done_videos), len(records))
+
+        def reuse_or_combine(batch: AVBatch) -> Tensor:
+            if not all(v in done_videos for v in batch.video_ids):
+                return combine(batch)
+            # Every video of this batch is on disk: read its outputs back instead of running the model.
+            b, t, h, w = batch.frames.shape[0], batch.frames.shape[1], batch.frames.shape[-2], batch.frames.shape[-1]
+            out = torch.zeros(b, t, 3, h, w)
+            if batch.pseudo_masks is not None:
+                out[:, :, 0] = batch.pseudo_masks.float().cpu()
+            for i, vid in enumerate(batch.video_ids):
+                for j, rel in enumerate(frame_relpaths(records[vid], self.layout)):
+                    out[i, j, 2] = torch.from_numpy(read_probability_png(self.folder / "masks" / rel))
+                    if with_saliency:
+                        out[i, j, 1] = torch.from_numpy(read_probability_png(self.folder / "saliency" / rel))
+            return out.to(batch.frames.device)
+
         quality = BinaryAccumulator(protocol="clean")
         rows: list[list[np.ndarray]] = []
         labels: list[str] = []
-        frames = gt_frames = 0
-        with_saliency = False
-        for fo in iterate_outputs(combine, dataset, device, batch_size=4, progress="pseudo masks"):
+        frames = gt_frames = written = reused = 0
+        saw_saliency = False
+        for fo in iterate_outputs(reuse_or_combine if resume else combine, dataset, device, batch_size=4, progress="pseudo masks"):
             amap, sal, pseudo = fo.output
             rel = fo.relpath(self.layout)
-            save_probability_png(pseudo, self.folder / "masks" / rel)
             if sal.any():
-                with_saliency = True
-                save_probability_png(sal, self.folder / "saliency" / rel)
+                saw_saliency = True
+            if resume and self._done(rel, with_saliency):
+                reused += 1
+            else:
+                # Each file on its own: one written before an interruption is complete and kept.
+                mask_path, sal_path = self.folder / "masks" / rel, self.folder / "saliency" / rel
+                if not (resume and mask_path.is_file()):
+                    save_probability_png(pseudo, mask_path)
+                if (with_saliency or sal.any()) and not (resume and sal_path.is_file()):
+                    save_probability_png(sal, sal_path)
+                written += 1
             frames += 1
             if fo.gt is not None:
                 gt_frames += 1
@@ -60,7 +144,7 @@ class PseudoMaskWriter:
             save_image_atomic(contact_sheet(rows, row_labels=labels, col_labels=self.columns), sheet_path)
         q = quality.compute() if gt_frames else {"miou": None, "fscore": None, "frames": 0}
         return {
-            "frames": frames, "saliency": with_saliency,
+            "frames": frames, "written": written, "reused": reused, "saliency": saw_saliency,
             "quality": {"miou": q["miou"], "fscore": q["fscore"], "frames": q["frames"], "protocol": "clean"},
             "contact_sheet": str(sheet_path) if rows else None,
         }  # fmt: skip
@@ -69,4 +153,3 @@ class PseudoMaskWriter:
         from avseg.data.imageio import write_text_atomic
 
         write_text_atomic(self.folder / "manifest.json", json.dumps(summary, indent=2, default=str))
-
