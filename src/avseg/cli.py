@@ -136,11 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(None, level=logging.DEBUG if args.verbose else logging.INFO)
     from avseg.audio.frontends import AudioError
     from avseg.data.errors import DataError
+    from avseg.engine.trainer import NonFiniteLossError
     from avseg.runner import RunError
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, RunError, DataError, AudioError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (CliError, RunError, DataError, AudioError, NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError) as exc:
         if args.verbose:
             raise
         print(f"avseg: error: {exc}", file=sys.stderr)

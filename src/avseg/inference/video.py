@@ -230,6 +230,12 @@ def probe_video(path: Path) -> VideoInfo:
     """
     path = Path(path)
     container = _open(path)
+    from avseg.audio.frontends import container_truncation
+
+    truncated = container_truncation(path)  # decoders read a cut file to its end without complaint
+    if truncated is not None:
+        container.close()
+        raise VideoError(f"{path} is truncated: {truncated}")
     try:
         stream = container.streams.video[0]
         first = None

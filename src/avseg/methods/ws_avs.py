@@ -230,9 +230,15 @@ def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> tuple[C
     return model.to(device).eval(), False
 
 
-def _border_fraction(maps: list[np.ndarray], width: int = 2) -> float:
-    vals = [np.concatenate([m[:width].ravel(), m[-width:].ravel(), m[:, :width].ravel(), m[:, -width:].ravel()]) for m in maps]
-    return float(np.mean([(v > 0.5).mean() for v in vals]))
+def _border_excess(amap: np.ndarray, width: int = 2) -> float:
+    """Mean of a (min-max normalised) map on the image border minus its mean over the whole frame.
+
+    Positive when the border is more "foreground" than the frame on average. A relative test: objects in
+    real photos often touch the border, so "the border is mostly above 0.5" (an absolute test) flips
+    maps that merely have a bright background level.
+    """
+    border = np.concatenate([amap[:width].ravel(), amap[-width:].ravel(), amap[:, :width].ravel(), amap[:, -width:].ravel()])
+    return float(border.mean() - amap.mean())
 
 
 POLARITY_FILE = "polarity.json"  # in pseudo/maps, so a forced rerun that removes the maps removes it too
@@ -291,11 +297,12 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
             if folder.exists():
                 shutil.rmtree(folder)
         # Polarity (C2AM): the loss is symmetric in P and 1 - P, so which side is foreground is decided
-        # after training: if the image border is mostly "foreground", the map is flipped. A first pass
-        # keeps one number per frame (not the maps: S4 train at 224 px would hold gigabytes).
-        fractions = [_border_fraction([o.output]) for o in iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am polarity")]
-        border = float(np.mean(fractions))
-        polarity = {"flip": bool(border > 0.5), "border_fraction": border, "frames": len(fractions), "c2am_sha256": digest}
+        # after training: if the image border is on average more "foreground" than the frame, the map is
+        # flipped. A first pass keeps one number per frame (not the maps: S4 train at 224 px would hold
+        # gigabytes).
+        excess = [_border_excess(o.output) for o in iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am polarity")]
+        border = float(np.mean(excess))
+        polarity = {"flip": bool(border > 0.0), "border_excess": border, "frames": len(excess), "c2am_sha256": digest}
         write_text_atomic(polarity_path, json.dumps(polarity, indent=2))
     flip = bool(polarity["flip"])
 
@@ -331,7 +338,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     if written < frames:
         log.info("activation-maps: kept %d frames written by an earlier run, wrote %d", frames - written, written)
     return {"frames": frames, "written": written, "reused": frames - written, "polarity_flipped": flip,
-            "border_fraction": polarity["border_fraction"], "threshold": cfg.c2am_threshold, "crf": cfg.crf}
+            "border_excess": polarity["border_excess"], "threshold": cfg.c2am_threshold, "crf": cfg.crf}
 
 
 def stage_saliency(ctx: StageContext) -> dict[str, Any]:
