@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--videos", type=int, default=4)
     pv.add_argument("--tile", type=int, default=112)
     pv.set_defaults(func=cmd_data_preview)
+    from avseg.data.cache import add_cache_command
+
+    add_cache_command(dsub)
 
     sc = sub.add_parser("score", help="score a folder of prediction PNGs against a dataset's ground truth")
     sc.add_argument("--data", required=True, help="dataset root")
