@@ -1,0 +1,591 @@
+"""``avseg bench``: train and evaluate several methods on one dataset with shared settings.
+
+For each method, in ``OUT/<method>``: ``runner.build_config`` (recipe ``<method>/<recipe>`` + the shared
+data location, layout, image size and training flags + overrides) -> ``runner.run_method`` (a rerun
+continues where it stopped) -> ``runner.evaluate_run`` on the test split with the ``clean`` and
+``avsbench`` protocols; methods whose predictor has a ``heatmap`` (CAM, EZ-VSL, C2AM) are also scored as
+heat maps with cIoU / AUC (frames with a non-empty ground truth). A method that fails is reported in the
+table with its status and error (traceback in ``OUT/<method>/bench-error.txt``), never hidden.
+
+Writes ``OUT/results.md`` and ``OUT/results.csv`` (the shape of the WS-AVS paper's Table 1: method,
+supervision, mIoU and F in both protocols, training time, cIoU / AUC, the paper's numbers),
+``OUT/results.json``, ``OUT/chart.png`` (bar chart, PIL) and ``OUT/grid.png`` (rows = test frames,
+columns = frame, ground truth, each method's binary mask; like the paper's Figure 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("avseg")
+
+# The paper's order (Table 1, weakest first), then ours and the fully supervised reference.
+BENCH_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs", "ws-avs-av", "supervised")
+PAPER_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs")
+DISPLAY = {
+    "avs-ws": "AVS (ws)", "cam": "CAM", "ez-vsl": "EZ-VSL", "c2am": "C2AM", "ws-avs": "WS-AVS",
+    "ws-avs-av": "WS-AVS-AV (ours)", "supervised": "supervised (GT)", "pcas": "PCAS",
+}  # fmt: skip
+# Reported numbers (mIoU, F) in % on AVSBench, WS-AVS paper Table 1 (its F is the per-frame-max protocol).
+PAPER = {
+    "avs-ws": {"s4": (12.63, 24.99), "ms3": (8.76, 15.72)},
+    "cam": {"s4": (19.26, 27.88), "ms3": (12.65, 19.83)},
+    "ez-vsl": {"s4": (29.40, 35.70), "ms3": (23.58, 27.31)},
+    "c2am": {"s4": (30.87, 36.55), "ms3": (25.33, 29.58)},
+    "ws-avs": {"s4": (34.13, 51.76), "ms3": (30.85, 46.87)},
+}
+# Methods whose first stages are identical to ws-avs's: with reuse on, they take them from the bench's
+# ws-avs run (trained once; the rows then differ only in what follows), and ws-avs runs before them.
+REUSE_SOURCES = {"c2am": "ws-avs", "ws-avs-av": "ws-avs"}
+CSV_COLUMNS = (
+    "method", "display", "supervision", "status", "error", "failed_stage",
+    "miou_clean", "fscore_clean", "fscore_at_0.5_clean", "miou_avsbench", "fscore_avsbench",
+    "train_seconds", "eval_seconds", "ciou_ap50", "auc", "mean_ciou",
+    "pseudo_miou", "pseudo_miou_eq6", "paper_miou", "paper_fscore", "run_dir",
+)  # fmt: skip
+
+
+@dataclass
+class BenchRow:
+    """One method's outcome. Metrics are fractions in [0, 1] (the tables print %); None where n/a."""
+
+    method: str
+    display: str
+    supervision: str = ""
+    status: str = "pending"  # ok | failed
+    error: str = ""
+    failed_stage: str = ""
+    miou_clean: float | None = None
+    fscore_clean: float | None = None
+    fscore_at_05_clean: float | None = None
+    miou_avsbench: float | None = None
+    fscore_avsbench: float | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    ciou_ap50: float | None = None
+    auc: float | None = None
+    mean_ciou: float | None = None
+    pseudo_miou: float | None = None  # pseudo-mask quality on training frames with GT (WS-AVS variants)
+    pseudo_miou_eq6: float | None = None  # ws-avs-av: the same masks before the audio selection
+    paper_miou: float | None = None
+    paper_fscore: float | None = None
+    run_dir: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    reused_stages: dict[str, str] = field(default_factory=dict)  # stage -> run folder it was taken from
+    test_frames: int | None = None
+
+    def csv_values(self) -> list[Any]:
+        d = asdict(self)
+        d["fscore_at_0.5_clean"] = d.pop("fscore_at_05_clean")
+        return ["" if d[c] is None else d[c] for c in CSV_COLUMNS]
+
+
+# --- method selection and configs ----------------------------------------------------------------------
+def resolve_methods(spec: str) -> list[str]:
+    """``all`` -> every registered binary-output method (the paper's order first); else a comma list."""
+    from avseg.methods import METHODS
+    from avseg.runner import RunError
+
+    if spec.strip() == "all":
+        names = [m for m in BENCH_ORDER if m in METHODS]
+        names += [m for m, s in METHODS.items() if m not in names and s.output == "binary"]
+        return names
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise RunError(f"unknown method(s) {unknown or spec!r}; expected 'all' or a comma list of {sorted(METHODS)}")
+    if len(set(names)) != len(names):
+        raise RunError(f"--methods lists a method twice: {spec}")
+    return names
+
+
+def split_overrides(items: list[str] | None, methods: list[str]) -> dict[str, list[str]]:
+    """``KEY=VALUE`` applies to every method, ``METHOD:KEY=VALUE`` to one -> {method: [overrides]}."""
+    from avseg.methods import METHODS
+    from avseg.runner import RunError
+
+    out: dict[str, list[str]] = {m: [] for m in methods}
+    for item in items or []:
+        head, sep, _ = item.partition("=")
+        if not sep:
+            raise RunError(f"override {item!r} is not of the form [METHOD:]KEY=VALUE")
+        if ":" in head:
+            method, _, rest = item.partition(":")
+            if method not in METHODS:
+                raise RunError(f"override {item!r} names method {method!r}, which is not registered ({', '.join(sorted(METHODS))})")
+            if method in out:  # overrides of registered methods left out of this bench are ignored
+                out[method].append(rest)
+        else:
+            for m in methods:
+                out[m].append(item)
+    return out
+
+
+def _same_config(run_dir: Path, method: str, cfg: Any) -> bool:
+    import yaml
+
+    from avseg.config import dump_yaml, load_yaml, to_dict
+
+    saved = load_yaml(run_dir / "config.yaml")
+    return saved == yaml.safe_load(dump_yaml({"method": method, **to_dict(cfg)}))
+
+
+# --- evaluation helpers -------------------------------------------------------------------------------
+def heatmap_scores(run_dir: Path, device: str = "auto", split: str = "test") -> dict[str, Any] | None:
+    """cIoU AP50 / AUC / mean cIoU of a run's heat maps (predictor.heatmap) on frames with non-empty GT.
+
+    Returns None for methods without heat maps. Writes ``eval/{split}-heatmap.json`` in the run.
+    """
+    from avseg.data.imageio import write_text_atomic
+    from avseg.engine.trainer import resolve_device
+    from avseg.inference.predict import iterate_outputs
+    from avseg.methods.common import make_dataset
+    from avseg.metrics.localization import LocalizationAccumulator
+    from avseg.runner import load_run
+
+    spec, cfg = load_run(run_dir)
+    dev = resolve_device(device)
+    predictor = spec.load_predictor(cfg, Path(run_dir), dev)
+    if not hasattr(predictor, "heatmap"):
+        return None
+    dataset = make_dataset(cfg.data, split, audio=cfg.data.audio_frontend is not None)
+    acc = LocalizationAccumulator()
+    for fo in iterate_outputs(predictor.heatmap, dataset, dev, batch_size=4, progress=f"heat maps {split}"):
+        if fo.gt is not None and fo.gt.any():
+            acc.update(fo.output, fo.gt)
+    result = acc.compute() if acc.cious else {"protocol": "ez-vsl", "samples": 0, "ciou_ap50": None, "auc": None, "mean_ciou": None}
+    result.update({"method": spec.name, "split": split, "run": str(run_dir), "frames": "non-empty ground truth only"})
+    write_text_atomic(Path(run_dir) / "eval" / f"{split}-heatmap.json", json.dumps(result, indent=2))
+    return result
+
+
+def trivial_baselines(root: Path, layout: str, split: str = "test", batch_frames: int = 20) -> list[dict[str, Any]]:
+    """Scores of the constant predictions "all foreground" and "all background" on a split (read from the
+    ground-truth files in canonical order): the floor every method must clear. Empty-GT frames reward an
+    empty prediction in both protocols, and large objects reward "all foreground"."""
+    from avseg.data.avsbench import index_videos, read_mask
+    from avseg.metrics.binary import BinaryAccumulator
+
+    accs = {name: {p: BinaryAccumulator(p, batch_frames) for p in ("clean", "avsbench")} for name in ("all foreground", "all background")}
+    for record in index_videos(Path(root), layout, split):
+        for path in record.mask_paths:
+            if path is None:
+                continue
+            gt = read_mask(path, layout)[None]
+            for name, value in (("all foreground", 1.0), ("all background", 0.0)):
+                for acc in accs[name].values():
+                    acc.update(np.full(gt.shape, value, np.float32), gt)
+    out = []
+    for name, by_protocol in accs.items():
+        clean, legacy = by_protocol["clean"].compute(), by_protocol["avsbench"].compute()
+        out.append({"name": name, "miou_clean": clean["miou"], "fscore_clean": clean["fscore"],
+                    "miou_avsbench": legacy["miou"], "fscore_avsbench": legacy["fscore"],
+                    "empty_gt_frames": clean["frames"] - clean["fscore_frames"], "frames": clean["frames"]})  # fmt: skip
+    return out
+
+
+def grid_keys(root: Path, layout: str, rows: int, split: str = "test") -> list[tuple[str, int]]:
+    """(video id, frame number) of ``rows`` test frames with non-empty ground truth: one per video from
+    evenly spaced videos (the frame position rotates from row to row), more per video when the split has
+    fewer videos than rows. The same for every method."""
+    from avseg.data.avsbench import index_videos, read_mask
+
+    records = index_videos(Path(root), layout, split)
+    if not records or rows < 1:
+        return []
+    chosen = records[:: max(1, len(records) // rows)]
+    keys: list[tuple[str, int]] = []
+    for turn in range(max(len(r.frame_paths) for r in chosen)):
+        for i, record in enumerate(chosen):
+            t = (i + turn) % len(record.frame_paths)
+            path = record.mask_paths[t]
+            key = (record.video_id, record.frame_numbers[t])
+            if path is not None and key not in keys and read_mask(path, layout).any():
+                keys.append(key)
+                if len(keys) == rows:
+                    return keys
+    return keys
+
+
+# --- the bench ------------------------------------------------------------------------------------------
+def run_bench(
+    data: Path,
+    layout: str,
+    methods: list[str],
+    out: Path,
+    recipe: str = "demo",
+    quick: dict[str, Any] | None = None,
+    image_size: int | None = None,
+    overrides: list[str] | None = None,
+    device: str = "auto",
+    grid_rows: int = 6,
+    command: str | None = None,
+    reuse: bool = True,
+) -> list[BenchRow]:
+    """Train + evaluate ``methods`` on one dataset into ``out/<method>``; write tables and figures.
+
+    Args:
+        data: dataset root; layout: "s4" or "ms3".
+        methods: registered method names (``resolve_methods``).
+        recipe: shipped recipe name per method (``<method>/<recipe>.yaml``).
+        quick: training flags applied to every training stage of every method (epochs, max_steps, ...).
+        image_size: frame size for every method (None: the recipes').
+        overrides: ``KEY=VALUE`` for every method or ``METHOD:KEY=VALUE`` for one.
+        device: evaluation device ("auto", "cpu", "cuda").
+        grid_rows: test frames in the qualitative grid.
+        command: the command line, recorded in results.md.
+        reuse: let c2am and ws-avs-av take their C2AM / saliency stages from this bench's ws-avs run
+            when the settings are identical (``REUSE_SOURCES``); their training time still counts them.
+
+    Returns:
+        One BenchRow per method, in ``methods`` order.
+    """
+    from avseg.methods import METHODS
+    from avseg.runner import RunError, build_config, evaluate_run, run_method
+
+    if layout not in ("s4", "ms3"):
+        raise RunError(f"bench scores binary masks: layout must be s4 or ms3, got {layout!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_method = split_overrides(overrides, methods)
+    keys = grid_keys(Path(data), layout, grid_rows)
+    pictures: dict[str, dict[tuple[str, int], Any]] = {}
+    by_method: dict[str, BenchRow] = {}
+    started = time.time()
+    for i, method in enumerate(execution_order(methods) if reuse else methods, 1):
+        spec = METHODS[method]
+        paper = PAPER.get(method, {}).get(layout)
+        row = BenchRow(method=method, display=DISPLAY.get(method, method), supervision=spec.supervision,
+                       run_dir=str(out / method), paper_miou=paper[0] / 100 if paper else None,
+                       paper_fscore=paper[1] / 100 if paper else None)  # fmt: skip
+        by_method[method] = row
+        run_dir = out / method
+        phase, cfg = "config", None
+        log.info("bench [%d/%d] %s: start (recipe %s/%s)", i, len(methods), method, method, recipe)
+        try:
+            extra = list(per_method[method])
+            source = REUSE_SOURCES.get(method)
+            if reuse and source in by_method and by_method[source].status == "ok" and not any(o.startswith("reuse_run=") for o in extra):
+                extra.append(f"reuse_run={json.dumps(str((out / source).resolve()))}")
+            spec, cfg = build_config(method, f"{method}/{recipe}", str(data), layout, quick, image_size, extra)
+            if (run_dir / "config.yaml").is_file() and not _same_config(run_dir, method, cfg):
+                raise RunError(f"{run_dir} holds a run of {method} with other settings; remove it or choose another --out")
+            phase = "train"
+            summaries = run_method(spec, cfg, run_dir, resume=True)
+            row.stage_seconds = {k: float(v.get("reused_seconds", v.get("seconds")) or 0.0) for k, v in summaries.items()}
+            row.reused_stages = {k: str(v["reused_from"]) for k, v in summaries.items() if v.get("reused_from")}
+            row.train_seconds = round(sum(row.stage_seconds.values()), 1)
+            pseudo = summaries.get("pseudo-masks", {})
+            row.pseudo_miou = (pseudo.get("quality") or {}).get("miou")
+            row.pseudo_miou_eq6 = (pseudo.get("quality_eq6") or {}).get("miou")
+            phase = "eval"
+            log.info("bench [%d/%d] %s: trained in %.1f s; evaluating on test", i, len(methods), method, row.train_seconds)
+            t0 = time.time()
+            collected: dict[tuple[str, int], Any] = {}
+            wanted = set(keys)
+
+            def keep(fo: Any, collected: dict = collected) -> None:
+                key = (fo.record.video_id, fo.frame_number)
+                if key in wanted and fo.gt is not None:
+                    collected[key] = (fo.frame, fo.gt, (fo.output > 0.5).astype(np.float32))
+
+            clean = evaluate_run(run_dir, "test", "clean", device=device, keep=keep)
+            pictures[method] = collected
+            legacy = evaluate_run(run_dir, "test", "avsbench", device=device)
+            row.miou_clean, row.fscore_clean = clean["miou"], clean["fscore"]
+            row.fscore_at_05_clean = clean.get("fscore_at_0.5")
+            row.miou_avsbench, row.fscore_avsbench = legacy["miou"], legacy["fscore"]
+            row.test_frames = clean.get("frames")
+            heat = heatmap_scores(run_dir, device)
+            if heat is not None:
+                row.ciou_ap50, row.auc, row.mean_ciou = heat["ciou_ap50"], heat["auc"], heat["mean_ciou"]
+            row.eval_seconds = round(time.time() - t0, 1)
+            row.status = "ok"
+            log.info("bench [%d/%d] %s: mIoU %.4f F %.4f (clean)", i, len(methods), method, row.miou_clean, row.fscore_clean)
+        except Exception as exc:  # a failed method is a row of the table, not the end of the bench
+            row.status = "failed"
+            row.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            row.failed_stage = phase
+            if phase == "train" and cfg is not None:
+                pending = [s.name for s in METHODS[method].stages(cfg) if not s.is_done(run_dir)]
+                row.failed_stage = f"train/{pending[0]}" if pending else "train"
+            from avseg.data.imageio import write_text_atomic
+
+            write_text_atomic(run_dir / "bench-error.txt", traceback.format_exc())
+            log.error("bench [%d/%d] %s: FAILED in %s: %s (traceback in %s)", i, len(methods), method, row.failed_stage, row.error, run_dir / "bench-error.txt")
+    rows = [by_method[m] for m in methods]
+    baselines = trivial_baselines(Path(data), layout)
+    write_results(out, rows, data=Path(data), layout=layout, recipe=recipe, command=command, seconds=time.time() - started, baselines=baselines)
+    write_chart(out / "chart.png", rows, title=f"{Path(data).name} ({layout}), test split, clean protocol", floor=baselines[0]["miou_clean"])
+    write_grid(out / "grid.png", rows, pictures, keys)
+    return rows
+
+
+def execution_order(methods: list[str]) -> list[str]:
+    """``methods`` with every reuse source moved before the first method that reuses it."""
+    order: list[str] = []
+    for m in methods:
+        source = REUSE_SOURCES.get(m)
+        if source in methods and source not in order:
+            order.append(source)
+        if m not in order:
+            order.append(m)
+    return order
+
+
+# --- outputs -----------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def order_notes(rows: list[BenchRow]) -> list[str]:
+    """Lines comparing the measured clean-mIoU order of the paper's methods with the paper's order."""
+    ok = {r.method: r for r in rows if r.status == "ok" and r.method in PAPER_ORDER}
+    if len(ok) < 2:
+        return []
+    measured = sorted(ok, key=lambda m: ok[m].miou_clean or 0.0)
+    expected = [m for m in PAPER_ORDER if m in ok]
+    lines = [
+        "Order by clean mIoU, weakest first: " + " < ".join(DISPLAY[m] for m in measured) + ".",
+        "Paper (Table 1): " + " < ".join(DISPLAY[m] for m in expected) + ".",
+    ]
+    swapped = [
+        f"{DISPLAY[a]} ({_pct(ok[a].miou_clean)}) >= {DISPLAY[b]} ({_pct(ok[b].miou_clean)})"
+        for n, a in enumerate(expected) for b in expected[n + 1:] if (ok[a].miou_clean or 0.0) >= (ok[b].miou_clean or 0.0)
+    ]  # fmt: skip
+    lines.append("Pairs ordered differently from the paper: " + ("; ".join(swapped) if swapped else "none") + ".")
+    return lines
+
+
+def write_results(
+    out: Path, rows: list[BenchRow], data: Path, layout: str, recipe: str, command: str | None, seconds: float, baselines: list[dict[str, Any]] | None = None
+) -> None:
+    from avseg.data.imageio import write_text_atomic
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow(r.csv_values())
+    for b in baselines or []:  # constant predictions, for reference
+        values = {"method": b["name"], "display": b["name"], "supervision": "-", "status": "baseline"}
+        values.update({k: b[k] for k in ("miou_clean", "fscore_clean", "miou_avsbench", "fscore_avsbench")})
+        w.writerow([values.get(c, "") for c in CSV_COLUMNS])
+    write_text_atomic(out / "results.csv", buf.getvalue())
+    write_text_atomic(out / "results.json", json.dumps({"methods": [asdict(r) for r in rows], "baselines": baselines or []}, indent=2))
+
+    frames = next((r.test_frames for r in rows if r.test_frames), None)
+    lines = [
+        f"# Bench: {data.name} ({layout})",
+        "",
+        f"Data: `{data}` ({layout} layout), test split{f', {frames} frames with ground truth' if frames else ''}. "
+        f"Recipes: `<method>/{recipe}`. Wall time of this bench call: {seconds:.0f} s (stages finished by an earlier "
+        "call into the same folder are skipped; the `train s` column counts every stage's own time).",
+    ]
+    if command:
+        lines += ["", f"Command: `{command}`"]
+    lines += [
+        "",
+        "mIoU / F in %. `clean`: batch-independent (empty ground truth scores 1 only for an empty prediction); "
+        "`avsbench`: the official code's batches of 20 frames. F sweeps 255 thresholds over the output from 0 (every "
+        "pixel), so it never falls below the all-foreground F; F@0.5: F of the binary mask itself. cIoU AP50 / AUC: heat-map methods, frames with non-empty ground truth. "
+        "Paper: WS-AVS Table 1 on AVSBench (per-frame-max F), for the order only: the data differ.",
+        "",
+        "| method | supervision | status | mIoU clean | F clean | F@0.5 clean | mIoU avsbench | F avsbench | train s | cIoU AP50 | AUC | paper mIoU / F |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        status = r.status if r.status == "ok" else f"**{r.status}** ({r.failed_stage})"
+        paper = f"{100 * r.paper_miou:.2f} / {100 * r.paper_fscore:.2f}" if r.paper_miou is not None else "-"
+        train = "-" if r.train_seconds is None else f"{r.train_seconds:.0f}"
+        lines.append(
+            f"| {r.display} | {r.supervision} | {status} | {_pct(r.miou_clean)} | {_pct(r.fscore_clean)} | {_pct(r.fscore_at_05_clean)} | "
+            f"{_pct(r.miou_avsbench)} | {_pct(r.fscore_avsbench)} | {train} | {_pct(r.ciou_ap50)} | {_pct(r.auc)} | {paper} |"
+        )
+    for b in baselines or []:
+        lines.append(
+            f"| *{b['name']}* (constant) | - | baseline | {_pct(b['miou_clean'])} | {_pct(b['fscore_clean'])} | - | "
+            f"{_pct(b['miou_avsbench'])} | {_pct(b['fscore_avsbench'])} | - | - | - | - |"
+        )
+    if baselines:
+        lines += ["", f"Constant predictions are the floor: {baselines[0]['empty_gt_frames']} of the {baselines[0]['frames']} "
+                      "test frames have an empty ground truth (an empty prediction scores IoU 1 there)."]  # fmt: skip
+    failed = [r for r in rows if r.status != "ok"]
+    if failed:
+        lines += ["", "## Failed", ""]
+        lines += [f"- {r.display} ({r.method}), in {r.failed_stage}: `{r.error}` (traceback: `{r.run_dir}/bench-error.txt`)" for r in failed]
+    pseudo = [r for r in rows if r.pseudo_miou is not None]
+    if pseudo:
+        lines += ["", "## Pseudo masks (training frames with ground truth, clean mIoU %)", ""]
+        for r in pseudo:
+            before = f"Eq. 6 {_pct(r.pseudo_miou_eq6)} -> audio-selected " if r.pseudo_miou_eq6 is not None else ""
+            lines.append(f"- {r.display}: {before}{_pct(r.pseudo_miou)}")
+    notes = order_notes(rows)
+    if notes:
+        lines += ["", "## Order", ""] + [f"- {n}" for n in notes]
+    stage_rows = [r for r in rows if r.stage_seconds]
+    if stage_rows:
+        lines += ["", "## Training time per stage (s)", "", "| method | stages |", "|---|---|"]
+        lines += [
+            f"| {r.display} | " + ", ".join(f"{k} {v:.0f}" + (" (shared)" if k in r.reused_stages else "") for k, v in r.stage_seconds.items()) + " |"
+            for r in stage_rows
+        ]  # fmt: skip
+        if any(r.reused_stages for r in stage_rows):
+            lines += ["", "(shared): taken from the bench's ws-avs run (identical settings, trained once); its time is counted in both rows."]
+    lines += ["", "Figures: `chart.png` (mIoU and F, clean), `grid.png` (test frames: frame, ground truth, each method's mask).", ""]
+    write_text_atomic(out / "results.md", "\n".join(lines))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def write_chart(path: Path, rows: list[BenchRow], title: str = "", floor: float | None = None) -> None:
+    """Grouped bars per method: mIoU and F (clean, %), failed methods marked, a dashed line at the
+    "all foreground" mIoU (``floor``); PIL only."""
+    from PIL import Image, ImageDraw
+
+    from avseg.inference.visualize import save_image_atomic
+
+    series = [("mIoU", "miou_clean", (66, 114, 196)), ("F", "fscore_clean", (237, 125, 49))]
+    group_w, bar_w, left, top, plot_h = 120, 44, 60, 50, 300
+    width = left + max(1, len(rows)) * group_w + 30
+    height = top + plot_h + 70
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    small, normal = _font(11), _font(13)
+    d.text((left, 10), title or "bench", fill="black", font=normal)
+    y0 = top + plot_h
+    for v in range(0, 101, 20):  # axis and grid lines
+        y = y0 - v * plot_h / 100
+        d.line([(left, y), (width - 20, y)], fill=(225, 225, 225))
+        d.text((left - 30, y - 7), f"{v}", fill="black", font=small)
+    d.line([(left, top), (left, y0), (width - 20, y0)], fill="black")
+    if floor is not None:  # dashed: the mIoU of predicting every pixel as foreground
+        y = y0 - floor * plot_h
+        for x0 in range(left, width - 20, 12):
+            d.line([(x0, y), (min(x0 + 6, width - 20), y)], fill=(120, 120, 120), width=2)
+        d.text((width - 190, y - 14), f"all foreground mIoU {100 * floor:.1f}", fill=(90, 90, 90), font=small)
+    for i, r in enumerate(rows):
+        x = left + 10 + i * group_w
+        if r.status != "ok":
+            d.text((x + 10, y0 - 20), "failed", fill=(200, 0, 0), font=normal)
+        else:
+            for j, (_, key, colour) in enumerate(series):
+                value = getattr(r, key) or 0.0
+                bx = x + j * (bar_w + 4)
+                d.rectangle([bx, y0 - value * plot_h, bx + bar_w, y0], fill=colour)
+                d.text((bx + 2, y0 - value * plot_h - 14), f"{100 * value:.1f}", fill="black", font=small)
+        d.text((x, y0 + 6), r.display[:18], fill="black", font=small)
+    lx = width - 150
+    for j, (name, _, colour) in enumerate(series):  # legend
+        d.rectangle([lx, 12 + j * 16, lx + 12, 24 + j * 16], fill=colour)
+        d.text((lx + 18, 11 + j * 16), f"{name} (clean, %)", fill="black", font=small)
+    save_image_atomic(img, path)
+
+
+def write_grid(path: Path, rows: list[BenchRow], pictures: dict[str, dict], keys: list[tuple[str, int]]) -> None:
+    """Rows = test frames; columns = frame, ground truth, each method's binary mask (red overlay)."""
+    from avseg.inference.visualize import contact_sheet, denormalize, overlay, save_image_atomic
+
+    keys = [k for k in keys if any(k in p for p in pictures.values())]
+    if not keys:
+        log.warning("bench: no test frames to draw (every method failed?); %s not written", path)
+        return
+    grid, labels = [], []
+    for key in keys:
+        source = next(p[key] for p in pictures.values() if key in p)
+        rgb = denormalize(source[0])
+        tiles = [rgb, overlay(rgb, source[1].astype(np.float32), (40, 220, 40))]
+        for r in rows:
+            item = pictures.get(r.method, {}).get(key)
+            if item is None:  # failed method: a grey tile
+                tiles.append(np.full_like(rgb, 200))
+            else:
+                tiles.append(overlay(rgb, item[2]))
+        grid.append(tiles)
+        labels.append(f"{key[0]}#{key[1]}")
+    tile = max(112, grid[0][0].shape[0])
+    sheet = contact_sheet(grid, row_labels=labels, col_labels=["frame", "ground truth"] + [r.display for r in rows], tile=tile)
+    save_image_atomic(sheet, path)
+
+
+# --- CLI -----------------------------------------------------------------------------------------------
+def _command_line(args: argparse.Namespace) -> str:
+    """The bench command as typed (canonical order), for results.md."""
+    import shlex
+
+    parts = ["avseg", "bench", "--data", str(args.data), "--layout", args.layout, "--methods", args.methods, "--out", str(args.out)]
+    if args.recipe != "demo":
+        parts += ["--recipe", args.recipe]
+    if args.quick:
+        parts.append("--quick")
+    if args.no_reuse:
+        parts.append("--no-reuse")
+    for flag in ("epochs", "batch_size", "max_steps", "image_size", "device", "seed", "workers", "amp"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
+    for item in args.set or []:
+        parts += ["--set", item]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from avseg.runner import QUICK_TRAIN_FLAGS
+
+    methods = resolve_methods(args.methods)
+    quick = {k: getattr(args, k, None) for k in QUICK_TRAIN_FLAGS}
+    if args.quick:  # a smoke run of every stage: one epoch of at most 2 steps each
+        quick["epochs"] = quick["epochs"] or 1
+        quick["max_steps"] = quick["max_steps"] or 2
+    command = _command_line(args)
+    rows = run_bench(
+        Path(args.data), args.layout, methods, Path(args.out), recipe=args.recipe, quick=quick, image_size=args.image_size,
+        overrides=args.set, device=args.device or "auto", grid_rows=args.grid_rows, command=command, reuse=not args.no_reuse,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+def add_bench_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``avseg bench`` on the CLI's subparsers."""
+    b = sub.add_parser("bench", help="train and evaluate several methods on one dataset: table, bar chart, qualitative grid")
+    b.add_argument("--data", required=True, help="dataset root (the folder holding the metadata CSV)")
+    b.add_argument("--layout", choices=("s4", "ms3"), required=True)
+    b.add_argument("--methods", default="all", help="'all' (every binary-output method) or a comma list, e.g. cam,ez-vsl,ws-avs")
+    b.add_argument("--out", required=True, help="bench folder: one run folder per method, results.md/.csv, chart.png, grid.png")
+    b.add_argument("--recipe", default="demo", help="recipe name used for every method: <method>/<recipe>.yaml (demo, s4, ms3)")
+    b.add_argument("--quick", action="store_true", help="smoke run: every training stage 1 epoch of at most 2 steps")
+    b.add_argument("--set", action="append", metavar="[METHOD:]KEY=VALUE", help="override for every method, or one (cam:threshold=0.4); repeatable")
+    b.add_argument("--epochs", type=int)
+    b.add_argument("--batch-size", type=int, dest="batch_size")
+    b.add_argument("--max-steps", type=int, dest="max_steps")
+    b.add_argument("--image-size", type=int, dest="image_size")
+    b.add_argument("--device", help="auto, cpu, cuda or cuda:N (training and evaluation)")
+    b.add_argument("--seed", type=int)
+    b.add_argument("--workers", type=int)
+    b.add_argument("--amp", choices=("off", "bf16", "fp16"))
+    b.add_argument("--no-reuse", action="store_true", dest="no_reuse", help="train c2am / ws-avs-av's C2AM and saliency stages again instead of taking ws-avs's")
+    b.add_argument("--grid-rows", type=int, default=6, dest="grid_rows", help="test frames in grid.png (default 6)")
+    b.add_argument("--json", action="store_true", help="print the rows as JSON instead of the markdown table")
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,283 @@
+"""WS-AVS with audio-conditioned pseudo masks (``ws-avs-av``, ours, beyond the paper).
+
+WS-AVS's pseudo masks come from C2AM and a saliency detector, which never hear the audio: on scenes with
+several visible objects they mark silent ones too, and the segmenter learns to segment them. This
+variant keeps only the salient regions that an audio-visual similarity map selects:
+
+1. ``c2am``, ``activation-maps``, ``saliency``: WS-AVS's stages, unchanged (``ws_avs`` stage functions);
+   with ``reuse_run`` (set by ``avseg bench``) they are taken from a finished ws-avs run with identical
+   settings, so the two rows differ only in the audio selection below.
+2. ``av-model``: train an EZ-VSL-style audio-visual model (``ez_vsl.EZVSLNet``: multiple-instance
+   contrast, tau 0.03, on ``av_levels``) on the training frames, with each frame's own audio window.
+3. ``pseudo-masks``: WS-AVS's Eq. 6 mask (A > 1 - saliency, or A > threshold with ``refinement: c2am``),
+   then, per frame, the audio-visual map S = cos(a_t, v) of that frame's audio, upsampled and min-max
+   normalised, selects what to keep:
+
+   - ``av_select: components`` (default): regions are scored by their mean S and accepted when it is
+     >= ``av_threshold``; with ``av_keep_best`` each frame's best region is always accepted (a heat map
+     is relative and cannot say "nothing sounds"; without it a weak map empties frames). The regions are
+     ``av_regions: activation`` (default): the connected components (8-connectivity) of the C2AM initial
+     mask A > ``c2am_threshold``, object-like proposals; the rejected ones are removed from the Eq. 6
+     mask. Or ``av_regions: pseudo``: the components of the Eq. 6 mask itself, the accepted ones kept.
+     Eq. 6 masks merge touching objects, and with an over-confident saliency map the whole frame (seen
+     on the synthetic MS3 demo: one region, nothing to select), while C2AM's thresholded map separates
+     the objects;
+   - ``av_select: pixels``: Eq. 6 mask AND S > ``av_threshold``.
+
+   Written to ``pseudo/masks`` (what the segmenter trains on), with ``pseudo/eq6`` (before the audio
+   selection), ``pseudo/av-maps``, a manifest holding the quality of both against the ground truth of
+   the training frames that have it, and a contact sheet.
+4. ``segmenter``: WS-AVS's final training (``ws_avs.stage_segmenter``) on the selected masks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from avseg.engine.trainer import TrainSettings
+from avseg.methods import ws_avs
+from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.c2am import REUSE_KEYS, reusable
+from avseg.methods.cam import check_threshold
+from avseg.methods.common import make_dataset, train_stage
+from avseg.methods.ez_vsl import EZVSLNet
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.types import AVBatch
+
+SELECT_MODES = ("components", "pixels")
+REGION_SOURCES = ("activation", "pseudo")
+
+
+@dataclass
+class WSAVSAudioConfig(ws_avs.WSAVSConfig):
+    """WS-AVS settings plus the audio-visual model and the selection rule (``av_*``)."""
+
+    av_visual: str = "resnet18"
+    av_visual_weights: str = "imagenet"
+    av_audio: str = "resnet18"
+    av_audio_weights: str = "imagenet"
+    av_levels: list[int] = field(default_factory=lambda: [3])
+    av_embed_dim: int = 512
+    av_tau: float = 0.03
+    av_train_frames: int | None = 1
+    av_train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=64, optimizer="adam", schedule="constant"))
+    av_select: str = "components"
+    av_regions: str = "activation"  # components of: the C2AM initial mask ("activation") or the Eq. 6 mask ("pseudo")
+    av_threshold: float = 0.5
+    av_keep_best: bool = True
+    reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps / saliency stages are reused if identical
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, table in (("av_visual", VISUAL_ENCODERS), ("av_audio", AUDIO_ENCODERS)):
+            if getattr(self, name) not in table:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+        if not self.av_levels or any(not 0 <= s <= 3 for s in self.av_levels):
+            raise ValueError(f"av_levels must be a non-empty list within 0..3, got {self.av_levels}")
+        if self.av_select not in SELECT_MODES:
+            raise ValueError(f"av_select must be one of {SELECT_MODES}, got {self.av_select!r}")
+        if self.av_regions not in REGION_SOURCES:
+            raise ValueError(f"av_regions must be one of {REGION_SOURCES}, got {self.av_regions!r}")
+        if self.av_tau <= 0:
+            raise ValueError(f"av_tau must be > 0, got {self.av_tau}")
+        check_threshold("av_threshold", self.av_threshold)
+
+    def train_settings(self) -> dict[str, TrainSettings]:
+        return {**super().train_settings(), "av_train": self.av_train}
+
+
+# --- selection ----------------------------------------------------------------------------------------
+def connected_components(mask: Tensor) -> Tensor:
+    """(N, H, W) bool -> (N, H, W) int64 labels (8-connectivity), 0 = background, ids unique per frame.
+
+    Label propagation by 3x3 max pooling until nothing changes (iterations ~ the longest path inside a
+    component): batched, on any device, no compiled dependency.
+    """
+    n, h, w = mask.shape
+    if h * w >= 2**24:
+        raise ValueError(f"frames of {h}x{w} pixels exceed the float32-exact label range")
+    ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, h, w).expand(n, h, w)
+    labels = torch.where(mask, ids, torch.zeros_like(ids))
+    for _ in range(h * w):
+        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
+        grown = torch.where(mask, grown, torch.zeros_like(grown))
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long()
+
+
+def select_by_audio(
+    masks: Tensor, sim: Tensor, mode: str = "components", threshold: float = 0.5, keep_best: bool = True, proposals: Tensor | None = None
+) -> Tensor:
+    """Keep the parts of binary masks that an audio-visual similarity map selects.
+
+    Args:
+        masks: (N, H, W) bool, the audio-agnostic pseudo masks.
+        sim: (N, H, W) in [0, 1], the frame's audio-visual map (min-max normalised).
+        mode: "components" (regions whose mean ``sim`` >= threshold are accepted) or "pixels"
+            (``masks & (sim > threshold)``).
+        threshold: on ``sim``.
+        keep_best: components only: each frame's region of highest mean ``sim`` is always accepted.
+        proposals: components only. None: the regions are the connected components of ``masks``, and
+            the accepted ones are kept. (N, H, W) bool: the regions are the connected components of
+            ``proposals`` (object-like blobs), and the rejected ones are removed from ``masks``.
+
+    Returns:
+        (N, H, W) bool, a subset of ``masks``.
+    """
+    if mode == "pixels":
+        return masks & (sim > threshold)
+    if mode != "components":
+        raise ValueError(f"mode must be one of {SELECT_MODES}, got {mode!r}")
+    regions = masks if proposals is None else proposals
+    if not regions.any():
+        return masks.clone()
+    n, h, w = regions.shape
+    labels = connected_components(regions)
+    frame = torch.arange(n, device=regions.device).view(n, 1, 1).expand(n, h, w)
+    keys = (frame * (h * w + 1) + labels)[regions]  # (P,) one key per component of each frame
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    values = sim[regions].float()
+    sums = torch.zeros(len(unique), device=sim.device).index_add_(0, inverse, values)
+    counts = torch.zeros(len(unique), device=sim.device).index_add_(0, inverse, torch.ones_like(values))
+    means = sums / counts  # (C,)
+    accept = means >= threshold
+    if keep_best:
+        owner = unique // (h * w + 1)  # frame of each component
+        best = torch.full((n,), -1.0, device=sim.device).scatter_reduce(0, owner, means, reduce="amax")
+        accept = accept | (means >= best[owner])
+    accepted = torch.zeros_like(regions)
+    accepted[regions] = accept[inverse]
+    if proposals is None:
+        return accepted
+    return masks & ~(proposals & ~accepted)  # remove the rejected proposals
+
+
+# --- stages -------------------------------------------------------------------------------------------
+def build_av_model(cfg: WSAVSAudioConfig, pretrained: bool = True) -> EZVSLNet:
+    visual = VISUAL_ENCODERS[cfg.av_visual](weights=cfg.av_visual_weights if pretrained else "none")
+    audio = AUDIO_ENCODERS[cfg.av_audio](weights=cfg.av_audio_weights if pretrained else "none")
+    return EZVSLNet(visual, audio, levels=tuple(cfg.av_levels), embed_dim=cfg.av_embed_dim, tau=cfg.av_tau)
+
+
+def stage_av_model(ctx: StageContext) -> dict[str, Any]:
+    cfg: WSAVSAudioConfig = ctx.config
+    s = cfg.av_train
+    model = build_av_model(cfg)
+    train = make_dataset(cfg.data, "train", augment=True, sample_frames=cfg.av_train_frames, seed=s.seed)
+    return train_stage(model, train, s, ctx.path("av-model"), resume=ctx.resume, desc="av-model")
+
+
+COLUMNS = ["frame", "C2AM map", "saliency", "AV map", "Eq. 6 mask", "audio-selected", "ground truth"]
+
+
+def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
+    """Eq. 6 masks filtered by the audio-visual map -> pseudo/masks (+ eq6, av-maps, manifest, sheet)."""
+    from avseg.data.imageio import write_text_atomic
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.inference.predict import iterate_outputs, save_probability_png
+    from avseg.inference.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
+    from avseg.metrics.binary import BinaryAccumulator
+
+    cfg: WSAVSAudioConfig = ctx.config
+    layout = cfg.data.layout
+    train = make_dataset(cfg.data, "train", audio=True, pseudo_dir=ctx.path("pseudo", "maps"))
+    saliency = None
+    if cfg.refinement == "saliency":
+        saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
+        load_model_weights(saliency, ctx.path("saliency", "last.safetensors"))
+        saliency = saliency.to(ctx.device).eval()
+    av_model = build_av_model(cfg, pretrained=False)
+    load_model_weights(av_model, ctx.path("av-model", "last.safetensors"))
+    av_model = av_model.to(ctx.device).eval()
+
+    def combine(batch: AVBatch) -> Tensor:
+        a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
+        if saliency is None:
+            sal = torch.zeros_like(a)
+            eq6 = a > cfg.c2am_threshold
+        else:
+            sal = saliency.predict(batch)
+            eq6 = a > 1.0 - sal  # Eq. 6
+        sim = av_model.av_map(batch)  # (B, T, H, W)
+        proposals = (a > cfg.c2am_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
+        kept = select_by_audio(eq6.flatten(0, 1), sim.flatten(0, 1), cfg.av_select, cfg.av_threshold, cfg.av_keep_best, proposals).view_as(eq6)
+        return torch.stack([a, sal, sim, eq6.float(), kept.float()], dim=2)  # (B, T, 5, H, W)
+
+    q_eq6, q_kept = BinaryAccumulator(protocol="clean"), BinaryAccumulator(protocol="clean")
+    rows: list[list[np.ndarray]] = []
+    labels: list[str] = []
+    frames = gt_frames = 0
+    area_eq6 = area_kept = 0.0
+    folder = ctx.path("pseudo")
+    for fo in iterate_outputs(combine, train, ctx.device, batch_size=4, progress="audio-selected pseudo masks"):
+        amap, sal, sim, eq6, kept = fo.output
+        rel = fo.relpath(layout)
+        save_probability_png(kept, folder / "masks" / rel)
+        save_probability_png(eq6, folder / "eq6" / rel)
+        save_probability_png(sim, folder / "av-maps" / rel)
+        if saliency is not None:
+            save_probability_png(sal, folder / "saliency" / rel)
+        frames += 1
+        area_eq6 += float(eq6.mean())
+        area_kept += float(kept.mean())
+        if fo.gt is not None:
+            gt_frames += 1
+            q_eq6.update(eq6[None], fo.gt[None])
+            q_kept.update(kept[None], fo.gt[None])
+            if len(rows) < 8:
+                rgb = denormalize(fo.frame)
+                rows.append([rgb, colormap(amap), colormap(sal), colormap(sim), mask_image(eq6), mask_image(kept), mask_image(fo.gt.astype(np.float32))])
+                labels.append(f"{fo.record.video_id}#{fo.frame_number}")
+    sheet = folder / "contact_sheet.png"
+    if rows:
+        save_image_atomic(contact_sheet(rows, row_labels=labels, col_labels=COLUMNS), sheet)
+
+    def quality(acc: BinaryAccumulator) -> dict[str, Any]:
+        q = acc.compute() if gt_frames else {"miou": None, "fscore": None, "frames": 0}
+        return {"miou": q["miou"], "fscore": q["fscore"], "frames": q["frames"], "protocol": "clean"}
+
+    summary = {
+        "stage": "pseudo-masks", "refinement": cfg.refinement, "threshold": cfg.c2am_threshold,
+        "av_select": cfg.av_select, "av_regions": cfg.av_regions, "av_threshold": cfg.av_threshold, "av_keep_best": cfg.av_keep_best,
+        "frames": frames, "saliency": saliency is not None,
+        "quality": quality(q_kept), "quality_eq6": quality(q_eq6),
+        "area_eq6": area_eq6 / max(frames, 1), "area_kept": area_kept / max(frames, 1),
+        "contact_sheet": str(sheet) if rows else None,
+        "av_checkpoint": str(ctx.path("av-model", "last.safetensors")),
+    }  # fmt: skip
+    write_text_atomic(folder / "manifest.json", json.dumps(summary, indent=2, default=str))
+    ctx.summary["pseudo_masks"] = summary
+    return summary
+
+
+def stages(cfg: WSAVSAudioConfig) -> list[Stage]:
+    out: list[Stage] = []
+    for stage in ws_avs.stages(cfg):
+        if stage.name == "pseudo-masks":
+            out.append(Stage("av-model", stage_av_model, "train the audio-visual (EZ-VSL-style) model on the training frames", all_ranks=True, outputs=("av-model",)))
+            out.append(Stage(
+                "pseudo-masks", stage_pseudo_masks, "Eq. 6 pseudo masks kept where the audio-visual map selects them",
+                outputs=("pseudo/masks", "pseudo/eq6", "pseudo/av-maps", "pseudo/saliency", "pseudo/manifest.json", "pseudo/contact_sheet.png"),
+            ))  # fmt: skip
+        elif stage.name in REUSE_KEYS:  # shared with ws-avs: taken from reuse_run when identical
+            out.append(Stage(stage.name, reusable(stage.name, stage.run), stage.description, stage.all_ranks, stage.outputs))
+        else:
+            out.append(stage)
+    return out
+
+
+SPEC = MethodSpec(
+    name="ws-avs-av", config_cls=WSAVSAudioConfig, stages=stages, load_predictor=ws_avs.load_predictor, output="binary",
+    supervision="video labels",
+    description="WS-AVS with audio-conditioned pseudo masks: Eq. 6 regions kept where an audio-visual map selects them (ours)",
+)  # fmt: skip

@@ -1,0 +1,176 @@
+"""``avseg bench`` on tiny data: tables, chart and grid are written, and a failing method is a row of the
+table (status, stage, error), not a crash and not a hole."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avseg.bench import add_bench_command, resolve_methods, run_bench, split_overrides
+from avseg.runner import RunError
+
+SIZE = 32
+TINY = [
+    "data.workers=0",
+    "cam:visual=tiny", "cam:visual_weights=none", "cam:level=2",
+    "c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2",
+    "ez-vsl:visual=tiny", "ez-vsl:visual_weights=none", "ez-vsl:audio=tiny", "ez-vsl:audio_weights=none",
+    "ez-vsl:embed_dim=16", "ez-vsl:level=2",
+]  # fmt: skip
+if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+    TINY.append("ez-vsl:ogl=false")
+QUICK = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def tiny_s4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from avseg.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("data") / "s4"
+    generate("s4", root, num_videos=8, size=SIZE)
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_writes_table_chart_grid_and_reports_failures(tiny_s4: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    # avs-ws is made to fail inside its training stage (frames below the dataset's 8 px minimum).
+    overrides = TINY + ["avs-ws:data.image_size=4"]
+    rows = run_bench(tiny_s4, "s4", ["cam", "c2am", "ez-vsl", "avs-ws"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=3)
+    status = {r.method: r for r in rows}
+    assert [r.method for r in rows] == ["cam", "c2am", "ez-vsl", "avs-ws"]
+    for m in ("cam", "c2am", "ez-vsl"):
+        r = status[m]
+        assert r.status == "ok", r.error
+        for value in (r.miou_clean, r.fscore_clean, r.miou_avsbench, r.fscore_avsbench, r.ciou_ap50, r.auc):
+            assert value is not None and 0.0 <= value <= 1.0
+        assert r.train_seconds is not None and (out / m / "eval" / "test-heatmap.json").is_file()
+        assert (out / m / "eval" / "test-clean.json").is_file() and (out / m / "eval" / "test-avsbench.json").is_file()
+    failed = status["avs-ws"]
+    assert failed.status == "failed" and failed.failed_stage == "train/segmenter"
+    assert "image_size" in failed.error and (out / "avs-ws" / "bench-error.txt").is_file()
+
+    table = read_csv(out / "results.csv")
+    assert [r["method"] for r in table] == ["cam", "c2am", "ez-vsl", "avs-ws", "all foreground", "all background"]
+    assert table[4]["status"] == table[5]["status"] == "baseline"
+    assert table[3]["status"] == "failed" and "image_size" in table[3]["error"] and table[3]["miou_clean"] == ""
+    assert float(table[0]["paper_miou"]) == pytest.approx(0.1926)
+    md = (out / "results.md").read_text()
+    assert "*all foreground* (constant)" in md and "| AVS (ws) |" in md and "**failed** (train/segmenter)" in md and "## Failed" in md and "## Order" in md
+    assert (out / "results.json").is_file()
+
+    chart = Image.open(out / "chart.png")
+    assert chart.size[0] > 300 and chart.size[1] > 200
+    grid = Image.open(out / "grid.png")
+    tile, pad = 112, 4
+    assert grid.size[0] >= 6 * (tile + pad)  # frame, ground truth + 4 methods (the failed one greyed)
+    assert grid.size[1] >= 3 * (tile + pad)  # 3 test frames
+
+    # A rerun into the same folder continues: finished stages are skipped, results are rewritten.
+    again = run_bench(tiny_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY, device="cpu", grid_rows=3)
+    assert again[0].status == "ok" and again[0].miou_clean == pytest.approx(status["cam"].miou_clean)
+    # ... but never mixes settings: other settings in an existing run folder fail that method.
+    other = run_bench(tiny_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY + ["cam:threshold=0.4"], device="cpu", grid_rows=3)
+    assert other[0].status == "failed" and "other settings" in other[0].error
+
+
+def test_bench_cli(tiny_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    parser = argparse.ArgumentParser(prog="avseg")
+    add_bench_command(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    argv = ["bench", "--data", str(tiny_s4), "--layout", "s4", "--methods", "cam", "--out", str(out), "--quick",
+            "--batch-size", "2", "--image-size", str(SIZE), "--device", "cpu", "--grid-rows", "2"]  # fmt: skip
+    for item in TINY:
+        argv += ["--set", item]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "| CAM |" in printed and "avseg bench --data" in printed
+    assert {"results.md", "results.csv", "chart.png", "grid.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_trivial_baselines(tiny_s4: Path) -> None:
+    """Hand-checkable: all background scores IoU 1 exactly on empty-GT frames, all foreground the GT area."""
+    from avseg.bench import trivial_baselines
+    from avseg.data.avsbench import index_videos, read_mask
+
+    masks = [read_mask(p, "s4") for r in index_videos(tiny_s4, "s4", "test") for p in r.mask_paths if p is not None]
+    fg, bg = trivial_baselines(tiny_s4, "s4")
+    assert fg["name"] == "all foreground" and bg["name"] == "all background"
+    assert fg["miou_clean"] == pytest.approx(float(np.mean([m.mean() if m.any() else 0.0 for m in masks])))
+    assert bg["miou_clean"] == pytest.approx(float(np.mean([0.0 if m.any() else 1.0 for m in masks])))
+    # the F sweep starts at threshold 0 (probs >= 0: every pixel), so any output's F >= all-foreground F
+    assert bg["fscore_clean"] == pytest.approx(fg["fscore_clean"]) and fg["frames"] == len(masks)
+
+
+def test_resolve_methods_and_overrides() -> None:
+    from avseg.methods import METHODS
+
+    names = resolve_methods("all")
+    assert names[:5] == ["avs-ws", "cam", "ez-vsl", "c2am", "ws-avs"]
+    assert {"ws-avs-av", "supervised"} <= set(names)
+    assert all(METHODS[m].output == "binary" for m in names)
+    assert resolve_methods("cam, ez-vsl") == ["cam", "ez-vsl"]
+    with pytest.raises(RunError, match="unknown"):
+        resolve_methods("cam,nope")
+    with pytest.raises(RunError, match="twice"):
+        resolve_methods("cam,cam")
+    assert split_overrides(["a=1", "cam:b=2"], ["cam", "c2am"]) == {"cam": ["a=1", "b=2"], "c2am": ["a=1"]}
+    assert split_overrides(["ws-avs:b=2"], ["cam"]) == {"cam": []}  # registered, not benchmarked: ignored
+    with pytest.raises(RunError, match="not registered"):
+        split_overrides(["nope:b=2"], ["cam"])
+
+
+WS_TINY = [
+    "visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8",
+    "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none",
+]  # fmt: skip
+AV_TINY = ["av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audio_weights=none", "av_embed_dim=16", "av_levels=[2]"]
+
+
+def test_bench_shares_ws_avs_stages(tiny_s4: Path, tmp_path: Path) -> None:
+    """c2am and ws-avs-av take C2AM (and saliency) from the bench's ws-avs run: trained once, identical."""
+    out = tmp_path / "bench"
+    overrides = ["data.workers=0", "c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2"]
+    overrides += [f"ws-avs:{o}" for o in WS_TINY] + [f"ws-avs-av:{o}" for o in WS_TINY + AV_TINY]
+    rows = run_bench(tiny_s4, "s4", ["c2am", "ws-avs-av", "ws-avs"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=2)
+    assert [r.method for r in rows] == ["c2am", "ws-avs-av", "ws-avs"]  # table order = the order asked for
+    row = {r.method: r for r in rows}
+    assert all(r.status == "ok" for r in rows), [r.error for r in rows]
+    assert set(row["c2am"].reused_stages) == {"c2am", "activation-maps"}
+    assert set(row["ws-avs-av"].reused_stages) == {"c2am", "activation-maps", "saliency"}
+    assert not row["ws-avs"].reused_stages
+    source = (out / "ws-avs" / "c2am" / "last.safetensors").read_bytes()
+    assert (out / "c2am" / "c2am" / "last.safetensors").read_bytes() == source
+    assert (out / "ws-avs-av" / "c2am" / "last.safetensors").read_bytes() == source
+    # the shared stages' time counts for every method that uses them
+    assert row["c2am"].stage_seconds["c2am"] == pytest.approx(row["ws-avs"].stage_seconds["c2am"])
+    assert row["ws-avs-av"].pseudo_miou is not None and row["ws-avs-av"].pseudo_miou_eq6 is not None
+    assert "(shared)" in (out / "results.md").read_text()
+
+
+def test_reuse_refuses_other_settings(tiny_s4: Path, tmp_path: Path) -> None:
+    from avseg.methods.c2am import reuse_problem
+    from avseg.runner import build_config, run_method
+
+    ws_dir = tmp_path / "ws-avs"
+    spec, cfg = build_config("ws-avs", "ws-avs/demo", str(tiny_s4), "s4", QUICK, SIZE, ["data.workers=0"] + WS_TINY)
+    run_method(spec, cfg, ws_dir, only=["c2am"])
+    base = ["data.workers=0", "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", f"reuse_run={ws_dir}"]
+    _, same = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base)
+    assert reuse_problem(ws_dir, "c2am", same) is None
+    assert "activation-maps" in reuse_problem(ws_dir, "activation-maps", same)  # not finished there
+    _, other = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"])
+    assert "c2am_level differs" in reuse_problem(ws_dir, "c2am", other)
+    summaries = run_method(*build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"]), tmp_path / "c2am")
+    assert "reused_from" not in summaries["c2am"]  # trained here instead

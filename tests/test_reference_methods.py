@@ -1,0 +1,257 @@
+"""Reference methods (avs-ws, cam, ez-vsl, c2am) and ws-avs-av: each trains for a couple of steps on tiny
+synthetic data through the runner, and its outputs (files, shapes, ranges) are checked. Plus the pieces
+with exact answers: the threshold calibration, class pooling, connected components, the audio selection,
+and the recipes (valid, and in sync with ws-avs where they share its settings)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avseg.config import load_yaml
+from avseg.methods import METHODS
+from avseg.runner import RECIPES, build_config, evaluate_run, load_run, run_method
+
+NEW_METHODS = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs-av")
+SIZE = 32
+HAVE_EFFICIENTNET = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+
+TINY_SEGMENTER = ["visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8"]
+TINY_PSEUDO = ["c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none"]
+TINY = {
+    "avs-ws": TINY_SEGMENTER,
+    "cam": ["visual=tiny", "visual_weights=none", "level=2"],
+    "ez-vsl": ["visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "level=2"]
+    + ([] if HAVE_EFFICIENTNET else ["ogl=false"]),
+    "c2am": ["c2am_visual=tiny", "c2am_weights=none", "c2am_level=2"],
+    "ws-avs-av": TINY_SEGMENTER + TINY_PSEUDO + [
+        "av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audio_weights=none", "av_embed_dim=16", "av_levels=[2]",
+    ],
+}  # fmt: skip
+QUICK = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
+HEATMAP_METHODS = {"cam", "ez-vsl", "c2am"}
+
+
+@pytest.fixture(scope="module")
+def tiny_s4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from avseg.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("data") / "s4"
+    generate("s4", root, num_videos=8, size=SIZE)
+    return root
+
+
+def train_tiny(method: str, root: Path, run_dir: Path, layout: str = "s4") -> dict:
+    spec, cfg = build_config(method, f"{method}/demo", str(root), layout, QUICK, SIZE, ["data.workers=0"] + TINY[method])
+    return run_method(spec, cfg, run_dir)
+
+
+def test_registered() -> None:
+    for name in NEW_METHODS:
+        assert name in METHODS and METHODS[name].name == name and METHODS[name].output == "binary"
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_method_trains_and_predicts(method: str, tiny_s4: Path, tmp_path: Path) -> None:
+    from avseg.methods.common import make_dataset
+    from avseg.data.avsbench import collate_videos
+
+    run_dir = tmp_path / method
+    summaries = train_tiny(method, tiny_s4, run_dir)
+    spec, cfg = load_run(run_dir)
+    assert [s.name for s in spec.stages(cfg)] == list(summaries)
+    for stage in spec.stages(cfg):
+        assert stage.is_done(run_dir), stage.name
+    assert (run_dir / "config.yaml").is_file()
+
+    predictor = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
+    test = make_dataset(cfg.data, "test")
+    batch = collate_videos([test[0], test[1]])
+    probs = predictor.predict(batch)
+    assert probs.shape == (2, 5, SIZE, SIZE)
+    assert torch.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1
+    if method in HEATMAP_METHODS:
+        heat = predictor.heatmap(batch)
+        assert heat.shape == probs.shape and heat.min() >= 0 and heat.max() <= 1
+        # the documented rule: mask = heat map > threshold, and predict() > 0.5 is exactly that mask
+        threshold = cfg.c2am_threshold if method == "c2am" else cfg.threshold
+        assert torch.equal(probs > 0.5, heat > threshold)
+
+    result = evaluate_run(run_dir, "test", "clean", device="cpu")
+    assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
+    assert (run_dir / "eval" / "test-clean.json").is_file()
+
+
+def test_ws_avs_av_pseudo_masks_are_audio_selected(tiny_s4: Path, tmp_path: Path) -> None:
+    from avseg.data.avsbench import index_videos, read_probability_png
+    from avseg.data.layout import prediction_relpath
+
+    run_dir = tmp_path / "ws-avs-av"
+    summaries = train_tiny("ws-avs-av", tiny_s4, run_dir)
+    assert list(summaries) == ["c2am", "activation-maps", "saliency", "av-model", "pseudo-masks", "segmenter"]
+    pseudo = summaries["pseudo-masks"]
+    assert set(pseudo["quality"]) >= {"miou", "fscore"} and set(pseudo["quality_eq6"]) >= {"miou", "fscore"}
+    assert 0.0 <= pseudo["area_kept"] <= pseudo["area_eq6"] <= 1.0
+    assert (run_dir / "pseudo" / "manifest.json").is_file() and (run_dir / "pseudo" / "contact_sheet.png").is_file()
+    for record in index_videos(tiny_s4, "s4", "train"):
+        for k in record.frame_numbers:
+            rel = prediction_relpath("s4", "train", record.category, record.video_id, k)
+            kept = read_probability_png(run_dir / "pseudo" / "masks" / rel) > 0.5
+            eq6 = read_probability_png(run_dir / "pseudo" / "eq6" / rel) > 0.5
+            assert (run_dir / "pseudo" / "av-maps" / rel).is_file()
+            assert not (kept & ~eq6).any()  # the selection only removes regions
+
+
+def test_ez_vsl_ogl_mixes_object_map(tiny_s4: Path, tmp_path: Path) -> None:
+    if not HAVE_EFFICIENTNET:
+        pytest.skip("efficientnet-lite-pytorch not installed")
+    from avseg.data.avsbench import collate_videos
+    from avseg.methods.common import make_dataset
+
+    run_dir = tmp_path / "ez-vsl"
+    train_tiny("ez-vsl", tiny_s4, run_dir)
+    spec, cfg = load_run(run_dir)
+    assert cfg.ogl
+    predictor = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
+    assert predictor.object_encoder is not None
+    assert not any(p.requires_grad for p in predictor.object_encoder.parameters())
+    batch = collate_videos([make_dataset(cfg.data, "test")[0]])
+    with_ogl = predictor.heatmap(batch)
+    assert torch.allclose(predictor.av_map(batch), predictor.av_map(batch))
+    predictor.ogl_alpha = 0.0
+    assert not torch.allclose(with_ogl, predictor.heatmap(batch))
+
+
+# --- exact pieces ---------------------------------------------------------------------------------------
+def test_calibrate_moves_threshold_to_half() -> None:
+    from avseg.methods.cam import calibrate
+
+    m = torch.linspace(0, 1, 101).view(1, 1, 101)
+    for t in (0.2, 0.3, 0.5, 0.7):
+        c = calibrate(m, t)
+        assert torch.equal(c > 0.5, m > t)
+        assert c.min() == 0 and c.max() == 1
+        assert (c.flatten().diff() >= 0).all()  # monotone: the F-score sweep keeps the map's order
+    with pytest.raises(ValueError):
+        calibrate(m, 1.0)
+
+
+def test_minmax_normalize() -> None:
+    from avseg.methods.cam import minmax_normalize
+
+    x = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    y = minmax_normalize(x)
+    assert torch.allclose(y[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(y[1], torch.zeros(2, 2))  # a constant map: nothing stands out
+
+
+def test_pool_scores() -> None:
+    from avseg.methods.avs_weak import pool_scores
+
+    logits = torch.arange(10.0).view(1, 1, 2, 5)  # values 0..9
+    assert pool_scores(logits, "max").item() == 9.0
+    assert pool_scores(logits, "topk", topk_fraction=0.2).item() == pytest.approx(8.5)  # mean of 9, 8
+    lse = pool_scores(logits, "lse", lse_r=50.0).item()
+    assert 8.9 < lse <= 9.0  # large r -> max
+    assert pool_scores(logits, "lse", lse_r=1e-3).item() == pytest.approx(4.5, abs=0.01)  # small r -> mean
+
+
+def test_cam_selected_classes_never_empty() -> None:
+    from avseg.methods.cam import CAMNet
+    from avseg.models.zoo import VISUAL_ENCODERS
+
+    net = CAMNet(VISUAL_ENCODERS["tiny"](), num_classes=3, level=2)
+    logits = torch.tensor([[-5.0, -1.0, -3.0], [2.0, 1.0, -1.0]])
+    labels = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    assert net.selected_classes(logits, labels).tolist() == [[False, True, False], [True, True, False]]
+    net.cam_class = "labelled"
+    assert net.selected_classes(logits, labels).tolist() == [[False, False, True], [True, False, False]]
+
+
+def test_connected_components_and_selection() -> None:
+    from avseg.methods.ws_avs_audio import connected_components, select_by_audio
+
+    masks = torch.zeros(2, 6, 6, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True  # component a (silent)
+    masks[0, 4:6, 3:6] = True  # component b (sounding) ...
+    masks[0, 3, 5] = True  # ... extended upwards
+    masks[0, 2, 2] = True  # touches a diagonally: 8-connectivity joins it to a
+    masks[1, 1:3, 1:3] = True
+    labels = connected_components(masks)
+    assert labels[0, 0, 0] == labels[0, 2, 2] != labels[0, 4, 4] == labels[0, 3, 5]
+    assert len(labels[0][masks[0]].unique()) == 2 and (labels[~masks] == 0).all()
+
+    sim = torch.zeros(2, 6, 6)
+    sim[0, 3:, 3:] = 0.9
+    sim[1] = 0.1
+    kept = select_by_audio(masks, sim, "components", 0.5, keep_best=True)
+    assert kept[0].sum() == 7 and kept[0, 4, 4] and not kept[0, 0, 0]
+    assert torch.equal(kept[1], masks[1])  # nothing passes: the best component is kept
+    assert not select_by_audio(masks, sim, "components", 0.5, keep_best=False)[1].any()
+    # proposals: components of another mask; the rejected ones are cut out of the masks
+    eq6 = torch.ones(2, 6, 6, dtype=torch.bool)  # an Eq. 6 mask that merged everything into one region
+    assert select_by_audio(eq6, sim, "components", 0.5, keep_best=True).all()  # one region: nothing to select
+    cut = select_by_audio(eq6, sim, "components", 0.5, keep_best=True, proposals=masks)
+    assert torch.equal(cut[0], ~(masks[0] & (labels[0] == labels[0, 0, 0])))  # silent component a removed
+    assert cut[1].all()  # frame 1's only proposal is its best: kept
+    pixels = select_by_audio(masks, sim, "pixels", 0.5)
+    assert torch.equal(pixels, masks & (sim > 0.5))
+    assert not select_by_audio(torch.zeros(1, 4, 4, dtype=torch.bool), torch.rand(1, 4, 4)).any()
+
+
+# --- recipes --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", NEW_METHODS)
+@pytest.mark.parametrize("recipe", ["demo", "s4", "ms3"])
+def test_recipes_validate(method: str, recipe: str) -> None:
+    spec, cfg = build_config(method, f"{method}/{recipe}", "/nonexistent/data")
+    assert spec.name == method
+    assert cfg.data.layout == ("s4" if recipe == "demo" else recipe)
+
+
+@pytest.mark.parametrize("recipe", ["demo", "s4", "ms3"])
+def test_recipes_in_sync_with_ws_avs(recipe: str) -> None:
+    """ws-avs-av and c2am must run WS-AVS's own settings, or the bench compares different pipelines."""
+    ws = load_yaml(RECIPES / "ws-avs" / f"{recipe}.yaml")
+    av = load_yaml(RECIPES / "ws-avs-av" / f"{recipe}.yaml")
+    for key, value in ws.items():
+        if key != "method":
+            assert av.get(key) == value, f"ws-avs-av/{recipe}.yaml: {key} differs from ws-avs/{recipe}.yaml"
+    c2am = load_yaml(RECIPES / "c2am" / f"{recipe}.yaml")
+    for key, value in c2am.items():
+        if key != "method":
+            assert ws.get(key, value) == value, f"c2am/{recipe}.yaml: {key} differs from ws-avs/{recipe}.yaml"
+    for key in ("c2am_visual", "c2am_weights", "c2am_level", "c2am_threshold", "c2am_train", "crf"):
+        assert ws.get(key) == c2am.get(key), f"c2am/{recipe}.yaml: {key} differs from ws-avs/{recipe}.yaml"
+    if recipe == "demo":  # the audio-visual model of ws-avs-av is the EZ-VSL demo model
+        ez = load_yaml(RECIPES / "ez-vsl" / "demo.yaml")
+        pairs = {"av_visual": "visual", "av_visual_weights": "visual_weights", "av_audio": "audio", "av_audio_weights": "audio_weights",
+                 "av_embed_dim": "embed_dim", "av_tau": "tau", "av_train_frames": "train_frames", "av_train": "train"}  # fmt: skip
+        for ours, theirs in pairs.items():
+            assert av[ours] == ez[theirs], f"ws-avs-av/demo.yaml: {ours} differs from ez-vsl/demo.yaml {theirs}"
+        assert av["av_levels"] == [ez["level"]]
+
+
+def test_heat_maps_threshold_mask_matches_metrics(tiny_s4: Path, tmp_path: Path) -> None:
+    """Binary metrics on predict() equal the metrics of the documented mask (heat map > threshold)."""
+    from avseg.inference.predict import iterate_outputs
+    from avseg.methods.common import make_dataset
+    from avseg.metrics.binary import BinaryAccumulator
+
+    run_dir = tmp_path / "cam"
+    train_tiny("cam", tiny_s4, run_dir)
+    spec, cfg = load_run(run_dir)
+    predictor = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
+    data = make_dataset(cfg.data, "test", audio=False)
+    a, b = BinaryAccumulator(), BinaryAccumulator()
+    for fo in iterate_outputs(predictor.heatmap, data, torch.device("cpu")):
+        if fo.gt is not None:
+            a.update((fo.output > cfg.threshold).astype(np.float32)[None], fo.gt[None])
+    for fo in iterate_outputs(predictor.predict, data, torch.device("cpu")):
+        if fo.gt is not None:
+            b.update(fo.output[None], fo.gt[None])
+    assert a.compute()["miou"] == pytest.approx(b.compute()["miou"])
+    assert a.compute()["fscore_at_0.5"] == pytest.approx(b.compute()["fscore_at_0.5"])
