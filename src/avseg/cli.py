@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from avseg.inference.commands import add_inference_commands
 
     add_inference_commands(sub)
+    from avseg.bench import add_bench_command
+
+    add_bench_command(sub)
     return p
 
 
