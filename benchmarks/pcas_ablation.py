@@ -29,17 +29,19 @@ VARIANTS: dict[str, list[str]] = {
     "no-cmpc": ["cmpc=false"],
     "no-cmcc": ["cmcc=false"],
     "none": ["cmc=false", "cmpc=false", "cmcc=false"],  # the paper's "none" row: classification only
+    "scratch": ["visual=small", "visual_weights=none"],  # the ws-avs demo's backbone class: small CNN from scratch
 }
+METRICS = ("miou", "fscore", "miou_avsbench", "audio_video_map", "audio_frame_map", "audio_frame_f1", "pseudo_miou", "pseudo_ignored", "train_seconds")
 
 
 def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * float(x):.1f}"
 
 
-def run_variant(method: str, recipe: str, data: Path, layout: str, out: Path, overrides: list[str], image_size: int | None) -> dict[str, Any]:
+def run_variant(method: str, recipe: str, data: Path, layout: str, out: Path, overrides: list[str], image_size: int | None, seed: int) -> dict[str, Any]:
     from avseg.runner import build_config, evaluate_run, run_method
 
-    spec, cfg = build_config(method, recipe, str(data), layout, image_size=image_size, overrides=overrides)
+    spec, cfg = build_config(method, recipe, str(data), layout, quick={"seed": seed}, image_size=image_size, overrides=overrides)
     start = time.time()
     summaries = run_method(spec, cfg, out, resume=True)
     train_seconds = sum(float(s.get("seconds", 0.0)) for s in summaries.values())
@@ -60,40 +62,61 @@ def run_variant(method: str, recipe: str, data: Path, layout: str, out: Path, ov
         pm = summaries.get("pseudo-masks", {})
         row["pseudo"] = pm.get("quality")
     row["wall_seconds"] = round(time.time() - start, 1)
+    audio, pseudo = row.get("audio") or {}, row.get("pseudo") or {}
+    row["audio_video_map"] = (audio.get("video") or {}).get("map")
+    row["audio_frame_map"] = (audio.get("frame") or {}).get("map")
+    row["audio_frame_f1"] = (audio.get("frame") or {}).get("f1")
+    row["pseudo_miou"] = pseudo.get("miou")
+    row["pseudo_ignored"] = pseudo.get("ignored_fraction")
     return row
 
 
-def write_results(out: Path, rows: dict[str, dict[str, Any]], layout: str, command: str) -> str:
-    lines = [f"# PCAS ablation on `{layout}`", "", f"Command: `{command}`", ""]
-    head = "| variant | test mIoU | test F | audio mAP (video) | audio mAP (frame) | audio F1 (frame) | pseudo mIoU | pseudo ignored | train s |"
-    if layout == "avss":
-        head = head.replace("| test F |", "| test F | mIoU avsbench |")
-    lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, r in rows.items():
-        if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'][:80]} |")
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and (population) standard deviation of each metric over the seeds that finished."""
+    import numpy as np
+
+    ok = [r for r in runs if "error" not in r]
+    out: dict[str, Any] = {"seeds": len(ok), "failed": [r["error"] for r in runs if "error" in r]}
+    for key in METRICS:
+        values = [float(r[key]) for r in ok if r.get(key) is not None]
+        out[key] = (float(np.mean(values)), float(np.std(values))) if values else None
+    classes = sorted({int(c) for r in ok for c in (r.get("per_class_iou") or {})})
+    out["per_class_iou"] = {c: float(np.mean([float((r.get("per_class_iou") or {}).get(str(c), (r.get("per_class_iou") or {}).get(c, 0.0))) for r in ok])) for c in classes}
+    return out
+
+
+def _cell(stat: Any, pct: bool = True) -> str:
+    if stat is None:
+        return "-"
+    mean, std = stat
+    scale = 100.0 if pct else 1.0
+    return f"{scale * mean:.1f}" if std == 0 else f"{scale * mean:.1f} ± {scale * std:.1f}"
+
+
+def write_results(out: Path, rows: dict[str, list[dict[str, Any]]], layout: str, command: str) -> str:
+    summary = {name: summarise(runs) for name, runs in rows.items()}
+    lines = [f"# PCAS ablation on `{layout}`", "", f"Command: `{command}`", "",
+             "Test split, clean protocol (mIoU over foreground classes for AVSS); mean ± std over seeds; % except seconds.", ""]  # fmt: skip
+    cols = ["variant", "seeds", "test mIoU", "test F"] + (["mIoU avsbench"] if layout == "avss" else [])
+    cols += ["audio mAP (video)", "audio mAP (frame)", "audio F1 (frame)", "pseudo mIoU (train)", "pseudo ignored", "train s"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    keys = ["miou", "fscore"] + (["miou_avsbench"] if layout == "avss" else [])
+    keys += ["audio_video_map", "audio_frame_map", "audio_frame_f1", "pseudo_miou", "pseudo_ignored"]
+    for name, sm in summary.items():
+        if not sm["seeds"]:
+            lines.append(f"| {name} | 0 | failed: {'; '.join(sm['failed'])[:100]} |")
             continue
-        audio = r.get("audio") or {}
-        pseudo = r.get("pseudo") or {}
-        cells = [name, _pct(r["miou"]), _pct(r["fscore"])]
-        if layout == "avss":
-            cells.append(_pct(r.get("miou_avsbench")))
-        cells += [
-            _pct((audio.get("video") or {}).get("map")), _pct((audio.get("frame") or {}).get("map")), _pct((audio.get("frame") or {}).get("f1")),
-            _pct(pseudo.get("miou")), _pct(pseudo.get("ignored_fraction")), f"{r['train_seconds']:.0f}",
-        ]  # fmt: skip
+        cells = [name, str(sm["seeds"])] + [_cell(sm[k]) for k in keys] + [_cell(sm["train_seconds"], pct=False)]
         lines.append("| " + " | ".join(cells) + " |")
     if layout == "avss":
-        lines += ["", "Per-class IoU (clean protocol, test split):", ""]
-        classes = sorted({int(c) for r in rows.values() for c in (r.get("per_class_iou") or {})})
-        lines.append("| variant | " + " | ".join(f"class {c}" for c in classes) + " |")
-        lines.append("|" + "---|" * (len(classes) + 1))
-        for name, r in rows.items():
-            pc = {int(k): v for k, v in (r.get("per_class_iou") or {}).items()}
-            lines.append(f"| {name} | " + " | ".join(_pct(pc.get(c)) for c in classes) + " |")
+        classes = sorted({c for sm in summary.values() for c in sm["per_class_iou"]})
+        lines += ["", "Per-class IoU (clean protocol, test split, mean over seeds; class 0 = background):", ""]
+        lines += ["| variant | " + " | ".join(f"class {c}" for c in classes) + " |", "|" + "---|" * (len(classes) + 1)]
+        for name, sm in summary.items():
+            lines.append(f"| {name} | " + " | ".join(f"{100 * sm['per_class_iou'][c]:.1f}" if c in sm["per_class_iou"] else "-" for c in classes) + " |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(rows, indent=2, default=float))
+    (out / "results.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2, default=float))
     return text
 
 
@@ -107,26 +130,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ws-avs", action="store_true", help="also train WS-AVS (ws-avs/<recipe>); binary layouts only")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every PCAS variant")
+    p.add_argument("--seeds", default="0", help="comma list of seeds (every stage's TrainSettings.seed); default 0")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict[str, Any]] = {}
-    plan = [(f"pcas {v}", "pcas", f"pcas/{args.recipe}", VARIANTS[v] + list(args.set), out / f"pcas-{v}") for v in args.variants.split(",")]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    plan = [(f"pcas {v}", "pcas", f"pcas/{args.recipe}", VARIANTS[v] + list(args.set), f"pcas-{v}") for v in args.variants.split(",")]
     if args.ws_avs:
         if args.layout == "avss":
             raise SystemExit("WS-AVS predicts binary masks: --ws-avs needs the s4 or ms3 layout")
-        plan.append(("ws-avs", "ws-avs", f"ws-avs/{args.recipe}", [], out / "ws-avs"))
+        plan.append(("ws-avs", "ws-avs", f"ws-avs/{args.recipe}", [], "ws-avs"))
+    seeds = [int(x) for x in args.seeds.split(",")]
     command = "python benchmarks/pcas_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for name, method, recipe, overrides, run_dir in plan:
-        logging.info("=== %s (%s)", name, " ".join(overrides) or "recipe as is")
-        try:
-            rows[name] = run_variant(method, recipe, Path(args.data), args.layout, run_dir, overrides, args.image_size)
-        except Exception as exc:  # reported in the table, never hidden
-            (run_dir / "bench-error.txt").parent.mkdir(parents=True, exist_ok=True)
-            (run_dir / "bench-error.txt").write_text(traceback.format_exc())
-            rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        write_results(out, rows, args.layout, command)
+    for seed in seeds:  # seed by seed, so an interrupted benchmark already has every variant of the first seeds
+        for name, method, recipe, overrides, folder in plan:
+            run_dir = out / (folder if seed == 0 else f"{folder}-s{seed}")
+            logging.info("=== %s seed %d (%s)", name, seed, " ".join(overrides) or "recipe as is")
+            try:
+                row = run_variant(method, recipe, Path(args.data), args.layout, run_dir, overrides, args.image_size, seed)
+            except Exception as exc:  # reported in the table, never hidden
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "bench-error.txt").write_text(traceback.format_exc())
+                row = {"error": f"{type(exc).__name__}: {exc}"}
+            rows.setdefault(name, []).append({"seed": seed, **row})
+            write_results(out, rows, args.layout, command)
     print(write_results(out, rows, args.layout, command))
     return 0
 

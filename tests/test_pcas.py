@@ -274,6 +274,25 @@ def test_each_switch_trains(name: str, data: dict[str, Path]) -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_head_only_segment_training_keeps_encoders_frozen_and_in_eval_mode(data: dict[str, Path]) -> None:
+    spec, cfg = config("avss", data["avss"], "visual=tiny", "visual_level=2", "segment_joint=false")
+    model = PCASNet(cfg, num_classes(cfg))
+    model.freeze(keep_training=("seg_head",))
+    model.train()
+    assert model.training and model.seg_head.training and not model.visual.training and not model.audio.training
+    before = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    batch = a_batch(cfg)
+    batch.pseudo_masks = torch.zeros(batch.masks.shape)
+    batch.has_pseudo = batch.valid.clone()
+    model.mode = "segment"
+    out = model(batch)
+    assert set(out) == {"seg", "loss"}
+    out["loss"].backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("seg_head."))
+    assert any(p.grad is not None for p in model.seg_head.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.visual.state_dict().items())  # BatchNorm/GN stats untouched
+
+
 # --- every stage through the runner --------------------------------------------------------------------
 def _check_run(run: Path, root: Path, layout: str) -> None:
     for stage in ("look-listen", "pseudo-labels", "segment"):
@@ -292,13 +311,24 @@ def _check_run(run: Path, root: Path, layout: str) -> None:
                 assert set(np.unique(ids).tolist()) <= {0, IGNORE, *range(1, k + 1)}
 
 
-@pytest.mark.parametrize("layout", ["avss", "ms3", "s4"])
+# Per layout a different variant of the segment stage: head only (the demo recipe), joint with the
+# look-listen losses, and a CNN with the FPN head and the hard audio gate.
+E2E = {
+    "avss": [],
+    "ms3": ["segment_joint=true"],
+    "s4": ["visual=tiny", "visual_level=2", "segment_joint=true", "audio_gate=hard", "empty_audio=top1"],
+}
+
+
+@pytest.mark.parametrize("layout", list(E2E))
 def test_every_stage_end_to_end(layout: str, data: dict[str, Path], tmp_path: Path) -> None:
     root = data[layout]
-    spec, cfg = config(layout, root, "fine_losses_after=0", "cmcc_fg_fraction=0.0", "crf=true")
+    spec, cfg = config(layout, root, "fine_losses_after=0", "cmcc_fg_fraction=0.0", "crf=true", *E2E[layout])
     run = tmp_path / "run"
     summaries = run_method(spec, cfg, run)
     assert set(summaries) == {"look-listen", "pseudo-labels", "segment"}
+    seg_metrics = [json.loads(line) for line in (run / "segment" / "metrics.jsonl").read_text().splitlines()]
+    assert ("cls_audio" in seg_metrics[-1]) == cfg.segment_joint and "seg" in seg_metrics[-1]
     _check_run(run, root, layout)
     pred = tmp_path / "pred"
     result = evaluate_run(run, "test", "clean", device="cpu", save_pred=pred)

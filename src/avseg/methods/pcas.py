@@ -283,8 +283,8 @@ class PCASNet(nn.Module):
         self.cls_head = nn.Linear(dv, k)
         self.sem_head = nn.Linear(dv, k)  # on v_sem = mean of patches; on each patch it is the CAM
         e = cfg.embed_dim
-        # LayerNorm -> Linear: the LayerNorm removes each vector's common offset (ReLU features of a CNN are
-        # all positive and nearly parallel), without which CMC sits at the collapsed solution.
+        # LayerNorm -> Linear (WS-AVS's projection without dropout): the LayerNorm takes away each vector's
+        # common offset (ReLU features of a CNN are all positive and nearly parallel).
         self.proj_audio = ProjectionHead(da, e, dropout=0.0)
         self.proj_visual = ProjectionHead(dv, e, dropout=0.0)  # v_sem and every patch token (N, Dv, h, w)
         self.proj_cls = ProjectionHead(dv, e, dropout=0.0)  # v_cls of frames and of local crops
@@ -295,6 +295,20 @@ class PCASNet(nn.Module):
             self.seg_head = ConvSegHead(dv, cfg.seg_channels, k + 1)
         self.use_fpn = use_fpn
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps seen (persisted)
+        self.frozen: tuple[str, ...] = ()  # submodules kept frozen and in eval mode (BatchNorm statistics)
+
+    def freeze(self, keep_training: tuple[str, ...]) -> None:
+        """Freeze every top-level submodule except ``keep_training`` (e.g. ("seg_head",))."""
+        self.frozen = tuple(name for name, _ in self.named_children() if name not in keep_training)
+        for name in self.frozen:
+            getattr(self, name).requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "PCASNet":
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
 
     # -- encoding --
     def encode(self, batch: AVBatch, frames: Tensor | None = None) -> Encoded:
@@ -782,9 +796,8 @@ def stage_segment(ctx: StageContext) -> dict[str, Any]:
     model = PCASNet(cfg, num_classes(cfg), visual_weights=False)
     load_model_weights(model, ctx.path("look-listen", "last.safetensors"))
     model.mode = "segment"
-    if not cfg.segment_joint:  # only the segmentation head learns
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("seg_head."))
+    if not cfg.segment_joint:  # only the segmentation head learns; the encoders' BatchNorm stays as trained
+        model.freeze(keep_training=("seg_head",))
     # No dataset augmentation: it resizes pseudo masks bilinearly, which would blend class ids; the model
     # flips frames and labels itself (flip_augment).
     train = make_dataset(cfg.data, "train", augment=False, pseudo_dir=ctx.path("pseudo", "labels"), sample_frames=cfg.train_frames, seed=s.seed)
