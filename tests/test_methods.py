@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -324,3 +325,18 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # A full-size demo into the same folder would mix settings: refused with a clear message.
     assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32"]) == 2
     assert "other settings" in capsys.readouterr().err
+def test_border_band_skips_the_padding_ring_of_the_feature_map() -> None:
+    """An object in the centre, dark background, and a bright outer ring one feature cell wide (the
+    padding artifact of a stride-8 level): the band inside the ring says "not flipped"; a band on the
+    very edge would say "flipped"."""
+    from avseg.methods.ws_avs import _border_excess
+
+    amap = np.zeros((128, 128), dtype=np.float32)
+    amap[40:88, 40:88] = 1.0  # the object
+    amap[:8], amap[-8:], amap[:, :8], amap[:, -8:] = 1.0, 1.0, 1.0, 1.0  # the artifact ring
+    assert _border_excess(amap, skip=0) > 0  # fooled
+    assert _border_excess(amap, skip=8) < 0  # not fooled
+    inverted = 1.0 - amap
+    assert _border_excess(inverted, skip=8) > 0  # a truly inverted map is still detected
+    tiny = np.random.default_rng(0).random((12, 12)).astype(np.float32)
+    assert np.isfinite(_border_excess(tiny, skip=32))  # the band shrinks to fit small frames

@@ -230,15 +230,30 @@ def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> tuple[C
     return model.to(device).eval(), False
 
 
-def _border_excess(amap: np.ndarray, width: int = 2) -> float:
-    """Mean of a (min-max normalised) map on the image border minus its mean over the whole frame.
+def _border_excess(amap: np.ndarray, skip: int = 0, width: int | None = None) -> float:
+    """Mean of a map on a band near the image border minus its mean on the region the band encloses.
 
-    Positive when the border is more "foreground" than the frame on average. A relative test: objects in
-    real photos often touch the border, so "the border is mostly above 0.5" (an absolute test) flips
-    maps that merely have a bright background level.
+    Positive when the border band is more "foreground" than the middle of the frame. A relative test:
+    objects in real photos often touch the border, so "the border is mostly above 0.5" (an absolute test)
+    flips maps that merely have a bright background level. The comparison is with the enclosed region,
+    not the whole frame: when the objects are small the frame mean is the background level, and the
+    difference says nothing.
+
+    The band starts ``skip`` pixels inside the edge: the outermost feature cell of a padded CNN (its
+    stride in pixels) sees mostly zero padding, and its activation there is an artifact that can carry
+    either polarity (EfficientNet-Lite0's stride-8 level at 128 px lights or darkens its outer ring
+    whatever the image). ``width`` defaults to an eighth of the shorter side (at least 2 px); ``skip``
+    shrinks when the frame is too small to hold band and core.
     """
-    border = np.concatenate([amap[:width].ravel(), amap[-width:].ravel(), amap[:, :width].ravel(), amap[:, -width:].ravel()])
-    return float(border.mean() - amap.mean())
+    h, w = amap.shape[-2:]
+    width = max(2, min(h, w) // 8) if width is None else width
+    skip = max(0, min(skip, min(h, w) // 2 - width - 1))
+    inner = amap[skip : h - skip, skip : w - skip]
+    if min(inner.shape) <= 2 * width:
+        return 0.0  # no core left: undecided
+    band = np.ones(inner.shape, dtype=bool)
+    band[width:-width, width:-width] = False
+    return float(inner[band].mean() - inner[~band].mean())
 
 
 POLARITY_FILE = "polarity.json"  # in pseudo/maps, so a forced rerun that removes the maps removes it too
@@ -300,9 +315,10 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
         # after training: if the image border is on average more "foreground" than the frame, the map is
         # flipped. A first pass keeps one number per frame (not the maps: S4 train at 224 px would hold
         # gigabytes).
-        excess = [_border_excess(o.output) for o in iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am polarity")]
+        cell = 4 * 2**cfg.c2am_level  # every encoder's pyramid has strides 4, 8, 16, 32
+        excess = [_border_excess(o.output, skip=cell) for o in iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am polarity")]
         border = float(np.mean(excess))
-        polarity = {"flip": bool(border > 0.0), "border_excess": border, "frames": len(excess), "c2am_sha256": digest}
+        polarity = {"flip": bool(border > 0.0), "border_excess": border, "border_skip_px": cell, "frames": len(excess), "c2am_sha256": digest}
         write_text_atomic(polarity_path, json.dumps(polarity, indent=2))
     flip = bool(polarity["flip"])
 
