@@ -252,3 +252,18 @@ def test_pseudo_from_unknown_stage(fake_s4: Path, tmp_path: Path, capsys: pytest
     dump_yaml({"method": "ws-avs", **to_dict(cfg)}, run / "config.yaml")
     rc, _, err = run_cli(["pseudo", "--run", str(run), "--from", "segmenter"], capsys)
     assert_user_error(rc, err, "'segmenter'", "c2am, activation-maps, saliency, pseudo-masks")
+
+
+def test_threads_option_sets_torch_threads_and_rejects_nonsense(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "data", "synth", "--layout", "s4", "--out", str(tmp_path / "d"), "--videos", "3", "--size", "32"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            main(["--threads", bad, "data", "synth", "--layout", "s4", "--out", str(tmp_path / "e")])
+        assert "--threads: expected a positive integer" in capsys.readouterr().err

@@ -64,12 +64,27 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # --- parser -------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="avseg",
         description="Weakly supervised audio-visual segmentation: data, training, evaluation and inference.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads torch may use (default: torch's own choice, one per core). On a machine that other "
+        "jobs keep busy, 1 is often several times faster: torch's threads wait on each other at every operator",
+    )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="generate, build, validate and preview datasets in the AVSBench layouts")
@@ -140,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     from avseg.engine.tracking import setup_logging
 
     setup_logging(None, level=logging.DEBUG if args.verbose else logging.INFO)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        log.debug("torch threads: %d", torch.get_num_threads())
     from avseg.audio.frontends import AudioError
     from avseg.data.errors import DataError
     from avseg.engine.trainer import NonFiniteLossError
