@@ -132,8 +132,9 @@ def test_resume_is_bit_exact(tmp_path: Path, interruption: str):
     # A different initialisation proves the weights come from the checkpoint.
     resumed = fit(model(seed=99, dropout=0.2), toy.ToyAV(noise=0.05), settings(), b, resume=True, **kw)
     assert resumed.steps == 12 and resumed.metrics == full.metrics
-    if interruption == "crash":  # (max_steps adds an evaluation at step 6, which may be the best)
-        assert resumed.best == full.best
+    # The max_steps stop evaluates at step 6 (mid-epoch), which must not become the best checkpoint.
+    assert (resumed.best, resumed.best_step) == (full.best, full.best_step)
+    assert_identical(tmp_path / "a" / "best.safetensors", b / "best.safetensors")
     assert_identical(tmp_path / "a" / "last.safetensors", b / "last.safetensors")
     assert train_records(tmp_path / "a") == train_records(b)  # also: lines after the checkpoint were dropped
 
@@ -327,3 +328,19 @@ def test_worker_processes_give_the_same_run(tmp_path: Path):
         fit(model(dropout=0.2), toy.ToyAV(noise=0.05), settings(epochs=2, workers=workers), tmp_path / f"w{workers}",
             collate_fn=toy.collate)
     assert_identical(tmp_path / "w0" / "last.safetensors", tmp_path / "w2" / "last.safetensors")
+
+
+def test_a_max_steps_stop_mid_epoch_never_becomes_the_best_checkpoint(tmp_path: Path):
+    """The evaluation at a mid-epoch max_steps stop is reported, but best.safetensors only holds epoch ends."""
+    scores = iter([0.1, 0.9, 0.2, 0.3])  # epoch-1 end, the step-6 stop, then the resumed epoch ends
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return {"acc": next(scores)}
+
+    kw = dict(collate_fn=toy.collate, evaluate=evaluate, best_key="acc", desc="toy")
+    out = tmp_path / "run"
+    part = fit(model(), toy.ToyAV(), settings(max_steps=6), out, **kw)
+    assert part.metrics["acc"] == 0.9 and (part.best, part.best_step) == (0.1, 4)
+    assert read_metadata(out / "best.safetensors")["step"] == 4
+    resumed = fit(model(), toy.ToyAV(), settings(), out, resume=True, **kw)
+    assert (resumed.best, resumed.best_step) == (0.3, 12)

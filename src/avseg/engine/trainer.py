@@ -419,7 +419,7 @@ def fit(
             })
         distributed.barrier()
 
-    def run_evaluation() -> dict[str, float]:
+    def run_evaluation(update_best: bool) -> dict[str, float]:
         nonlocal best, best_step
         result = None
         if main:
@@ -441,7 +441,7 @@ def fit(
             if best_key is not None and best_key not in result:
                 raise KeyError(f"{desc}: best_key {best_key!r} not among evaluation metrics {sorted(result)}")
         result = distributed.broadcast_object(result)
-        if best_key is not None:
+        if best_key is not None and update_best:
             value = result[best_key]
             if best is None or (value > best if best_mode == "max" else value < best):
                 best, best_step = value, step
@@ -523,7 +523,10 @@ def fit(
                 epoch, batch_in_epoch = epoch + 1, 0
             if evaluate is not None:
                 check_weights()
-                metrics = run_evaluation()
+                # A max_steps stop mid-epoch is evaluated (its metrics are reported) but cannot become
+                # best.safetensors: an uninterrupted run never evaluates there, and a resumed run must
+                # keep the same best checkpoint as an uninterrupted one.
+                metrics = run_evaluation(update_best=batch_in_epoch == 0)
             save_last()
     finally:
         bar.close()
