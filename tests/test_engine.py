@@ -344,3 +344,17 @@ def test_a_max_steps_stop_mid_epoch_never_becomes_the_best_checkpoint(tmp_path: 
     assert read_metadata(out / "best.safetensors")["step"] == 4
     resumed = fit(model(), toy.ToyAV(), settings(), out, resume=True, **kw)
     assert (resumed.best, resumed.best_step) == (0.3, 12)
+
+
+def test_resume_says_that_a_changed_lr_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    kw = dict(collate_fn=toy.collate, desc="toy")
+    full = fit(model(), toy.ToyAV(), settings(), tmp_path / "a", **kw)
+    fit(model(), toy.ToyAV(), settings(max_steps=6), tmp_path / "b", **kw)
+    with caplog.at_level("WARNING", logger="avseg.engine.trainer"):
+        fit(model(), toy.ToyAV(), settings(lr=0.5, grad_clip=2.0), tmp_path / "b", resume=True, **kw)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "Ignored: lr (the optimizer and LR schedule continue" in message and "grad_clip" in message
+    assert "Ignored: grad_clip" not in message and "lr, grad_clip" not in message.split("Ignored:")[1]
+    lrs = [r["lr"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "train"]
+    assert lrs == [r["lr"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "train"]
+    assert full.steps == 12

@@ -50,6 +50,8 @@ Progress = Literal["auto", "on", "off"]
 
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Settings that may legitimately change between a run and its resumption.
+# Settings whose effect lives in the optimizer / scheduler state: a resumed run keeps the saved values.
+_FROM_CHECKPOINT = {"lr", "optimizer", "weight_decay", "momentum", "betas", "schedule", "warmup_steps", "min_lr_ratio", "poly_power"}
 _RESUME_MAY_CHANGE = {"epochs", "max_steps", "workers", "log_every", "progress", "checkpoint_every_steps", "device"}
 
 
@@ -353,7 +355,10 @@ def fit(
         changed = {k: (v, getattr(settings, k)) for k, v in st["settings"].items()
                    if k not in _RESUME_MAY_CHANGE and hasattr(settings, k) and _plain(getattr(settings, k)) != _plain(v)}
         if changed and main:
-            log.warning("%s: resuming with changed settings (saved, now): %s", desc, changed)
+            frozen = sorted(set(changed) & _FROM_CHECKPOINT)
+            log.warning("%s: resuming with changed settings (saved, now): %s%s", desc, changed,
+                        f". Ignored: {', '.join(frozen)} (the optimizer and LR schedule continue from the checkpoint; "
+                        "start a new run to change them)" if frozen else "")
         raw.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
