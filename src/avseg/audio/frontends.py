@@ -355,19 +355,35 @@ def decode_audio_stream(
             rest = rest[:0]
         pending, pending_len = ([rest] if rest.size else []), int(rest.size)
 
-    for block in blocks:
-        _check_block(path, block, offset, rate)
-        offset += block.shape[0]
-        audible = audible or bool(block.any())
+    # Decoded packets are small (1024 samples for AAC): the resampler gets about a second at a time, as
+    # one convolution per packet costs ~10x more. Its output does not depend on how the input is cut.
+    raw: list[np.ndarray] = []
+    raw_len = 0
+
+    def push(final: bool) -> None:
+        nonlocal raw, raw_len, pending_len
+        if not raw or (raw_len < rate and not final):
+            return
+        block = np.concatenate(raw) if len(raw) > 1 else raw[0]
+        raw, raw_len = [], 0
         out = block if resampler is None else resampler.push(block)
         if out.size:
             pending.append(out.astype(np.float32, copy=False))
             pending_len += out.size
+
+    for block in blocks:
+        _check_block(path, block, offset, rate)
+        offset += block.shape[0]
+        audible = audible or bool(block.any())
+        raw.append(block)
+        raw_len += block.shape[0]
+        push(final=False)
         yield from emit(final=False)
     if offset == 0:
         raise _error(path, "has zero samples")
     if not audible:
         _warn_silent(path)
+    push(final=True)
     if resampler is not None:
         out = resampler.flush()
         if out.size:
