@@ -162,6 +162,19 @@ def test_eval_text_output(ws_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert line.startswith("ws-avs on s4 test") and "mIoU" in line
 
 
+def test_resume_and_eval_remove_temporaries_of_a_killed_process(ws_run: Path, capsys: pytest.CaptureFixture) -> None:
+    """A process killed inside an atomic write leaves ``.<name>.<random>.tmp``; the next call removes it."""
+    (ws_run / "eval").mkdir(exist_ok=True)
+    planted = [ws_run / ".config.yaml.abc.tmp", ws_run / "stages" / ".segmenter.json.x1.tmp", ws_run / "eval" / ".test-clean.json.x2.tmp"]
+    for path in planted:
+        path.write_text("half")
+    assert main(["train", "--out", str(ws_run), "--resume"]) == 0  # every stage done: nothing retrained
+    assert not planted[0].exists() and not planted[1].exists() and planted[2].exists()
+    assert main(["eval", "--run", str(ws_run), "--device", "cpu"]) == 0
+    assert not planted[2].exists()
+    capsys.readouterr()
+
+
 def test_pseudo_rerun_from_activation_maps(ws_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import shutil
 

@@ -17,6 +17,7 @@ import torch
 from avseg.config import apply_overrides, from_dict, load_yaml, to_dict
 from avseg.data.layout import LAYOUTS, SPLITS, metadata_path
 from avseg.engine import distributed as dist
+from avseg.engine.checkpoint import remove_stale_temporaries
 from avseg.engine.trainer import TrainSettings, resolve_device, seed_everything
 from avseg.methods import METHODS
 from avseg.methods.base import MethodSpec, StageContext, read_marker, write_marker
@@ -149,6 +150,9 @@ def run_method(
             raise RunError(f"method {spec.name} has no stage {name!r}; its stages: {', '.join(names)}")
     if dist.is_main():
         prepare_run_dir(run_dir, {"method": spec.name, **to_dict(cfg)})
+        for folder in (run_dir, run_dir / "stages"):  # half-written markers of a killed run
+            if removed := remove_stale_temporaries(folder):
+                log.info("%s: removed %d temporary file(s) of an interrupted run", folder, len(removed))
     dist.barrier()
     setup_logging(run_dir if dist.is_main() else None, level=logging.getLogger().level or logging.INFO)
     run_cfg = reconfigure(spec, cfg, {"max_steps": max_steps}) if max_steps is not None else cfg
@@ -281,6 +285,7 @@ def evaluate_run(
     if data_root is not None:
         cfg.data.root = data_root
     check_data(cfg)
+    remove_stale_temporaries(Path(run_dir) / "eval")  # of an evaluation that was killed while writing
     _warn_unfinished(spec, cfg, Path(run_dir))
     dev = resolve_device(device)
     predictor = spec.load_predictor(cfg, Path(run_dir), dev)

@@ -76,9 +76,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporaries of :func:`atomic_path` left by a killed process (``.<name>.*.tmp``)."""
-    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+def remove_stale_temporaries(folder: Path, recursive: bool = False) -> list[Path]:
+    """Delete temporaries of :func:`atomic_path` left by a killed process (``.<name>.*.tmp``).
+
+    ``folder`` may be missing (nothing to do); ``recursive`` also searches its subfolders.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if p.is_file()]
     for p in stale:
         p.unlink()
     return stale

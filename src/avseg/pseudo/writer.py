@@ -31,14 +31,9 @@ def frame_relpaths(record: VideoRecord, layout: str) -> list[Path]:
 
 def remove_stale_temporaries(folders: Iterable[Path]) -> int:
     """Delete temporaries of atomic writes (``.<name>.*.tmp``) a killed process left under ``folders``."""
-    removed = 0
-    for folder in folders:
-        if Path(folder).is_dir():
-            for tmp in Path(folder).rglob(".*.tmp"):
-                if tmp.is_file():
-                    tmp.unlink()
-                    removed += 1
-    return removed
+    from avseg.engine.checkpoint import remove_stale_temporaries as remove
+
+    return sum(len(remove(folder, recursive=True)) for folder in folders)
 
 
 class PseudoMaskWriter:
