@@ -17,17 +17,11 @@ DATA_URI = re.compile(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"')
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """WS-AVS (demo recipe) trained for one epoch on 8 synthetic S4 videos at 32 px."""
-    from avseg.cli import main
-    from avseg.data.synthetic import generate
+def tiny_run(tiny_ws_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's tiny WS-AVS run (the report writes eval/ and report.html into it)."""
+    import shutil
 
-    root = tmp_path_factory.mktemp("tiny-report")
-    generate("s4", root / "data", num_videos=8, size=32)
-    argv = ["train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(root / "data"), "--layout", "s4",
-            "--out", str(root / "run"), "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
-    assert main(argv) == 0
-    return root / "run"
+    return Path(shutil.copytree(tiny_ws_run, tmp_path_factory.mktemp("tiny-report") / "run"))
 
 
 @pytest.fixture(scope="module")

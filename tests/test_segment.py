@@ -94,17 +94,8 @@ def write_video(
 
 # --- the tiny trained run ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """WS-AVS (demo recipe) trained for one epoch on 8 synthetic S4 videos at 32 px: seconds on 2 cores."""
-    from avseg.cli import main
-    from avseg.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("tiny")
-    generate("s4", root / "data", num_videos=8, size=32)
-    argv = ["train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(root / "data"), "--layout", "s4",
-            "--out", str(root / "run"), "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
-    assert main(argv) == 0
-    return root / "run"
+def tiny_run(tiny_ws_run: Path) -> Path:
+    return tiny_ws_run
 
 
 @pytest.fixture(scope="module")
@@ -113,26 +104,9 @@ def predictor(tiny_run: Path) -> Predictor:
 
 
 def run_cli(argv: list[str]) -> int:
-    """``avseg.cli.main`` once ``segment`` is wired into it; until then the same error handling here."""
-    import argparse
-    import sys
-
     from avseg import cli
 
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    if "segment" in commands:
-        return cli.main(argv)
-    from avseg.inference.commands import add_inference_commands
-
-    p = argparse.ArgumentParser(prog="avseg")
-    add_inference_commands(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"avseg: error: {exc}", file=sys.stderr)
-        return 2
+    return cli.main(argv)
 
 
 def mean_level(image: np.ndarray) -> float:
