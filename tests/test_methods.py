@@ -353,3 +353,16 @@ def test_border_band_skips_the_padding_ring_of_the_feature_map() -> None:
     assert _border_excess(inverted, skip=8) > 0  # a truly inverted map is still detected
     tiny = np.random.default_rng(0).random((12, 12)).astype(np.float32)
     assert np.isfinite(_border_excess(tiny, skip=32))  # the band shrinks to fit small frames
+
+
+def test_a_run_records_its_class_vocabulary_and_refuses_another(s4_data: Path, tmp_path: Path) -> None:
+    from avseg.data.avsbench import class_names
+
+    spec, cfg = runner.build_config("cam", "cam/demo", str(s4_data), "s4")
+    assert cfg.data.classes is None and Path(cfg.data.root).is_absolute()
+    recorded = runner.record_classes(spec, cfg)
+    assert recorded.data.classes == class_names(s4_data, "s4") and cfg.data.classes is None
+    spec, other = runner.build_config("cam", "cam/demo", str(s4_data), "s4", overrides=['data.classes=["dog", "cat"]'])
+    with pytest.raises(runner.RunError, match=r"label vocabulary .* differs from the run's data.classes \(2: dog, cat\)"):
+        runner.run_method(spec, other, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made

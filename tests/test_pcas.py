@@ -341,6 +341,21 @@ def test_every_stage_end_to_end(layout: str, data: dict[str, Path], tmp_path: Pa
         assert all(np.asarray(Image.open(p)).max() <= k for p in pngs)  # class ids, background 0
         official = evaluate_run(run, "test", "avsbench", device="cpu")
         assert "miou_no_bg" in official
+        # The run records its vocabulary: it loads and names its classes with the dataset gone.
+        import shutil
+
+        import yaml
+
+        from avseg.inference.predictor import Predictor
+
+        moved = Path(shutil.copytree(run, tmp_path / "moved"))
+        saved = yaml.safe_load((moved / "config.yaml").read_text())
+        label2idx = json.loads((root / "label2idx.json").read_text())
+        names = [n for n, _ in sorted(label2idx.items(), key=lambda kv: kv[1])]
+        assert saved["data"]["classes"] == names[1:] and Path(saved["data"]["root"]).is_absolute()
+        saved["data"]["root"] = str(tmp_path / "no-such-dataset")
+        (moved / "config.yaml").write_text(yaml.safe_dump(saved))
+        assert Predictor.from_run(moved, device="cpu").class_names == ["background", *names[1:]]
     # the predictor's output shapes on one batch
     predictor = spec.load_predictor(cfg, run, torch.device("cpu"))
     batch = a_batch(cfg, "test")

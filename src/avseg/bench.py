@@ -252,7 +252,7 @@ def run_bench(
         One BenchRow per method, in ``methods`` order.
     """
     from avseg.methods import METHODS
-    from avseg.runner import RunError, build_config, evaluate_run, run_method
+    from avseg.runner import RunError, build_config, evaluate_run, record_classes, run_method
 
     if layout not in ("s4", "ms3"):
         raise RunError(f"bench scores binary masks: layout must be s4 or ms3, got {layout!r}")
@@ -279,6 +279,7 @@ def run_bench(
             if reuse and source in by_method and by_method[source].status == "ok" and not any(o.startswith("reuse_run=") for o in extra):
                 extra.append(f"reuse_run={json.dumps(str((out / source).resolve()))}")
             spec, cfg = build_config(method, f"{method}/{recipe}", str(data), layout, quick, image_size, extra)
+            cfg = record_classes(spec, cfg)  # as run_method records it, so that a finished run compares equal
             if (run_dir / "config.yaml").is_file() and not _same_config(run_dir, method, cfg):
                 raise RunError(f"{run_dir} holds a run of {method} with other settings; remove it or choose another --out")
             phase = "train"

@@ -263,6 +263,10 @@ class DataConfig:
     window_seconds: float = 3.0
     workers: int = 4  # data-loading processes outside training (evaluation, pseudo-masks)
     max_videos: int | None = None  # only the first N videos of each split (smoke runs, demos)
+    # The label vocabulary (index = position in the video-level label vector; AVSS: class id - 1). Left
+    # empty in recipes: a run fills it from its dataset when it starts and keeps it in config.yaml, so
+    # that the trained model loads, and names its classes, without the dataset.
+    classes: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -277,6 +281,8 @@ class DataConfig:
             raise ValueError(f"window_seconds must be > 0 (got {self.window_seconds})")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (got {self.workers})")
+        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f"classes must be a non-empty list of distinct names or null (got {self.classes})")
         if self.max_videos is not None and self.max_videos < 1:
             raise ValueError(f"max_videos must be >= 1 or None (got {self.max_videos})")
 

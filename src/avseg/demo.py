@@ -119,7 +119,9 @@ def _check_same_run(spec: Any, cfg: Any, run_dir: Path) -> None:
         return
     saved_spec, saved = load_run(run_dir)
     a, b = to_dict(saved), to_dict(cfg)
-    a["data"].pop("root"), b["data"].pop("root")
+    for d in (a["data"], b["data"]):
+        d.pop("root")
+        d.pop("classes", None)  # recorded by the run when it starts
     if saved_spec.name != spec.name or a != b:
         raise RunError(f"{run_dir} holds a run with other settings (e.g. a --quick run): choose another --out or remove it")
 

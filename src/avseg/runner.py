@@ -6,6 +6,7 @@ Also the ``train`` / ``pseudo`` / ``eval`` / ``demo`` subcommands of the CLI.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -74,7 +75,8 @@ def build_config(
     if not isinstance(raw["data"], dict):
         raise RunError(f"{source}: data must be a mapping, got {raw['data']!r}")
     if data_root is not None:
-        raw["data"]["root"] = str(data_root)
+        # Absolute, so that the run's config.yaml still finds the data from another working directory.
+        raw["data"]["root"] = str(Path(data_root).expanduser().resolve())
     if layout is not None:
         raw["data"]["layout"] = layout
     if image_size is not None:
@@ -110,6 +112,27 @@ def check_data(cfg: Any) -> None:
         raise RunError(f"{root} is not a {cfg.data.layout} dataset: {meta.name} not found in it")
 
 
+def record_classes(spec: MethodSpec, cfg: Any) -> Any:
+    """``cfg`` with ``data.classes`` = the dataset's label vocabulary (kept in the run's config.yaml).
+
+    A vocabulary already recorded (a resumed run, or one set by hand) must equal the dataset's: class
+    index k of the trained heads means the same class only then.
+    """
+    from avseg.data.avsbench import class_names
+
+    found = class_names(Path(cfg.data.root), cfg.data.layout)
+    if cfg.data.classes is None:
+        data = dataclasses.replace(cfg.data, classes=list(found))
+        return dataclasses.replace(cfg, data=data)
+    if list(cfg.data.classes) != list(found):
+        raise RunError(
+            f"{cfg.data.root}: its label vocabulary ({len(found)} classes: {', '.join(found[:6])}{', ...' if len(found) > 6 else ''}) "
+            f"differs from the run's data.classes ({len(cfg.data.classes)}: {', '.join(cfg.data.classes[:6])}"
+            f"{', ...' if len(cfg.data.classes) > 6 else ''}); a model's class k would mean another class"
+        )
+    return cfg
+
+
 def _first_settings(cfg: Any) -> TrainSettings:
     return next(iter(cfg.train_settings().values()))
 
@@ -143,6 +166,7 @@ def run_method(
     if config_file.exists() and not resume and only is None:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     check_data(cfg)
+    cfg = record_classes(spec, cfg)
     stages = spec.stages(cfg)
     names = [s.name for s in stages]
     for name in only or []:

@@ -242,7 +242,10 @@ class Predictor:
         audio = AudioSettings.from_data_config(data.audio_frontend, data.audio_window, data.layout)
         names = getattr(model, "class_names", None)
         if names is None and getattr(model, "output", "binary") == "semantic":
-            names = _dataset_class_names(Path(data.root), data.layout)
+            # The run's recorded vocabulary (class id c = classes[c - 1]); runs from before it was recorded
+            # read the training data's label2idx.json when it is still there.
+            classes = getattr(data, "classes", None)
+            names = ["background", *classes] if classes else _dataset_class_names(Path(data.root), data.layout)
         return cls(model, image_size=data.image_size, audio=audio, device=device, batch_size=batch_size, class_names=names, name=name)
 
     # --- frames and audio ----------------------------------------------------------------------------

@@ -28,8 +28,7 @@ from avseg.config import DataConfig
 from avseg.engine.trainer import TrainSettings
 from avseg.losses.contrastive import m2icl_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.cam import num_classes_of
-from avseg.methods.common import binary_validator, make_dataset, train_stage
+from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch

@@ -100,7 +100,7 @@ REUSE_KEYS: dict[str, tuple[str, ...]] = {
 REUSE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "c2am": ("c2am",), "activation-maps": ("pseudo/maps", "pseudo/initial"), "saliency": ("saliency",),
 }  # fmt: skip
-_IGNORED_DATA_KEYS = ("workers",)  # do not change what a stage computes
+_IGNORED_DATA_KEYS = ("workers", "classes")  # workers change nothing a stage computes; classes follow from root + layout
 
 
 def reuse_problem(source: Path, stage: str, cfg: Any) -> str | None:

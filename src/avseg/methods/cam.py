@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from avseg.config import DataConfig
 from avseg.engine.trainer import TrainSettings
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.common import binary_validator, make_dataset, train_stage
+from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
 from avseg.models.heads import ClassifierHead
 from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.types import AVBatch
@@ -159,12 +159,6 @@ class CAMNet(nn.Module):
     def predict(self, batch: AVBatch) -> Tensor:
         """(B, T, H, W): the heat map calibrated so that > 0.5 is the mask (heat map > threshold)."""
         return calibrate(self.heatmap(batch), self.threshold)
-
-
-def num_classes_of(data: DataConfig) -> int:
-    from avseg.data.avsbench import class_names
-
-    return len(class_names(Path(data.root), data.layout))
 
 
 def build_net(cfg: CAMConfig, weights: str | None = None) -> CAMNet:

@@ -17,6 +17,15 @@ from avseg.types import AVBatch
 log = logging.getLogger("avseg")
 
 
+def num_classes_of(data: DataConfig) -> int:
+    """K, the number of video-level classes: the run's recorded vocabulary, else the dataset's."""
+    if data.classes is not None:
+        return len(data.classes)
+    from avseg.data.avsbench import class_names
+
+    return len(class_names(Path(data.root), data.layout))
+
+
 def make_dataset(
     data: DataConfig,
     split: str,

@@ -39,7 +39,7 @@ from avseg.engine.trainer import TrainSettings
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss
 from avseg.losses.segmentation import ce_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.common import make_dataset, unwrap
+from avseg.methods.common import make_dataset, num_classes_of, unwrap
 from avseg.models.ast import AST_CONFIGS, build_ast, frame_segments
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import AttentionPool, ProjectionHead
@@ -575,10 +575,8 @@ def dense_crf_multi(
 
 # --- helpers for the stages ----------------------------------------------------------------------------
 def num_classes(cfg: PCASConfig) -> int:
-    """K: foreground classes of the data's label vocabulary."""
-    from avseg.data.avsbench import class_names
-
-    return len(class_names(Path(cfg.data.root), cfg.data.layout))
+    """K: foreground classes of the label vocabulary (the run's record of it, else the data's)."""
+    return num_classes_of(cfg.data)
 
 
 def param_groups(cfg: PCASConfig):
