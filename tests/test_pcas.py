@@ -400,3 +400,24 @@ def test_bad_config_values_are_rejected(tmp_path: Path) -> None:
             build_config("pcas", None, str(tmp_path), "avss", overrides=["visual=vit_cpu", bad])
     with pytest.raises(ConfigError, match="multiple of the ViT patch size"):
         build_config("pcas", None, str(tmp_path), "avss", image_size=36, overrides=["visual=vit_cpu"])
+
+
+@pytest.mark.parametrize("tvp", [False, True])
+def test_tvp_probe_swaps_only_the_prompts(tvp: bool, data: dict[str, Path], tmp_path: Path) -> None:
+    """benchmarks/pcas_tvp_probe.py: without prompts its three conditions must agree exactly."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pcas_tvp_probe.py"
+    module_spec = importlib.util.spec_from_file_location("pcas_tvp_probe", path)
+    probe = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(probe)
+    spec, cfg = config("ms3", data["ms3"], f"tvp={str(tvp).lower()}")
+    run = tmp_path / "run"
+    run_method(spec, cfg, run, only=["look-listen"])
+    result = probe.probe(run, "train", torch.device("cpu"))  # the tiny test split has one video
+    assert result["tvp"] is tvp and result["videos"] > 1
+    rows = [result[c] for c in ("own", "other video", "grey")]
+    if not tvp:
+        assert rows[0] == rows[1] == rows[2]
+    assert all(0.0 <= r["frame"]["map"] <= 1.0 for r in rows)
+    assert "| run | tvp |" in probe.table([result])
