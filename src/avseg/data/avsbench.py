@@ -355,6 +355,44 @@ def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
 
 
+def crop_size(size: int) -> int:
+    """The side frames are resized to before the random training crop: 246 / 224 of ``size``."""
+    return int(round(size * 246 / 224))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One video's training geometry: resize to ``big`` square, crop ``size`` at (y0, x0), then maybe flip."""
+
+    big: int
+    y0: int
+    x0: int
+    flip: bool
+
+
+def augment_geometry(seed: int, epoch: int, index: int, size: int, augment: bool) -> Geometry:
+    """The geometry of video ``index`` in ``epoch``: drawn from the (seed, epoch, index) stream when
+    ``augment``, else the plain resize. Every reader of the data (dataset, cache) uses this one rule."""
+    if not augment:
+        return Geometry(size, 0, 0, False)
+    rng = np.random.default_rng([seed, epoch, index])
+    big = crop_size(size)
+    y0, x0 = (int(v) for v in rng.integers(0, big - size + 1, size=2))
+    return Geometry(big, y0, x0, bool(rng.random() < 0.5))
+
+
+def apply_geometry(arr: np.ndarray, g: Geometry, size: int, nearest: bool) -> np.ndarray:
+    """(H, W[, C]) uint8 -> (size, size[, C]) under geometry ``g`` (PIL bilinear or nearest resize)."""
+    out = _resize(arr, g.big, nearest)[g.y0 : g.y0 + size, g.x0 : g.x0 + size]
+    return out[:, ::-1] if g.flip else out
+
+
+def sample_frame_indices(seed: int, epoch: int, index: int, num_frames: int, keep: int) -> list[int]:
+    """``keep`` of a video's ``num_frames`` frames, ascending, from the (seed, epoch, index, 1) stream."""
+    rng = np.random.default_rng([seed, epoch, index, 1])
+    return np.sort(rng.choice(num_frames, size=keep, replace=False)).tolist()
+
+
 class AVSBenchDataset(Dataset):
     """One item per video of an AVSBench-layout subset and split.
 
@@ -451,7 +489,8 @@ class AVSBenchDataset(Dataset):
         assert self.pseudo_dir is not None
         return self.pseudo_dir / L.prediction_relpath(self.layout, record.split, record.category, record.video_id, k)
 
-    def _labels(self, record: VideoRecord, masks: list[np.ndarray | None]) -> torch.Tensor:
+    def video_labels(self, record: VideoRecord, masks: list[np.ndarray | None]) -> torch.Tensor:
+        """(K,) float32 video-level labels: the metadata's label names, or (AVSS) the union of the masks' classes."""
         labels = torch.zeros(self.num_classes, dtype=torch.float32)
         if record.label_names is not None:
             for name in record.label_names:
@@ -466,7 +505,8 @@ class AVSBenchDataset(Dataset):
                             labels[int(c) - 1] = 1.0
         return labels
 
-    def _audio(self, record: VideoRecord, t: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def audio_features(self, record: VideoRecord, t: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(features (T, 1, F, W) or None, waveform windows (T, S) or None) of a video with ``t`` frames."""
         if self.audio_frontend is None and not self.return_waveform:
             return None, None
         if self.audio_frontend == "pkl":
@@ -504,10 +544,10 @@ class AVSBenchDataset(Dataset):
         wave, sr = load_audio(record.audio_path, self.waveform_rate)
         return frame_windows(torch.from_numpy(wave), sr, t, mode=self.audio_window)
 
-    def __getitem__(self, index: int) -> VideoSample:
+    def decode_raw(self, index: int) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """Video ``index`` as read from disk: its frames (H, W, 3) uint8 and masks (H, W) (None where a frame has
+        none), at the source size, checked to share one size."""
         record = self.records[index]
-        t = len(record.frame_paths)
-        size = self.image_size
         num_sem = self.num_semantic_classes if self.layout == "avss" else None
         frames = [read_frame(p) for p in record.frame_paths]
         for p, f in zip(record.frame_paths, frames):
@@ -518,24 +558,24 @@ class AVSBenchDataset(Dataset):
         for p, m in zip(record.mask_paths, masks_raw):
             if m is not None and m.shape != frames[0].shape[:2]:
                 raise DataError(p, f"mask is {m.shape[1]}x{m.shape[0]} but its frame is {frames[0].shape[1]}x{frames[0].shape[0]}")
+        return frames, masks_raw
+
+    def __getitem__(self, index: int) -> VideoSample:
+        record = self.records[index]
+        t = len(record.frame_paths)
+        size = self.image_size
+        frames, masks_raw = self.decode_raw(index)
         pseudo_raw: list[np.ndarray] | None = None
         if self.pseudo_dir is not None:
             pseudo_raw = [read_probability_png(self.pseudo_path(record, k)) for k in record.frame_numbers]
-        labels = self._labels(record, masks_raw)
-        audio, waveform = self._audio(record, t)
+        labels = self.video_labels(record, masks_raw)
+        audio, waveform = self.audio_features(record, t)
 
         # Resize (and augment) frames, masks and pseudo masks with one geometry per video.
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            big = int(round(size * 246 / 224))
-            y0, x0 = (int(v) for v in rng.integers(0, big - size + 1, size=2))
-            flip = bool(rng.random() < 0.5)
-        else:
-            big, y0, x0, flip = size, 0, 0, False
+        g = augment_geometry(self.seed, self.epoch, index, size, self.augment)
 
         def geom(arr: np.ndarray, nearest: bool) -> np.ndarray:
-            out = _resize(arr, big, nearest)[y0 : y0 + size, x0 : x0 + size]
-            return out[:, ::-1] if flip else out
+            return apply_geometry(arr, g, size, nearest)
 
         frames_t = torch.from_numpy(np.stack([geom(f, False) for f in frames]).copy()).permute(0, 3, 1, 2)
         frames_t = frames_t.float().div_(255.0)
@@ -558,9 +598,7 @@ class AVSBenchDataset(Dataset):
             frame_ids=list(record.frame_numbers), pseudo_masks=pseudo, has_pseudo=has_pseudo,
         )  # fmt: skip
         if self.sample_frames is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-            keep = np.sort(rng.choice(t, size=self.sample_frames, replace=False))
-            sample = _select(sample, keep.tolist())
+            sample = _select(sample, sample_frame_indices(self.seed, self.epoch, index, t, self.sample_frames))
         return _pad(sample, self.pad_to)
 
 

@@ -47,11 +47,11 @@ from avseg.data.avsbench import (
     VideoRecord,
     VideoSample,
     _pad,
-    _resize,
+    apply_geometry,
+    augment_geometry,
     collate_videos,
-    read_frame,
-    read_mask,
     read_probability_png,
+    sample_frame_indices,
 )
 from avseg.data.errors import DataError
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
@@ -86,29 +86,23 @@ class _DecodedVideos(Dataset):
         ds = self.dataset
         record = ds.records[index]
         size = ds.image_size
-        num_sem = ds.num_semantic_classes if ds.layout == "avss" else None
-        frames_raw = [read_frame(p) for p in record.frame_paths]
-        shapes = {f.shape[:2] for f in frames_raw}
-        if len(shapes) > 1:
-            raise DataError(record.frame_paths[0].parent, f"frames of video {record.video_id} differ in size: {sorted(shapes)}")
-        masks_raw = [read_mask(p, ds.layout, num_sem) if p is not None else None for p in record.mask_paths]
+        frames_raw, masks_raw = ds.decode_raw(index)  # the dataset's readers and checks
         for p, m in zip(record.mask_paths, masks_raw):
-            if m is not None and m.shape != frames_raw[0].shape[:2]:
-                raise DataError(p, f"mask is {m.shape[1]}x{m.shape[0]} but its frame is {frames_raw[0].shape[1]}x{frames_raw[0].shape[0]}")
             if m is not None and m.size and int(m.max()) > 255:
                 raise DataError(p, f"class id {int(m.max())} does not fit the cache's uint8 masks")
-        frames = np.stack([_resize(f, size, nearest=False) for f in frames_raw])  # (T, H, W, 3) uint8
+        plain = augment_geometry(0, 0, index, size, augment=False)  # the un-augmented resize
+        frames = np.stack([apply_geometry(f, plain, size, nearest=False) for f in frames_raw])  # (T, H, W, 3) uint8
         masks = np.zeros((len(frames_raw), size, size), np.uint8)
         for i, m in enumerate(masks_raw):
             if m is not None:
-                masks[i] = _resize(m.astype(np.uint8), size, nearest=True)
-        audio, _ = ds._audio(record, len(frames_raw))
+                masks[i] = apply_geometry(m.astype(np.uint8), plain, size, nearest=True)
+        audio, _ = ds.audio_features(record, len(frames_raw))
         return {
             "frames": frames,
             "masks": masks,
             "has_mask": [m is not None for m in masks_raw],
             "audio": None if audio is None else audio.numpy().astype(np.float16),
-            "labels": ds._labels(record, masks_raw).tolist(),
+            "labels": ds.video_labels(record, masks_raw).tolist(),
             "source_size": list(frames_raw[0].shape[:2]),
         }
 
@@ -378,15 +372,9 @@ class CachedDataset(Dataset):
         # (seed, epoch, index, 1); only the kept frames are read.
         keep = list(range(t))
         if self.sample_frames is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-            keep = np.sort(rng.choice(t, size=self.sample_frames, replace=False)).tolist()
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            big = int(round(size * 246 / 224))
-            y0, x0 = (int(v) for v in rng.integers(0, big - size + 1, size=2))
-            flip = bool(rng.random() < 0.5)
-        else:
-            big, y0, x0, flip = size, 0, 0, False
+            keep = sample_frame_indices(self.seed, self.epoch, index, t, self.sample_frames)
+        g = augment_geometry(self.seed, self.epoch, index, size, self.augment)
+        plain = augment_geometry(self.seed, self.epoch, index, size, augment=False)  # resize only
         rows = [start + k for k in keep]
         frames_u8 = np.asarray(arrays["frames"][rows])  # (k, H, W, 3)
         masks_u8 = np.asarray(arrays["masks"][rows])  # (k, H, W)
@@ -395,7 +383,7 @@ class CachedDataset(Dataset):
         if self.pseudo_dir is not None:
             # as AVSBenchDataset: probability PNG -> float -> uint8 again; resized to image_size (a copy when it is)
             pseudo_u8 = [
-                _resize((read_probability_png(self.pseudo_path(record, record.frame_numbers[k])) * 255).astype(np.uint8), size, nearest=False)
+                apply_geometry((read_probability_png(self.pseudo_path(record, record.frame_numbers[k])) * 255).astype(np.uint8), plain, size, nearest=False)
                 for k in keep
             ]
 
@@ -404,8 +392,7 @@ class CachedDataset(Dataset):
         def geom(arr: np.ndarray, nearest: bool) -> np.ndarray:
             if not on_cpu:
                 return arr
-            out = _resize(arr, big, nearest)[y0 : y0 + size, x0 : x0 + size]
-            return out[:, ::-1] if flip else out
+            return apply_geometry(arr, g, size, nearest)
 
         if self.frames_mode == "uint8":
             frames_t = torch.from_numpy(frames_u8)  # (k, H, W, 3) uint8
@@ -429,7 +416,7 @@ class CachedDataset(Dataset):
             pseudo_masks=pseudo, has_pseudo=has_pseudo,
         )  # fmt: skip
         sample = _pad(sample, self.pad_to)
-        geometry = torch.tensor([y0, x0, int(flip)], dtype=torch.int64) if self.frames_mode == "uint8" and self.augment else None
+        geometry = torch.tensor([g.y0, g.x0, int(g.flip)], dtype=torch.int64) if self.frames_mode == "uint8" and self.augment else None
         return CachedVideoSample(**{f: getattr(sample, f) for f in VideoSample.__dataclass_fields__}, geometry=geometry)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avseg.data.avsbench import crop_size  # the datasets' rule, re-exported
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 __all__ = ["augment_batch", "crop_size"]
@@ -30,9 +31,6 @@ __all__ = ["augment_batch", "crop_size"]
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
 
 
-def crop_size(size: int) -> int:
-    """The side frames are resized to before the random crop (as the datasets: 246 / 224 of ``size``)."""
-    return int(round(size * 246 / 224))
 
 
 @lru_cache(maxsize=32)
