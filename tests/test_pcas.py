@@ -421,3 +421,17 @@ def test_tvp_probe_swaps_only_the_prompts(tvp: bool, data: dict[str, Path], tmp_
         assert rows[0] == rows[1] == rows[2]
     assert all(0.0 <= r["frame"]["map"] <= 1.0 for r in rows)
     assert "| run | tvp |" in probe.table([result])
+
+
+def test_binary_prediction_is_a_probability_when_the_hard_gate_silences_every_class(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 - P(background) came out as -5e-7 here (rounding), and the metrics refused it."""
+    spec, cfg = config("s4", data["s4"], "audio_gate=hard")
+    model = PCASNet(cfg, num_classes(cfg)).eval()
+    model.mode = "segment"
+    monkeypatch.setattr(model, "audio_probs", lambda enc: torch.zeros(enc.labels.shape))
+    batch = a_batch(cfg, "test")
+    fg = model.predict(batch)
+    assert fg.shape == batch.masks.shape and torch.equal(fg, torch.zeros_like(fg))
+    monkeypatch.setattr(model, "audio_probs", lambda enc: torch.ones(enc.labels.shape))
+    fg = model.predict(batch)
+    assert fg.min() >= 0.0 and fg.max() <= 1.0 and fg.max() > 0

@@ -514,9 +514,10 @@ class PCASNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: AVBatch) -> Tensor:
-        """AVSS: (B, T, K + 1, H, W) class scores; S4 / MS3: (B, T, H, W) foreground probability = 1 - P(background)."""
+        """AVSS: (B, T, K + 1, H, W) class scores; S4 / MS3: (B, T, H, W) foreground probability = the sum of
+        the foreground classes' probabilities (not 1 - P(background), which rounding can push below 0)."""
         probs = self.class_probs(batch)
-        return probs if self.semantic else 1.0 - probs[:, :, 0]
+        return probs if self.semantic else probs[:, :, 1:].sum(dim=2).clamp_(0.0, 1.0)
 
 
 def _crf_batch(frames: Tensor, probs: Tensor, iterations: int) -> Tensor:
