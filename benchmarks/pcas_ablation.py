@@ -30,6 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "no-cmcc": ["cmcc=false"],
     "none": ["cmc=false", "cmpc=false", "cmcc=false"],  # the paper's "none" row: classification only
     "scratch": ["visual=small", "visual_weights=none"],  # the ws-avs demo's backbone class: small CNN from scratch
+    "crop-aug": ["segment_crop_augment=true"],  # the segment stage with the dataset's crop augmentation
 }
 METRICS = ("miou", "fscore", "miou_avsbench", "audio_video_map", "audio_frame_map", "audio_frame_f1", "pseudo_miou", "pseudo_ignored", "train_seconds")
 

@@ -118,6 +118,30 @@ def test_pseudo_masks_follow_geometry(fake_s4: Path, tmp_path: Path) -> None:
         assert not torch.equal(gt, gt.flip(-1))  # the check would see a missing flip
 
 
+def test_pseudo_labels_are_resized_without_blending_class_ids(fake_s4: Path, tmp_path: Path) -> None:
+    """PCAS pseudo labels (class ids, 255 = ignore) under crop augmentation: nearest neighbour, exactly the GT's geometry."""
+    from PIL import Image
+
+    pseudo = tmp_path / "pseudo"
+    for r in index_videos(fake_s4, "s4", "train"):
+        gt = np.asarray(Image.open(r.mask_paths[0]).convert("L")) > 0
+        ids = np.where(gt, 3, 0).astype(np.uint8)
+        ids[:2] = 255  # an ignore band
+        for k in r.frame_numbers:
+            p = pseudo / L.prediction_relpath("s4", "train", r.category, r.video_id, k)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ids).save(p)
+    for labels, exact in ((True, True), (False, False)):
+        ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=24, audio_frontend=None, augment=True, pseudo_dir=pseudo, pseudo_labels=labels)
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            s = ds[0]
+            values = set(torch.unique(torch.round(s.pseudo_masks[0] * 255)).int().tolist())
+            assert (values <= {0, 3, 255}) == exact, values  # bilinear resizing blends 0, 3 and 255
+            if labels:
+                assert torch.equal(s.pseudo_masks[0] == 3 / 255, s.masks[0].bool() & (s.pseudo_masks[0] != 1.0))
+
+
 def test_metadata_problems_named(tmp_path: Path) -> None:
     from fakes import write_fake_s4
 

@@ -412,6 +412,8 @@ class AVSBenchDataset(Dataset):
             applied identically to frames, masks and pseudo masks of a video (the official WS-AVS code
             crops frames but not pseudo masks; we keep them aligned).
         pseudo_dir: folder of pseudo masks (grey PNG = probability x 255) at ``layout.prediction_relpath``.
+        pseudo_labels: the pseudo PNGs hold class ids (PCAS; 255 = ignore) instead of probabilities: they are
+            resized with nearest neighbour (bilinear would blend ids) and returned as ``id / 255``.
         seed: augmentation randomness derives from (seed, epoch, index), so it is reproducible with any
             number of workers and after a resume.
         sample_frames: when set, each item keeps this many of the video's frames, drawn at random (from
@@ -436,6 +438,7 @@ class AVSBenchDataset(Dataset):
         seed: int = 0,
         sample_frames: int | None = None,
         max_videos: int | None = None,
+        pseudo_labels: bool = False,
     ) -> None:
         if audio_window not in ("centred", "clip"):
             raise ValueError(f"audio_window must be 'centred' or 'clip', got {audio_window!r}")
@@ -451,6 +454,7 @@ class AVSBenchDataset(Dataset):
         self.waveform_rate = waveform_rate
         self.augment = augment
         self.pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
+        self.pseudo_labels = pseudo_labels
         self.seed = seed
         self.sample_frames = sample_frames
         self.epoch = 0
@@ -590,7 +594,7 @@ class AVSBenchDataset(Dataset):
                 has_mask[i] = True
         pseudo = has_pseudo = None
         if pseudo_raw is not None:
-            pseudo = torch.from_numpy(np.stack([geom((p * 255).astype(np.uint8), False) for p in pseudo_raw]).astype(np.float32) / 255.0)
+            pseudo = torch.from_numpy(np.stack([geom((p * 255).astype(np.uint8), self.pseudo_labels) for p in pseudo_raw]).astype(np.float32) / 255.0)
             has_pseudo = torch.ones(t, dtype=torch.bool)
         sample = VideoSample(
             frames=frames_t, audio=audio, waveform=waveform, masks=masks, has_mask=has_mask,

@@ -120,6 +120,10 @@ class PCASConfig:
     seg_weight: float = 0.1  # ToCo segmentation weight
     segment_joint: bool = True  # keep training encoders with the look-listen losses; False: only the head
     flip_augment: bool = True  # horizontal flips of frames + pseudo labels inside the model (exact for ids)
+    # The segment stage's data augmentation (resize to 246/224, random crop, flip; pseudo labels resized with
+    # nearest neighbour so class ids are not blended). Off in the session-2 benchmark recipes; see
+    # docs/results/pcas/README.md for what it changes.
+    segment_crop_augment: bool = False
     # --- inference ---
     audio_gate: str = "soft"  # "soft" | "hard" | "none": classes the audio says are silent go to background
     crf: bool = False
@@ -797,9 +801,10 @@ def stage_segment(ctx: StageContext) -> dict[str, Any]:
     model.mode = "segment"
     if not cfg.segment_joint:  # only the segmentation head learns; the encoders' BatchNorm stays as trained
         model.freeze(keep_training=("seg_head",))
-    # No dataset augmentation: it resizes pseudo masks bilinearly, which would blend class ids; the model
-    # flips frames and labels itself (flip_augment).
-    train = make_dataset(cfg.data, "train", augment=False, pseudo_dir=ctx.path("pseudo", "labels"), sample_frames=cfg.train_frames, seed=s.seed)
+    # The model flips frames and labels itself (flip_augment); `segment_crop_augment` adds the dataset's crop
+    # augmentation, with the pseudo labels resized by nearest neighbour (`pseudo_labels=True`).
+    train = make_dataset(cfg.data, "train", augment=cfg.segment_crop_augment, pseudo_dir=ctx.path("pseudo", "labels"), pseudo_labels=True,
+                         sample_frames=cfg.train_frames, seed=s.seed)  # fmt: skip
     evaluate = validator(cfg, ctx.device) if cfg.select_best else None
     return _fit(model, train, s, ctx.path("segment"), cfg, ctx.resume, "segment", evaluate=evaluate, best_key="val_miou" if evaluate else None)
 
