@@ -46,6 +46,7 @@ from avseg.models.heads import AttentionPool, ProjectionHead
 from avseg.models.visual import group_norm
 from avseg.models.vit import VIT_CONFIGS, build_vit
 from avseg.models.zoo import VISUAL_ENCODERS, VISUAL_WEIGHT_CHOICES
+from avseg.pseudo.crf import dense_crf_multi  # re-exported: PCAS inference and its tests use it from here
 from avseg.types import AVBatch
 
 log = logging.getLogger("avseg")
@@ -529,53 +530,6 @@ def _crf_batch(frames: Tensor, probs: Tensor, iterations: int) -> Tensor:
 
     out = [torch.from_numpy(dense_crf_multi(denormalize(f.cpu().numpy()), p.cpu().numpy(), iterations=iterations)) for f, p in zip(frames, probs)]
     return torch.stack(out).to(probs)
-
-
-def dense_crf_multi(
-    image: np.ndarray,
-    probs: np.ndarray,
-    iterations: int = 5,
-    max_side: int = 64,
-    sxy_bilateral: float = 20.0,
-    srgb: float = 13.0,
-    w_bilateral: float = 5.0,
-    sxy_gaussian: float = 1.5,
-    w_gaussian: float = 3.0,
-) -> np.ndarray:
-    """Dense CRF for C labels (Kraehenbuehl & Koltun 2011), exact kernels on a grid of <= ``max_side`` px.
-
-    The multi-label version of ``avseg.pseudo.crf.dense_crf``: unary = -log(probs), Potts pairwise terms
-    with an appearance and a smoothness Gaussian kernel, mean-field inference; the refined marginals are
-    upsampled back.
-
-    Args:
-        image: (H, W, 3) uint8 frame.
-        probs: (C, H, W) class probabilities.
-
-    Returns:
-        (C, H, W) float32 refined probabilities.
-    """
-    c, h, w = probs.shape
-    scale = min(1.0, max_side / max(h, w))
-    gh, gw = max(1, round(h * scale)), max(1, round(w * scale))
-    img = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-    img = F.interpolate(img, size=(gh, gw), mode="bilinear", align_corners=False)[0].reshape(3, -1).T  # (P, 3)
-    p = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(gh, gw), mode="bilinear", align_corners=False)[0]
-    unary = -torch.log(p.reshape(c, -1).T.clamp(1e-5, 1.0))  # (P, C)
-    ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
-    pos = torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=1)
-    d_pos = torch.cdist(pos, pos).pow(2)
-    kernel = w_bilateral * torch.exp(-d_pos / (2 * sxy_bilateral**2) - torch.cdist(img, img).pow(2) / (2 * srgb**2))
-    kernel += w_gaussian * torch.exp(-d_pos / (2 * sxy_gaussian**2))
-    kernel.fill_diagonal_(0.0)
-    q = torch.softmax(-unary, dim=1)
-    for _ in range(iterations):
-        message = kernel @ q  # (P, C)
-        # Potts: label l pays for the mass of every other label = total - own
-        energy = unary + message.sum(dim=1, keepdim=True) - message
-        q = torch.softmax(-energy, dim=1)
-    out = F.interpolate(q.T.reshape(1, c, gh, gw), size=(h, w), mode="bilinear", align_corners=False)[0]
-    return (out / out.sum(dim=0, keepdim=True).clamp_min(1e-6)).numpy()
 
 
 # --- helpers for the stages ----------------------------------------------------------------------------
