@@ -435,3 +435,25 @@ def test_binary_prediction_is_a_probability_when_the_hard_gate_silences_every_cl
     monkeypatch.setattr(model, "audio_probs", lambda enc: torch.ones(enc.labels.shape))
     fg = model.predict(batch)
     assert fg.min() >= 0.0 and fg.max() <= 1.0 and fg.max() > 0
+
+
+def test_binary_dense_crf_is_the_two_label_case_of_the_multi_label_one() -> None:
+    """pseudo.crf.dense_crf (WS-AVS) and dense_crf_multi share one mean field: for two labels built from the
+    same unaries they agree, and both clean a noisy mask along an image edge."""
+    from avseg.pseudo.crf import dense_crf
+
+    rng = np.random.default_rng(1)
+    image = np.zeros((24, 24, 3), np.uint8)
+    image[:, 12:] = 200
+    truth = np.zeros((24, 24), bool)
+    truth[:, 12:] = True
+    prob = np.where(truth, 0.8, 0.2).astype(np.float32)
+    flips = rng.random((24, 24)) < 0.1
+    prob[flips] = 1.0 - prob[flips]
+    mask = dense_crf(image, prob, threshold=0.5, sharpness=8.0)
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    assert (mask.astype(bool) == truth).mean() > ((prob > 0.5) == truth).mean()
+    fg = 1.0 / (1.0 + np.exp(-(prob - 0.5) * 8.0))
+    fg = np.clip(fg, 1e-4, 1 - 1e-4)
+    multi = dense_crf_multi(image, np.stack([1 - fg, fg]).astype(np.float32))
+    assert np.array_equal(multi[1] > 0.5, mask.astype(bool))  # 24 px: no resampling, the same unaries
