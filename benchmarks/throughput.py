@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from avseg.audio import feature_shape
 from avseg.engine.trainer import TrainSettings, build_optimizer
-from avseg.losses.contrastive import m2icl_loss
+from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss
 from avseg.methods.ws_avs import C2AMNet, SaliencyNet, WSAVSNet, build_segmenter
 from avseg.models.zoo import VISUAL_ENCODERS
@@ -249,10 +249,7 @@ class MaskedLossWSAVS(WSAVSNet):
         losses = {"bce": bce_loss(out.logits[:, 0], batch.pseudo_masks.flatten(0, 1), weight_mask=keep)}
         total = losses["bce"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            audio = out.audio_embed.view(b, t, -1)
-            visual = [v.view(b, t, *v.shape[1:]) for v in out.visual_embeds]
-            terms = [m2icl_loss(audio[:, i], [v[:, i] for v in visual], tau=self.tau, scale_by_tau=self.scale_by_tau) for i in range(t)]
-            losses["m2icl"] = torch.stack(terms).mean()
+            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau)
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses

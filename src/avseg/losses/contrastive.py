@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["m2icl_loss", "mil_logits", "mil_similarity_map", "supervised_contrastive", "info_nce"]
+__all__ = ["m2icl_loss", "m2icl_per_second", "mil_logits", "mil_similarity_map", "supervised_contrastive", "info_nce"]
 
 
 def _distributed_world() -> tuple[int, int]:
@@ -121,6 +121,22 @@ def m2icl_loss(
         visual_to_audio = mil_logits(audio_all, v).t() / tau  # (N, N_g): local visual anchors
         loss = loss + F.cross_entropy(visual_to_audio, targets) + F.cross_entropy(audio_to_visual, targets)
     return loss * tau if scale_by_tau else loss
+
+
+def m2icl_per_second(audio: Tensor, visual: list[Tensor], b: int, t: int, tau: float = 0.03, scale_by_tau: bool = True) -> Tensor:
+    """``m2icl_loss`` of B videos x T seconds, averaged over the seconds.
+
+    Negatives of an anchor are the other videos at the same second, never other seconds of the same
+    video (they share its sound class and would be false negatives).
+
+    Args:
+        audio: (B*T, D) audio embeddings, video-major.
+        visual: per stage (B*T, D, h_s, w_s) visual tokens, video-major.
+    """
+    a = audio.view(b, t, -1)
+    vs = [v.view(b, t, *v.shape[1:]) for v in visual]
+    terms = [m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=tau, scale_by_tau=scale_by_tau) for i in range(t)]
+    return torch.stack(terms).mean()
 
 
 def mil_similarity_map(audio: Tensor, visual: Tensor) -> Tensor:

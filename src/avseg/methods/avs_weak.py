@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from avseg.config import DataConfig
 from avseg.engine.trainer import TrainSettings
-from avseg.losses.contrastive import m2icl_loss
+from avseg.losses.contrastive import m2icl_per_second
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
 from avseg.models.segmenter import AVSegmenter
@@ -114,10 +114,7 @@ class AVSWeakNet(nn.Module):
         losses = {"bce": F.binary_cross_entropy_with_logits(scores[keep], labels[keep])}
         total = losses["bce"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            audio = out.audio_embed.view(b, t, -1)
-            visual = [v.view(b, t, *v.shape[1:]) for v in out.visual_embeds]
-            terms = [m2icl_loss(audio[:, i], [v[:, i] for v in visual], tau=self.tau) for i in range(t)]
-            losses["m2icl"] = torch.stack(terms).mean()
+            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, tau=self.tau)
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses

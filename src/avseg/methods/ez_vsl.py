@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from avseg.config import DataConfig
 from avseg.engine.trainer import TrainSettings
-from avseg.losses.contrastive import m2icl_loss, mil_similarity_map
+from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
 from avseg.methods.common import binary_validator, make_dataset, train_stage
@@ -143,11 +143,7 @@ class EZVSLNet(nn.Module):
         if b < 2:
             raise ValueError("the contrastive loss needs at least 2 videos per batch")
         a, vs = self.embed(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1))
-        a = a.view(b, t, -1)  # (B, T, D)
-        vs = [v.view(b, t, *v.shape[1:]) for v in vs]  # (B, T, D, h, w)
-        # Per second: negatives are other videos at that second (the same video's other seconds share its sound).
-        terms = [m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=self.tau, scale_by_tau=self.scale_by_tau) for i in range(t)]
-        return {"loss": torch.stack(terms).mean()}
+        return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau)}
 
     @torch.no_grad()
     def av_map(self, batch: AVBatch) -> Tensor:

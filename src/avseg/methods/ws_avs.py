@@ -27,13 +27,13 @@ from torch import Tensor, nn
 from avseg.config import DataConfig
 from avseg.engine.trainer import TrainSettings
 from avseg.losses.c2am import c2am_losses
-from avseg.losses.contrastive import m2icl_loss
+from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, train_stage
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
-from avseg.models.segmenter import AVSegmenter, masked_mean
+from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch
 
@@ -186,12 +186,7 @@ class WSAVSNet(nn.Module):
             losses["iou"] = iou_loss(logits[keep], target) if keep.any() else logits.sum() * 0
             total = losses["bce"] + losses["iou"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            # M2ICL per time step: negatives are the other videos at the same second, never other
-            # seconds of the same video (they share the sound class and would be false negatives).
-            audio = out.audio_embed.view(b, t, -1)
-            visual = [v.view(b, t, *v.shape[1:]) for v in out.visual_embeds]
-            terms = [m2icl_loss(audio[:, i], [v[:, i] for v in visual], tau=self.tau, scale_by_tau=self.scale_by_tau) for i in range(t)]
-            losses["m2icl"] = torch.stack(terms).mean()
+            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau)
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses
