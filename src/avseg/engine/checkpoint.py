@@ -76,15 +76,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale_temporaries(folder: Path, recursive: bool = False) -> list[Path]:
-    """Delete temporaries of :func:`atomic_path` left by a killed process (``.<name>.*.tmp``).
+def remove_stale_temporaries(*folders: Path, recursive: bool = False) -> list[Path]:
+    """Delete temporaries of :func:`atomic_path` left by a killed process (``.<name>.*.tmp``) in ``folders``.
 
-    ``folder`` may be missing (nothing to do); ``recursive`` also searches its subfolders.
+    Missing folders are skipped; ``recursive`` also searches their subfolders. Returns the files removed.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if p.is_file()]
+    stale: list[Path] = []
+    for folder in map(Path, folders):
+        if folder.is_dir():
+            stale += [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if p.is_file()]
     for p in stale:
         p.unlink()
     return stale

@@ -277,7 +277,8 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     from avseg.data.imageio import write_text_atomic
     from avseg.inference.predict import iterate_outputs, save_probability_png
     from avseg.pseudo.crf import dense_crf
-    from avseg.pseudo.writer import frame_relpaths, remove_stale_temporaries
+    from avseg.engine.checkpoint import remove_stale_temporaries
+    from avseg.pseudo.writer import frame_relpaths
 
     cfg: WSAVSConfig = ctx.config
     layout = cfg.data.layout
@@ -317,7 +318,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
         write_text_atomic(polarity_path, json.dumps(polarity, indent=2))
     flip = bool(polarity["flip"])
 
-    if remove_stale_temporaries([maps_dir, init_dir]):
+    if remove_stale_temporaries(maps_dir, init_dir, recursive=True):
         log.info("activation-maps: removed temporary files of an interrupted run")
 
     def done(rel: Path) -> bool:

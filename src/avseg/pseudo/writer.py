@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from avseg.data.avsbench import AVSBenchDataset, VideoRecord
 from avseg.data.layout import prediction_relpath
+from avseg.engine.checkpoint import remove_stale_temporaries
 from avseg.types import AVBatch
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 def frame_relpaths(record: VideoRecord, layout: str) -> list[Path]:
     """Relative output path (prediction layout) of each frame of a video."""
     return [prediction_relpath(layout, record.split, record.category, record.video_id, k) for k in record.frame_numbers]
-
-
-def remove_stale_temporaries(folders: Iterable[Path]) -> int:
-    """Delete temporaries of atomic writes (``.<name>.*.tmp``) a killed process left under ``folders``."""
-    from avseg.engine.checkpoint import remove_stale_temporaries as remove
-
-    return sum(len(remove(folder, recursive=True)) for folder in folders)
 
 
 class PseudoMaskWriter:
@@ -82,8 +75,8 @@ class PseudoMaskWriter:
         from avseg.metrics.binary import BinaryAccumulator
 
         outputs = [self.folder / "masks", self.folder / "saliency"]
-        if resume and (removed := remove_stale_temporaries(outputs)):
-            log.info("pseudo masks: removed %d temporary files of an interrupted run", removed)
+        if resume and (removed := remove_stale_temporaries(*outputs, recursive=True)):
+            log.info("pseudo masks: removed %d temporary files of an interrupted run", len(removed))
         records = {r.video_id: r for r in dataset.records}
         done_videos = set()
         if resume:
