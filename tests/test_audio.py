@@ -196,22 +196,24 @@ def test_log_stft_matches_scipy_spectrogram() -> None:
 
 
 def test_frame_windows_centred_and_looped() -> None:
-    wave = torch.arange(10.0)  # 5 s at 2 Hz
+    wave = torch.arange(1.0, 11.0)  # 5 s at 2 Hz, no zero sample
     w = frame_windows(wave, sample_rate=2, num_frames=5, window_seconds=3.0)
-    # frame t: 6 samples starting at 2t - 2 (centred on sample 2t + 1 = t + 0.5 s), wrapping around
+    # frame t: 6 samples starting at 2t - 2 (centred on sample 2t + 1 = t + 0.5 s); outside the clip:
+    # silence. The first frame never hears the last second, nor the last frame the first.
     assert w.tolist() == [
-        [8, 9, 0, 1, 2, 3],
-        [0, 1, 2, 3, 4, 5],
-        [2, 3, 4, 5, 6, 7],
-        [4, 5, 6, 7, 8, 9],
-        [6, 7, 8, 9, 0, 1],
+        [0, 0, 1, 2, 3, 4],
+        [1, 2, 3, 4, 5, 6],
+        [3, 4, 5, 6, 7, 8],
+        [5, 6, 7, 8, 9, 10],
+        [7, 8, 9, 10, 0, 0],
     ]
     # a clip shorter than a window is tiled
     short = frame_windows(torch.arange(3.0), 2, num_frames=2, window_seconds=2.0)
     assert short.tolist() == [[2, 0, 1, 2], [1, 2, 0, 1]]
     # odd rate: start = floor(((2t + 1) * 3 - 6) / 2) = 3t - 2
-    odd = frame_windows(torch.arange(9.0), 3, num_frames=3, window_seconds=2.0)
-    assert odd[:, 0].tolist() == [7, 1, 4]
+    odd = frame_windows(torch.arange(1.0, 10.0), 3, num_frames=3, window_seconds=2.0)
+    assert odd[:, :3].tolist() == [[0, 0, 1], [2, 3, 4], [5, 6, 7]]
+    assert odd[2, 3:].tolist() == [8, 9, 0]
     assert frame_windows(np.arange(10.0), 2, 5).shape == (5, 6)  # numpy input
 
 

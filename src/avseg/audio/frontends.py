@@ -792,8 +792,11 @@ def frame_windows(
     """Cut one audio window per video frame (AVSBench: one frame per second).
 
     mode "centred": frame t (0-based) gets S_w = round(window_seconds * sample_rate) samples centred
-        on t + 0.5 s, i.e. starting at floor(((2t + 1) * sample_rate - S_w) / 2). Indices outside the
-        clip wrap around (the clip is looped), so clips shorter than a window are tiled too.
+        on t + 0.5 s, i.e. starting at floor(((2t + 1) * sample_rate - S_w) / 2). Where the window
+        reaches past the clip's start or end it reads silence (zeros): the first frame must not hear the
+        last second (looping did that, and on multi-source clips it put another second's source into the
+        first frame's window). A clip shorter than one window is looped instead (spec: "looped if
+        short"), as there is no clip to centre on.
     mode "clip": the official WS-AVS behaviour, every frame gets the whole clip: the clip looped or
         cut to S_w = round(clip_seconds * sample_rate) from its start (clip_seconds defaults to
         num_frames, one second per frame); ``window_seconds`` is not used.
@@ -825,7 +828,11 @@ def frame_windows(
         raise ValueError(f"unknown frame_windows mode {mode!r}; expected 'centred' or 'clip'")
     if size < 1:
         raise ValueError(f"audio window of {size} samples; window/clip seconds must be positive")
-    return wave[torch.remainder(idx, length).to(wave.device)]
+    if mode == "clip" or length < size:
+        return wave[torch.remainder(idx, length).to(wave.device)]
+    inside = (idx >= 0) & (idx < length)  # (T, S_w)
+    out = wave[idx.clamp(0, length - 1).to(wave.device)]
+    return out * inside.to(device=wave.device, dtype=out.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class AVSWeakConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9
+    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     fusion_stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     decoder_channels: int = 128
     pool: str = "topk"  # class score from its mask logits: "topk" mean, "max" or "lse"
@@ -137,7 +138,7 @@ def build_net(cfg: AVSWeakConfig, pretrained: bool = True) -> AVSWeakNet:
     audio = AUDIO_ENCODERS[cfg.audio](weights=cfg.audio_weights if pretrained else "none")
     segmenter = AVSegmenter(
         visual, audio, fusion_stages=tuple(cfg.fusion_stages), embed_dim=cfg.embed_dim, visual_dropout=cfg.visual_dropout,
-        decoder_channels=cfg.decoder_channels, num_classes=num_classes_of(cfg.data),
+        decoder_channels=cfg.decoder_channels, num_classes=num_classes_of(cfg.data), audio_norm=cfg.audio_norm,
     )  # fmt: skip
     return AVSWeakNet(segmenter, pool=cfg.pool, topk_fraction=cfg.topk_fraction, lse_r=cfg.lse_r, m2icl_weight=cfg.m2icl_weight, tau=cfg.tau)
 

@@ -33,6 +33,7 @@ from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
 from avseg.methods.common import binary_validator, make_dataset, train_stage
+from avseg.models.segmenter import AUDIO_NORMS
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch
 
@@ -48,6 +49,7 @@ class EZVSLConfig:
     audio_weights: str = "imagenet"
     level: int = 3  # the last visual stage (stride 32)
     embed_dim: int = 512
+    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output ("none": off)
     tau: float = 0.03
     scale_by_tau: bool = False  # EZ-VSL's loss is the plain cross entropy (WS-AVS's code multiplies by tau)
     train_frames: int | None = 1  # frames sampled per video and step
@@ -91,6 +93,9 @@ class EZVSLNet(nn.Module):
         tau: temperature.
         scale_by_tau: multiply the loss by tau.
         threshold: binarisation threshold of the normalised heat map.
+        audio_norm: "batch": BatchNorm1d on the audio encoder output before the projection (without it a
+            small audio encoder maps every clip to one vector within a few steps and the loss stays at
+            2 ln B); "none": off.
     """
 
     output = "binary"
@@ -104,15 +109,19 @@ class EZVSLNet(nn.Module):
         tau: float = 0.03,
         scale_by_tau: bool = False,
         threshold: float = 0.5,
+        audio_norm: str = "batch",
     ) -> None:
         super().__init__()
         channels = tuple(visual_encoder.channels)
+        if audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {audio_norm!r}")
         self.levels = tuple(levels)
         if not self.levels or any(not 0 <= s < len(channels) for s in self.levels):
             raise ValueError(f"levels must be within 0..{len(channels) - 1}, got {levels}")
         self.visual_encoder = visual_encoder
         self.audio_encoder = audio_encoder
         self.visual_proj = nn.ModuleDict({str(s): nn.Conv2d(channels[s], embed_dim, 1) for s in self.levels})
+        self.audio_norm: nn.Module = nn.BatchNorm1d(int(audio_encoder.out_dim)) if audio_norm == "batch" else nn.Identity()
         self.audio_proj = nn.Linear(int(audio_encoder.out_dim), embed_dim)
         self.tau = tau
         self.scale_by_tau = scale_by_tau
@@ -133,7 +142,7 @@ class EZVSLNet(nn.Module):
     def embed(self, frames: Tensor, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """frames (N, 3, H, W), audio (N, 1, F, W_a) -> (a (N, D), [v_s (N, D, h_s, w_s)]), not normalised."""
         pyramid = self.visual_encoder(frames)
-        a = self.audio_proj(self.audio_encoder(audio))
+        a = self.audio_proj(self.audio_norm(self.audio_encoder(audio)))
         return a, [self.visual_proj[str(s)](pyramid[s]) for s in self.levels]
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
@@ -178,7 +187,7 @@ class EZVSLNet(nn.Module):
 def build_net(cfg: EZVSLConfig, pretrained: bool = True) -> EZVSLNet:
     visual = VISUAL_ENCODERS[cfg.visual](weights=cfg.visual_weights if pretrained else "none")
     audio = AUDIO_ENCODERS[cfg.audio](weights=cfg.audio_weights if pretrained else "none")
-    return EZVSLNet(visual, audio, levels=(cfg.level,), embed_dim=cfg.embed_dim, tau=cfg.tau, scale_by_tau=cfg.scale_by_tau, threshold=cfg.threshold)
+    return EZVSLNet(visual, audio, levels=(cfg.level,), embed_dim=cfg.embed_dim, tau=cfg.tau, scale_by_tau=cfg.scale_by_tau, threshold=cfg.threshold, audio_norm=cfg.audio_norm)
 
 
 def stage_train(ctx: StageContext) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class SupervisedConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9
+    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     tau: float = 0.03
     m2icl_scale_by_tau: bool = True
     m2icl_weight: float = 0.0  # plain BCE + IoU; set > 0 to add the M2ICL term

@@ -55,6 +55,7 @@ class WSAVSConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9  # official code
+    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     tau: float = 0.03
     m2icl_scale_by_tau: bool = True  # the official code multiplies the loss by tau
     m2icl_weight: float = 1.0
@@ -204,7 +205,7 @@ def build_segmenter(cfg: Any, use_audio: bool = True) -> AVSegmenter:
     audio = AUDIO_ENCODERS[cfg.audio](weights=cfg.audio_weights) if use_audio else None
     return AVSegmenter(
         visual, audio, fusion_stages=tuple(cfg.fusion_stages), embed_dim=cfg.embed_dim,
-        visual_dropout=cfg.visual_dropout, decoder_channels=cfg.decoder_channels,
+        visual_dropout=cfg.visual_dropout, decoder_channels=cfg.decoder_channels, audio_norm=cfg.audio_norm,
     )  # fmt: skip
 
 
