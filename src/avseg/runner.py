@@ -381,10 +381,24 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(Path(args.run), args.split, args.protocol, args.batch_frames, args.device, Path(args.save_pred) if args.save_pred else None, args.data)
-    if args.json:
+    if args.json and not args.listen:
         print(json.dumps(result, indent=2, default=float))
-    else:
+    elif not args.json:
         print(f"{result['method']} on {result['layout']} {args.split} ({result['frames']} frames, {args.protocol}): mIoU {result['miou']:.4f}  F {result['fscore']:.4f}")
+    if args.listen:
+        from avseg.listening import format_listen, listen_run
+
+        listened = listen_run(Path(args.run), args.split, seed=args.seed, device=args.device, data_root=args.data)
+        print(json.dumps({**result, "listen": listened}, indent=2, default=float) if args.json else "\n" + format_listen(listened))
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """``avseg listen`` (and ``avseg eval --listen``): does the model listen? See avseg.listening."""
+    from avseg.listening import format_listen, listen_run
+
+    result = listen_run(Path(args.run), args.split, seed=args.seed, device=args.device, max_videos=args.max_videos, data_root=args.data)
+    print(json.dumps(result, indent=2, default=float) if args.json else format_listen(result))
     return 0
 
 
@@ -432,7 +446,19 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", help="dataset root, if it moved since training")
     e.add_argument("--save-pred", dest="save_pred", help="also write prediction PNGs here (readable by avseg score)")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--listen", action="store_true", help="also run the listening evaluation (as `avseg listen`)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the listening evaluation's choices (with --listen)")
     e.set_defaults(func=cmd_eval)
+
+    li = sub.add_parser("listen", help="does the model listen? masks under own / silent / noise / other / swapped sound")
+    li.add_argument("--run", required=True)
+    li.add_argument("--split", choices=SPLITS, default="test")
+    li.add_argument("--seed", type=int, default=0, help="fixes the 'other' video, the noise and the swap objects")
+    li.add_argument("--device", default="auto")
+    li.add_argument("--max-videos", type=int, dest="max_videos", help="only the first N videos of the split")
+    li.add_argument("--data", help="dataset root, if it moved since training")
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(func=cmd_listen)
 
     d = sub.add_parser("demo", help="the main job on the embedded synthetic data: WS-AVS + supervised reference, report")
     d.add_argument("--out", default="runs/demo")

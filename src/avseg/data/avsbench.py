@@ -20,6 +20,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Callable
 
 import numpy as np
 import torch
@@ -420,6 +421,9 @@ class AVSBenchDataset(Dataset):
             the same (seed, epoch, index) stream) in ascending order: the per-frame sampling of the
             official training code, with T = sample_frames in the batch.
         max_videos: keep only the first videos of the split (quick runs, previews).
+        audio_transform: ``(record, wave, sample_rate) -> wave`` applied to every decoded waveform (S,)
+            before features or waveform windows are computed (the listening evaluation replaces the
+            soundtrack this way, through the model's usual pre-processing); not applied to "pkl" features.
     """
 
     def __init__(
@@ -439,6 +443,7 @@ class AVSBenchDataset(Dataset):
         sample_frames: int | None = None,
         max_videos: int | None = None,
         pseudo_labels: bool = False,
+        audio_transform: Callable[[VideoRecord, np.ndarray, int], np.ndarray] | None = None,
     ) -> None:
         if audio_window not in ("centred", "clip"):
             raise ValueError(f"audio_window must be 'centred' or 'clip', got {audio_window!r}")
@@ -455,6 +460,7 @@ class AVSBenchDataset(Dataset):
         self.augment = augment
         self.pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
         self.pseudo_labels = pseudo_labels
+        self.audio_transform = audio_transform
         self.seed = seed
         self.sample_frames = sample_frames
         self.epoch = 0
@@ -537,15 +543,24 @@ class AVSBenchDataset(Dataset):
         audio = None
         if self.audio_frontend is not None:
             spec = FRONTENDS[self.audio_frontend]
-            wave, sr = load_audio(record.audio_path, spec.sample_rate)
+            wave, sr = self._decode_audio(record, spec.sample_rate)
             audio = compute_features(self.audio_frontend, wave, sr, t, mode=self.audio_window)
         waveform = self._waveforms(record, t) if self.return_waveform else None
         return audio, waveform
 
-    def _waveforms(self, record: VideoRecord, t: int) -> torch.Tensor:
-        from avseg.audio import frame_windows, load_audio
+    def _decode_audio(self, record: VideoRecord, sample_rate: int) -> tuple[np.ndarray, int]:
+        """The video's waveform (S,) at ``sample_rate``, through ``audio_transform`` when one is set."""
+        from avseg.audio import load_audio
 
-        wave, sr = load_audio(record.audio_path, self.waveform_rate)
+        wave, sr = load_audio(record.audio_path, sample_rate)
+        if self.audio_transform is not None:
+            wave = np.asarray(self.audio_transform(record, wave, sr), dtype=np.float32)
+        return wave, sr
+
+    def _waveforms(self, record: VideoRecord, t: int) -> torch.Tensor:
+        from avseg.audio import frame_windows
+
+        wave, sr = self._decode_audio(record, self.waveform_rate)
         return frame_windows(torch.from_numpy(wave), sr, t, mode=self.audio_window)
 
     def decode_raw(self, index: int) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
