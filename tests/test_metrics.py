@@ -105,7 +105,10 @@ def test_avsbench_fscore_skips_empty_gt_and_averages_curves():
     assert avsbench_batch_fscore(stack(PA, PB), stack(GA, GB)) == approx(31 / 36)
     # the per-frame maximum is more lenient: (0.8125 + 1) / 2
     assert per_frame_max_fscore(stack(PA, PB), stack(GA, GB)) == approx((0.8125 + 1) / 2)
-    assert per_frame_max_fscore(stack(PA, PB, PC), stack(GA, GB, z)) == approx((0.8125 + 1) / 2)
+    # ... but a silent frame (empty GT) is a one-frame official batch whose F is 0, and it counts in the
+    # mean: (0.8125 + 1 + 0) / 3, whatever the silent frame predicts
+    assert per_frame_max_fscore(stack(PA, PB, PC), stack(GA, GB, z)) == approx((0.8125 + 1 + 0) / 3)
+    assert per_frame_max_fscore(stack(PA, PB, np.zeros((2, 2), np.float32)), stack(GA, GB, z)) == approx(1.8125 / 3)
     assert per_frame_max_fscore(stack(PA), stack(z)) == 0.0
 
 
@@ -201,9 +204,26 @@ def test_per_frame_max_accumulator():
     acc.update(stack(PA, PB), stack(GA, GB))
     acc.update(np.full((1, 2, 2), 0.1, np.float32), z[None])
     out = acc.compute()
-    # mIoU: official per-frame IoUs 1/3, 0 and 4/4 (empty GT, empty prediction); F over A and B only
+    # mIoU: official per-frame IoUs 1/3, 0 and 4/4 (empty GT, empty prediction)
     assert out["miou"] == approx((1 / 3 + 0 + 1) / 3, rel=1e-6)
-    assert out["fscore"] == approx((0.8125 + 1) / 2) and out["fscore_frames"] == 2
+    # F: best-threshold F of A (0.8125, t > 0.6) and B (1, 0 < t <= 0.2); the silent frame is an official
+    # batch of one frame without foreground, F = 0, and the mean runs over all three batches
+    assert out["fscore"] == approx((0.8125 + 1 + 0) / 3) == approx(0.6041666, rel=1e-6)
+    assert out["frames"] == 3 and out["fscore_frames"] == 2  # fscore_frames: frames with foreground
+
+
+def test_per_frame_max_is_avsbench_with_one_frame_batches():
+    """per-frame-max is the official evaluation run with batch size 1, silent frames included."""
+    z = np.zeros((2, 2), np.int64)
+    probs = stack(PA, np.full((2, 2), 0.9, np.float32), PB, np.zeros((2, 2), np.float32), PC)
+    gts = stack(GA, z, GB, z, GC)
+    pfm, one = BinaryAccumulator("per-frame-max"), BinaryAccumulator("avsbench", batch_frames=1)
+    pfm.update(probs, gts)
+    one.update(probs, gts)
+    a, b = pfm.compute(), one.compute()
+    assert a["fscore"] == approx(b["fscore"]) == approx((0.8125 + 0 + 1 + 0 + 1) / 5)
+    assert a["miou"] == approx(b["miou"])
+    assert per_frame_max_fscore(probs, gts) == approx(a["fscore"])
 
 
 def _run(protocol: str, chunks: list[int], batch_frames: int, probs: np.ndarray, gt: np.ndarray) -> dict:

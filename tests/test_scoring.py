@@ -67,7 +67,8 @@ def s4_pred_path(pred: Path, vid: str, k: int) -> Path:
 def write_s4_predictions(pred: Path) -> None:
     """Perfect (probability 1 on the foreground pixel) except:
     vidA 2: both top pixels at 1 -> IoU 1/2, F curve for t > 0: F(1/2, 1) = 13/23
-    vidB 3 (empty GT): one pixel at 128/255 > 0.5 -> clean IoU 0, avsbench IoU 3/4, not in F
+    vidB 3 (empty GT): one pixel at 128/255 > 0.5 -> clean IoU 0, avsbench IoU 3/4; not in the clean or
+        avsbench F, F = 0 in per-frame-max (as any silent frame)
     vidB 1: a 4x4 file whose bilinear resize to 2x2 gives exactly the GT."""
     for vid in ("vidA", "vidB"):
         for k in range(1, 6):
@@ -93,7 +94,9 @@ def test_s4_perfect_predictions(tmp_path: Path):
         png(s4_pred_path(pred, vid, k), gt * 255)
     for protocol in ("clean", "avsbench", "per-frame-max"):
         out = score_predictions(root, "s4", "test", pred, protocol)
-        assert out["miou"] == approx(1.0, abs=1e-6) and out["fscore"] == approx(1.0)
+        # per-frame-max: the silent frame vidB 3 is an official one-frame batch with F = 0 even when its
+        # (empty) prediction is perfect: 9 of 10 frames score 1
+        assert out["miou"] == approx(1.0, abs=1e-6) and out["fscore"] == approx(0.9 if protocol == "per-frame-max" else 1.0)
         assert out["frames"] == 10 and out["videos"] == 2 and out["layout"] == "s4" and out["split"] == "test"
         assert out["protocol"] == protocol and out["resized"] == 0
     # train: only frame 1 of vidT has ground truth
@@ -134,7 +137,11 @@ def test_s4_avsbench_depends_on_batch_frames(s4):
 def test_s4_per_frame_max(s4):
     out = score_s4(s4, "per-frame-max")
     assert out["miou"] == approx(0.925, rel=1e-6)
-    assert out["fscore"] == approx((8 + 13 / 23) / 9)
+    # one frame per batch: eight frames F = 1, vidA frame 2 F 13/23, and vidB frame 3 (silent: empty
+    # ground truth) F = 0 as the official Eval_Fmeasure gives it; the mean runs over all 10 frames
+    assert out["fscore"] == approx((8 + 13 / 23 + 0) / 10)
+    assert out["frames"] == 10 and out["fscore_frames"] == 9
+    assert out["fscore"] == approx(score_s4(s4, "avsbench", batch_frames=1)["fscore"])
 
 
 def test_missing_predictions_are_all_listed(s4):

@@ -18,9 +18,11 @@ Protocols of :class:`BinaryAccumulator` (see docs/metrics.md):
   predicted and positive pixels summed over every frame with non-empty ground truth). Independent of batching.
 - ``avsbench``: the official ``mask_iou`` / ``Eval_Fmeasure`` per batch of ``batch_frames`` consecutive
   frames, then the unweighted mean of batch values. Depends on ``batch_frames`` (official test: 20).
-- ``per-frame-max``: the WS-AVS released test script (one frame per batch): mIoU = mean of the official
-  per-frame ``mask_iou``; F = mean over frames with non-empty ground truth of each frame's best-threshold F
-  (more lenient than ``avsbench``).
+- ``per-frame-max``: the WS-AVS released test script, i.e. ``avsbench`` with one frame per batch: mIoU =
+  mean of the official per-frame ``mask_iou``; F = mean over *all* frames of each frame's best-threshold F,
+  where a frame with empty ground truth counts 0 (``Eval_Fmeasure`` returns 0 for a batch without
+  foreground, and the script averages over every batch). More lenient than ``avsbench`` on frames with
+  foreground, stricter on silent ones.
 """
 
 from __future__ import annotations
@@ -166,13 +168,15 @@ def avsbench_batch_fscore(probs: ArrayLike, gt: ArrayLike) -> float:
 
 
 def per_frame_max_fscore(probs: ArrayLike, gt: ArrayLike) -> float:
-    """WS-AVS released test script (batches of one frame): mean over frames with non-empty GT of each
-    frame's best-threshold F (0 if no frame has foreground). (N, H, W) -> float."""
+    """WS-AVS released test script (batches of one frame): mean over all N frames of each frame's
+    best-threshold F, a frame with empty GT counting 0 as the official ``Eval_Fmeasure`` returns for it.
+    (N, H, W) -> float; the same as ``avsbench`` with ``batch_frames=1``."""
     p, g = _check_binary(probs, gt)
+    if p.shape[0] == 0:
+        raise ValueError("per_frame_max_fscore needs at least one frame")
     curves, counted = _frame_f_curves(p, g)
-    if not bool(counted.any()):
-        return 0.0
-    return float(curves[counted].max(1).values.mean())
+    best = torch.where(counted, curves.max(1).values, torch.zeros_like(curves[:, 0]))
+    return float(best.mean())
 
 
 def frame_iou_clean(probs: ArrayLike, gt: ArrayLike) -> np.ndarray:
@@ -213,7 +217,7 @@ class BinaryAccumulator:
         self._positives = 0
         self._tp05 = 0
         self._predicted05 = 0
-        # per-frame-max: sum of per-frame best F
+        # per-frame-max: sum of per-frame best F (empty-GT frames add 0 but count in the mean)
         self._fmax_sum = 0.0
         # avsbench: pending frames of the current batch and sums over finished batches
         self._pending_iou: list[float] = []
@@ -291,10 +295,9 @@ class BinaryAccumulator:
                 fscore_threshold=float(THRESHOLDS[k]),
             )
         elif self.protocol == "per-frame-max":
-            out.update(
-                miou=self._iou_sum / self.frames,
-                fscore=self._fmax_sum / self.fscore_frames if self.fscore_frames else 0.0,
-            )
+            # one frame per official batch: a silent frame is a batch with F = 0, and F is the mean over
+            # all batches, so the denominator is every frame, not only those with foreground
+            out.update(miou=self._iou_sum / self.frames, fscore=self._fmax_sum / self.frames)
         else:
             batches, miou_sum, f_sum = self._batches, self._batch_miou_sum, self._batch_f_sum
             if self._pending_iou:  # the last, partial batch; state is left untouched
