@@ -174,3 +174,19 @@ def test_reuse_refuses_other_settings(tiny_s4: Path, tmp_path: Path) -> None:
     assert "c2am_level differs" in reuse_problem(ws_dir, "c2am", other)
     summaries = run_method(*build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"]), tmp_path / "c2am")
     assert "reused_from" not in summaries["c2am"]  # trained here instead
+
+
+def test_bench_reports_listening_columns_and_the_deaf_ceiling(tiny_s4: Path, tmp_path: Path) -> None:
+    out = tmp_path / "listen"
+    rows = run_bench(tiny_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY, device="cpu", grid_rows=2)
+    r = rows[0]
+    assert r.status == "ok", r.error
+    assert r.audio_dependence == 0.0  # CAM sees only the image: deaf by construction
+    for value in (r.fpr_silence, r.fpr_noise, r.g_miou, r.swap_iou):
+        assert value is not None and 0.0 <= value <= 1.0
+    assert (out / "cam" / "eval" / "listen-test.json").is_file()
+    table = read_csv(out / "results.csv")
+    assert table[0]["audio_dependence"] == "0.0" and table[0]["swap_iou"] != ""
+    md = (out / "results.md").read_text()
+    assert "| audio dep. | FPR silence | FPR noise | swap IoU | G-mIoU |" in md
+    assert "*every visible object* (deaf ceiling)" in md and "Deaf ceiling:" in md

@@ -268,3 +268,11 @@ def test_threads_option_sets_torch_threads_and_rejects_nonsense(tmp_path: Path, 
         with pytest.raises(SystemExit):
             main(["--threads", bad, "data", "synth", "--layout", "s4", "--out", str(tmp_path / "e")])
         assert "--threads: expected a positive integer" in capsys.readouterr().err
+
+
+def test_listen_command_is_registered_with_its_flags() -> None:
+    args = build_parser().parse_args(["listen", "--run", "R", "--split", "val", "--seed", "2", "--device", "cpu",
+                                      "--max-videos", "3", "--data", "D", "--json"])  # fmt: skip
+    assert (args.command, args.run, args.split, args.seed, args.device, args.max_videos, args.data, args.json) == (
+        "listen", "R", "val", 2, "cpu", 3, "D", True)
+    assert build_parser().parse_args(["eval", "--run", "R", "--listen"]).listen

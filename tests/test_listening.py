@@ -239,3 +239,28 @@ def test_cli_listen_prints_a_table_and_json(tiny_ws_run: Path, tmp_path: Path, c
     assert main(["eval", "--run", str(run), "--device", "cpu", "--listen", "--json"]) == 0
     both = json.loads(capsys.readouterr().out)
     assert "miou" in both and "audio_dependence" in both["listen"]
+
+
+def test_real_layout_data_has_every_condition_but_the_swap(fake_s4: Path) -> None:
+    from avseg.data.avsbench import AVSBenchDataset
+    from avseg.listening import deaf_ceiling, listen
+
+    def factory() -> AVSBenchDataset:
+        return AVSBenchDataset(fake_s4, "s4", "test", image_size=16)
+
+    result, examples = listen(_deaf, factory, torch.device("cpu"))
+    assert not result["synthetic"] and result["conditions"] == ["own", "silence", "noise", "other"]
+    assert result["swap_iou"] is None and result["deaf_ceiling"] is None and examples == []
+    assert result["audio_dependence"] == 0.0 and result["fpr_silence"] is not None
+    assert result["other_pairs"] == {"vidD": "vidH", "vidH": "vidD"}  # the other category
+    assert deaf_ceiling(fake_s4, "s4") is None
+
+
+def test_deaf_ceiling_of_the_data_matches_the_loop_at_the_same_size(tiny_ws_run: Path) -> None:
+    from avseg.listening import deaf_ceiling, listen
+
+    data = _data_cfg(tiny_ws_run)
+    result, _ = listen(_deaf, _factory(tiny_ws_run), torch.device("cpu"))
+    ceiling = deaf_ceiling(Path(data.root), "s4")
+    assert ceiling is not None and ceiling["frames"] == result["deaf_frames"]
+    assert ceiling["miou_clean"] == pytest.approx(result["deaf_ceiling"])  # the data are at the run's 32 px

@@ -105,3 +105,10 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     assert pixels.std() > 20  # not blank: text, tables and pictures
     colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 60
     assert colourful.mean() > 0.02  # the overlays (red / green) are drawn, not just black text on white
+
+
+def test_report_shows_whether_the_model_listens(report: Path, tiny_run: Path) -> None:
+    page = report.read_text(encoding="utf-8")
+    assert "Does the model listen?" in page and "audio dependence" in page and "swap IoU" in page
+    assert (tiny_run / "eval" / "listen-test.json").is_file()  # computed when missing, then reused
+    assert page.count("data:image/png;base64,") >= 2

@@ -4,7 +4,8 @@ For each method, in ``OUT/<method>``: ``runner.build_config`` (recipe ``<method>
 data location, layout, image size and training flags + overrides) -> ``runner.run_method`` (a rerun
 continues where it stopped) -> ``runner.evaluate_run`` on the test split with the ``clean`` and
 ``avsbench`` protocols; methods whose predictor has a ``heatmap`` (CAM, EZ-VSL, C2AM) are also scored as
-heat maps with cIoU / AUC (frames with a non-empty ground truth). A method that fails is reported in the
+heat maps with cIoU / AUC (frames with a non-empty ground truth); every method gets the listening
+evaluation (``avseg.listening``: audio dependence, FPR under silence / noise, G-mIoU, swap IoU). A method that fails is reported in the
 table with its status and error (traceback in ``OUT/<method>/bench-error.txt``), never hidden.
 
 Writes ``OUT/results.md`` and ``OUT/results.csv`` (the shape of the WS-AVS paper's Table 1: method,
@@ -53,6 +54,7 @@ CSV_COLUMNS = (
     "miou_clean", "fscore_clean", "fscore_at_0.5_clean", "miou_avsbench", "fscore_avsbench",
     "train_seconds", "eval_seconds", "ciou_ap50", "auc", "mean_ciou",
     "pseudo_miou", "pseudo_miou_eq6", "paper_miou", "paper_fscore", "run_dir",
+    "miou_other", "audio_dependence", "fpr_silence", "fpr_noise", "g_miou", "swap_iou",
 )  # fmt: skip
 
 
@@ -84,6 +86,13 @@ class BenchRow:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     reused_stages: dict[str, str] = field(default_factory=dict)  # stage -> run folder it was taken from
     test_frames: int | None = None
+    # listening (avseg.listening, test split, seed 0): fractions, but audio_dependence in points
+    miou_other: float | None = None
+    audio_dependence: float | None = None
+    fpr_silence: float | None = None
+    fpr_noise: float | None = None
+    g_miou: float | None = None
+    swap_iou: float | None = None
 
     def csv_values(self) -> list[Any]:
         d = asdict(self)
@@ -251,6 +260,7 @@ def run_bench(
     Returns:
         One BenchRow per method, in ``methods`` order.
     """
+    from avseg.listening import deaf_ceiling, listen_run
     from avseg.methods import METHODS
     from avseg.runner import RunError, build_config, evaluate_run, record_classes, run_method
 
@@ -311,6 +321,10 @@ def run_bench(
             heat = heatmap_scores(run_dir, device)
             if heat is not None:
                 row.ciou_ap50, row.auc, row.mean_ciou = heat["ciou_ap50"], heat["auc"], heat["mean_ciou"]
+            phase = "listen"
+            listened = listen_run(run_dir, "test", seed=0, device=device)
+            for key in ("miou_other", "audio_dependence", "fpr_silence", "fpr_noise", "g_miou", "swap_iou"):
+                setattr(row, key, listened.get(key))
             row.eval_seconds = round(time.time() - t0, 1)
             row.status = "ok"
             log.info("bench [%d/%d] %s: mIoU %.4f F %.4f (clean)", i, len(methods), method, row.miou_clean, row.fscore_clean)
@@ -327,7 +341,8 @@ def run_bench(
             log.error("bench [%d/%d] %s: FAILED in %s: %s (traceback in %s)", i, len(methods), method, row.failed_stage, row.error, run_dir / "bench-error.txt")
     rows = [by_method[m] for m in methods]
     baselines = trivial_baselines(Path(data), layout)
-    write_results(out, rows, data=Path(data), layout=layout, recipe=recipe, command=command, seconds=time.time() - started, baselines=baselines)
+    deaf = deaf_ceiling(Path(data), layout)
+    write_results(out, rows, data=Path(data), layout=layout, recipe=recipe, command=command, seconds=time.time() - started, baselines=baselines, deaf=deaf)
     write_chart(out / "chart.png", rows, title=f"{Path(data).name} ({layout}), test split, clean protocol", floor=baselines[0]["miou_clean"])
     write_grid(out / "grid.png", rows, pictures, keys)
     return rows
@@ -369,9 +384,16 @@ def order_notes(rows: list[BenchRow]) -> list[str]:
     return lines
 
 
+def _pts(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1f}"
+
+
 def write_results(
-    out: Path, rows: list[BenchRow], data: Path, layout: str, recipe: str, command: str | None, seconds: float, baselines: list[dict[str, Any]] | None = None
+    out: Path, rows: list[BenchRow], data: Path, layout: str, recipe: str, command: str | None, seconds: float,
+    baselines: list[dict[str, Any]] | None = None, deaf: dict[str, Any] | None = None,
 ) -> None:
+    """results.csv / .json / .md. ``deaf``: the deaf ceiling of synthetic data (``listening.deaf_ceiling``),
+    shown beside the constant baselines in results.md and kept in results.json."""
     from avseg.data.imageio import write_text_atomic
 
     buf = io.StringIO()
@@ -384,7 +406,7 @@ def write_results(
         values.update({k: b[k] for k in ("miou_clean", "fscore_clean", "miou_avsbench", "fscore_avsbench")})
         w.writerow([values.get(c, "") for c in CSV_COLUMNS])
     write_text_atomic(out / "results.csv", buf.getvalue())
-    write_text_atomic(out / "results.json", json.dumps({"methods": [asdict(r) for r in rows], "baselines": baselines or []}, indent=2))
+    write_text_atomic(out / "results.json", json.dumps({"methods": [asdict(r) for r in rows], "baselines": baselines or [], "deaf_ceiling": deaf}, indent=2))
 
     frames = next((r.test_frames for r in rows if r.test_frames), None)
     lines = [
@@ -401,10 +423,15 @@ def write_results(
         "mIoU / F in %. `clean`: batch-independent (empty ground truth scores 1 only for an empty prediction); "
         "`avsbench`: the official code's batches of 20 frames. F sweeps 255 thresholds over the output from 0 (every "
         "pixel), so it never falls below the all-foreground F; F@0.5: F of the binary mask itself. cIoU AP50 / AUC: heat-map methods, frames with non-empty ground truth. "
-        "Paper: WS-AVS Table 1 on AVSBench (per-frame-max F), for the order only: the data differ.",
+        "Paper: WS-AVS Table 1 on AVSBench (per-frame-max F), for the order only: the data differ. "
+        "Listening (`avseg listen`, docs/metrics.md): audio dep. = mIoU with the own sound minus mIoU with another test "
+        "video's sound, in points (a deaf model scores 0); FPR = % of pixels marked under silence / white noise "
+        "(0 is right); G-mIoU = harmonic mean of mIoU and 1 - mean FPR; swap IoU = IoU of the mask, under the sound of a "
+        "visible silent object, with that object (synthetic data).",
         "",
-        "| method | supervision | status | mIoU clean | F clean | F@0.5 clean | mIoU avsbench | F avsbench | train s | cIoU AP50 | AUC | paper mIoU / F |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | supervision | status | mIoU clean | F clean | F@0.5 clean | mIoU avsbench | F avsbench | train s | cIoU AP50 | AUC "
+        "| audio dep. | FPR silence | FPR noise | swap IoU | G-mIoU | paper mIoU / F |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         status = r.status if r.status == "ok" else f"**{r.status}** ({r.failed_stage})"
@@ -412,16 +439,24 @@ def write_results(
         train = "-" if r.train_seconds is None else f"{r.train_seconds:.0f}"
         lines.append(
             f"| {r.display} | {r.supervision} | {status} | {_pct(r.miou_clean)} | {_pct(r.fscore_clean)} | {_pct(r.fscore_at_05_clean)} | "
-            f"{_pct(r.miou_avsbench)} | {_pct(r.fscore_avsbench)} | {train} | {_pct(r.ciou_ap50)} | {_pct(r.auc)} | {paper} |"
+            f"{_pct(r.miou_avsbench)} | {_pct(r.fscore_avsbench)} | {train} | {_pct(r.ciou_ap50)} | {_pct(r.auc)} | "
+            f"{_pts(r.audio_dependence)} | {_pct(r.fpr_silence)} | {_pct(r.fpr_noise)} | {_pct(r.swap_iou)} | {_pct(r.g_miou)} | {paper} |"
         )
     for b in baselines or []:
         lines.append(
             f"| *{b['name']}* (constant) | - | baseline | {_pct(b['miou_clean'])} | {_pct(b['fscore_clean'])} | - | "
-            f"{_pct(b['miou_avsbench'])} | {_pct(b['fscore_avsbench'])} | - | - | - | - |"
+            f"{_pct(b['miou_avsbench'])} | {_pct(b['fscore_avsbench'])} | - | - | - | - | - | - | - | - | - |"
         )
+    if deaf is not None:
+        lines.append(f"| *every visible object* (deaf ceiling) | - | baseline | {_pct(deaf['miou_clean'])} | - | - | - | - | - | - | - "
+                     "| 0.0 | - | - | - | - | - |")  # fmt: skip
     if baselines:
         lines += ["", f"Constant predictions are the floor: {baselines[0]['empty_gt_frames']} of the {baselines[0]['frames']} "
                       "test frames have an empty ground truth (an empty prediction scores IoU 1 there)."]  # fmt: skip
+    if deaf is not None:
+        lines += ["", f"Deaf ceiling: marking every visible object exactly scores {_pct(deaf['miou_clean'])} clean mIoU on the "
+                      f"{deaf['frames']} test frames (at the data's own size): the best a model that does not listen can do "
+                      "on scenes with visible silent objects."]  # fmt: skip
     failed = [r for r in rows if r.status != "ok"]
     if failed:
         lines += ["", "## Failed", ""]

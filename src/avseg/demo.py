@@ -1,5 +1,6 @@
 """The main job on the embedded default: synthetic S4 -> every WS-AVS stage -> fully supervised reference
--> evaluation on test -> ``report.md``, overlay PNGs and ``metrics.json`` in the output folder.
+-> evaluation on test (and the listening evaluation, ``avseg.listening``) -> ``report.md``, overlay PNGs,
+``listen_test.png``, ``metrics.json`` and ``listening.json`` in the output folder.
 
 Re-running continues where a previous run stopped (finished stages are skipped).
 """
@@ -20,6 +21,9 @@ log = logging.getLogger("avseg")
 
 
 DEFAULT_VIDEOS, DEFAULT_SIZE = 100, 128
+# Listening numbers kept in listening.json (avseg.metrics.listening.SUMMARY_KEYS + the swap frame count).
+LISTEN_KEYS = ("miou_own", "fscore_own", "miou_other", "audio_dependence", "fpr_silence", "fpr_noise", "fpr_other",
+               "g_miou", "swap_iou", "swap_frames", "deaf_ceiling")  # fmt: skip
 # --quick: every stage runs, on 32 px frames for 1 epoch, so a smoke test takes seconds.
 QUICK = {"image_size": 32, "epochs": 1, "batch_size": 4}
 
@@ -63,7 +67,10 @@ def run_demo(
         _check_same_run(spec, cfg, run_dir)
         stage_summaries[method] = run_method(spec, cfg, run_dir, resume=True)
 
+    from avseg.listening import listen_run
+
     results: dict[str, dict[str, Any]] = {}
+    listening: dict[str, dict[str, Any]] = {}
     pictures: dict[str, dict[tuple[str, int], Any]] = {}
     for method, run_dir in runs.items():
         collected: dict[tuple[str, int], Any] = {}
@@ -77,6 +84,7 @@ def run_demo(
             "avsbench": evaluate_run(run_dir, "test", "avsbench"),
         }
         pictures[method] = collected
+        listening[method] = listen_run(run_dir, "test", seed=seed)
     pseudo = stage_summaries["ws-avs"].get("pseudo-masks", {}).get("quality", {})
     seconds = round(time.time() - start, 1)
     metrics = {
@@ -87,10 +95,18 @@ def run_demo(
         "seconds": seconds,
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    # The listening numbers of both runs (their full results: RUN/eval/listen-test.json).
+    summary = {m: {k: r.get(k) for k in LISTEN_KEYS} for m, r in listening.items()}
+    write_text_atomic(out / "listening.json", json.dumps({"split": "test", "seed": seed, **summary}, indent=2))
     overlays = _write_overlays(out, runs, pictures)
+    picture = listening["ws-avs"].get("picture")
+    if picture:  # the weakly supervised model under its own sound, a silent object's sound and silence
+        from avseg.data.imageio import atomic_write_bytes
+
+        atomic_write_bytes(out / "listen_test.png", Path(picture).read_bytes())
     if quick:
         demo["quick"] = QUICK
-    _write_report(out, metrics, results, stage_summaries, overlays, data_root, demo)
+    _write_report(out, metrics, results, stage_summaries, overlays, data_root, demo, listening)
     return metrics
 
 
@@ -176,7 +192,7 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{100 * float(x):.2f}"
 
 
-def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlays: list[str], data_root: Path, demo: dict) -> None:
+def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlays: list[str], data_root: Path, demo: dict, listening: dict | None = None) -> None:
     from avseg.data.imageio import write_text_atomic
 
     ws, sup = results["ws-avs"], results["supervised"]
@@ -201,6 +217,7 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
         "scenes, where silent distractor objects are visible, they mark salient objects whether or not they",
         "sound, and the pseudo-mask mIoU above bounds what the segmenter can learn from them.",
         "",
+        *(_listening_lines(listening, out) if listening else []),
         "## Stage times (s)",
         "",
         "| run | stage | seconds |",
@@ -211,5 +228,32 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
             lines.append(f"| {method} | {name} | {s.get('seconds')} |")
     lines += ["", "## Pictures", "", "- `preview.png`: test videos, ground truth and spectrograms"]
     lines += [f"- `{name}`" for name in overlays]
+    if (out / "listen_test.png").is_file():
+        lines += ["- `listen_test.png`: WS-AVS on test frames under their own sound, the sound of a visible silent object (outlined), and silence"]
     lines += ["- `ws-avs/pseudo/contact_sheet.png`: frame / C2AM map / saliency / pseudo mask / ground truth", ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
+
+
+def _listening_lines(listening: dict, out: Path) -> list[str]:
+    """The report's listening section: one table row per run, and the WS-AVS picture."""
+    from avseg.metrics.listening import format_table
+
+    names = {"ws-avs": "WS-AVS", "supervised": "fully supervised reference"}
+    ws = listening.get("ws-avs", {})
+    lines = [
+        "## Does the model listen?",
+        "",
+        f"`avseg listen` on the test split (seed {ws.get('seed', 0)}): the same frames with their own sound, silence, white noise at the "
+        "clip's loudness, another test video's sound (another category), and the sound of a visible silent object. Values in %; "
+        "audio dependence = mIoU(own) - mIoU(other) in points (0 for a model that ignores the sound); FPR = pixels marked "
+        "(0 is right); swap IoU = the mask under a silent object's sound against that object; deaf ceiling = marking every "
+        "visible object (the best a model that does not listen can do here).",
+        "",
+        format_table({names.get(m, m): r for m, r in listening.items()}, title="model"),
+        "",
+    ]
+    if (out / "listen_test.png").is_file():
+        lines += ["![WS-AVS under its own sound, a silent object's sound and silence](listen_test.png)", "",
+                  "Columns: frame | own sound (ground truth outlined in green) | sound of a visible silent object "
+                  "(that object outlined in cyan) | silence; the predicted mask in red.", ""]  # fmt: skip
+    return lines

@@ -126,22 +126,28 @@ def swap_plan(plan: Any, choices: list[int | None]) -> Any:
     return dataclasses.replace(plan, sounding=sounding)
 
 
+def _replan(root: Path, layout: str, record: VideoRecord, info: dict) -> Any:
+    """The generator's plan of ``record`` (``synth_info.json`` holds seed, size and config)."""
+    from avseg.data.synthetic import SynthConfig, plan_video
+
+    m = _SYNTH_NAME.match(record.video_id)
+    if m is None or m.group(1) != layout:
+        raise ValueError(f"{root}: video {record.video_id!r} is no video of the synthetic generator that synth_info.json describes")
+    label = record.category if layout == "avss" else None
+    plan = plan_video(layout, int(m.group(2)), int(info["seed"]), int(info["size"]), SynthConfig(**info["config"]), record.split, label)
+    if plan.name != record.video_id:
+        raise ValueError(f"{root}: video {record.video_id!r} re-plans as {plan.name!r}")
+    return plan
+
+
 def synth_videos(dataset: AVSBenchDataset, info: dict, seed: int) -> dict[str, SynthVideo]:
     """Re-plan every video of ``dataset`` from ``synth_info.json`` -> {video_id: SynthVideo}."""
     from avseg.data.avsbench import apply_geometry, augment_geometry
-    from avseg.data.synthetic import SynthConfig, plan_video, render_video
+    from avseg.data.synthetic import render_video
 
-    cfg = SynthConfig(**info["config"])
     out: dict[str, SynthVideo] = {}
     for position, record in enumerate(dataset.records):
-        m = _SYNTH_NAME.match(record.video_id)
-        if m is None or m.group(1) != dataset.layout:
-            raise ValueError(f"{dataset.root}: video {record.video_id!r} is no video of the synthetic generator "
-                             f"that synth_info.json describes")  # fmt: skip
-        label = record.category if dataset.layout == "avss" else None
-        plan = plan_video(dataset.layout, int(m.group(2)), int(info["seed"]), int(info["size"]), cfg, record.split, label)
-        if plan.name != record.video_id:
-            raise ValueError(f"{dataset.root}: video {record.video_id!r} re-plans as {plan.name!r}")
+        plan = _replan(dataset.root, dataset.layout, record, info)
         _, owner = render_video(plan)
         # Resize as the dataset resizes masks (nearest, plain geometry): owner + 1 fits uint8 (<= 10 objects).
         g = augment_geometry(0, 0, position, dataset.image_size, False)
@@ -149,6 +155,32 @@ def synth_videos(dataset: AVSBenchDataset, info: dict, seed: int) -> dict[str, S
         owner = owner.astype(np.int64) - 1  # (T, H, W)
         out[record.video_id] = SynthVideo(plan, owner, choose_swap(plan, owner, seed, position))
     return out
+
+
+def deaf_ceiling(root: Path, layout: str, split: str = "test") -> dict[str, Any] | None:
+    """The deaf ceiling of a synthetic split at the data's own size: clean mIoU of marking every visible
+    object exactly, against the ground-truth files (frames with ground truth). None for other data.
+
+    A model that does not listen cannot know which visible object sounds; on scenes with silent
+    distractors, marking all of them is the best it can do.
+    """
+    from avseg.data.avsbench import avss_classes, index_videos, read_mask
+    from avseg.data.synthetic import render_video
+    from avseg.metrics.binary import BinaryAccumulator
+
+    info = synth_info(Path(root), layout)
+    if info is None:
+        return None
+    num_sem = len(avss_classes(Path(root))) if layout == "avss" else None
+    acc = BinaryAccumulator("clean")
+    for record in index_videos(Path(root), layout, split):
+        _, owner = render_video(_replan(Path(root), layout, record, info))
+        for t, path in enumerate(record.mask_paths):
+            if path is not None:
+                acc.update((owner[t] >= 0)[None].astype(np.float32), (read_mask(path, layout, num_sem) > 0)[None])
+    if acc.frames == 0:
+        return None
+    return {"miou_clean": acc.compute()["miou"], "frames": acc.frames, "split": split}
 
 
 # --- the replaced soundtracks -----------------------------------------------------------------------
@@ -479,5 +511,5 @@ def format_listen(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["listen", "listen_run", "listen_sheet", "read_listen", "format_listen", "format_table", "choose_swap",
+__all__ = ["listen", "listen_run", "deaf_ceiling", "listen_sheet", "read_listen", "format_listen", "format_table", "choose_swap",
            "choose_others", "swap_plan", "synth_videos", "Soundtracks", "SUMMARY_KEYS"]  # fmt: skip

@@ -2,7 +2,8 @@
 
 Sections: the run (method, data, stage times); metrics of one split under both protocols (``clean`` and
 ``avsbench``; read from ``RUN/eval/<split>-<protocol>.json``, computed with ``runner.evaluate_run`` when
-missing); per-video overlays (prediction in red, ground truth in green); the worst and best frames by
+missing); whether the model listens (``RUN/eval/listen-<split>.json`` and its picture, computed with
+``listening.listen_run`` when missing); per-video overlays (prediction in red, ground truth in green); the worst and best frames by
 clean IoU; pseudo-mask quality (``RUN/pseudo/manifest.json`` and its contact sheet) when the method has
 pseudo masks. Every picture is inlined as a base64 PNG, so the file can be mailed or archived alone.
 
@@ -231,6 +232,7 @@ def write_report(
         ious = np.asarray(pictures.ious)
         parts.append(f"<p>Per-frame clean IoU over {ious.size} frames with ground truth: median {100 * np.median(ious):.1f}, "
                      f"{100 * (ious >= 0.5).mean():.0f}% of frames at IoU &ge; 0.5.</p>")  # fmt: skip
+    parts.append(_listening_section(run_dir, split, device, data_root))
     # Per-video overlays
     parts.append(f"<h2>Per-video overlays</h2><p class=muted>First {len(pictures.videos)} videos of the split; prediction in red, ground truth in green.</p>")
     for vid, frames in pictures.videos.items():
@@ -253,6 +255,42 @@ def write_report(
     )
     write_text_atomic(out, page)
     return out
+
+
+def _listening_section(run_dir: Path, split: str, device: str, data_root: str | None) -> str:
+    """Does the model listen? The listening metrics (read, or computed once) and the swap picture."""
+    from avseg.listening import listen_run, read_listen
+
+    result = read_listen(run_dir, split)
+    if result is None:
+        log.info("report: %s missing, running the listening evaluation on %s", run_dir / "eval" / f"listen-{split}.json", split)
+        result = listen_run(run_dir, split, device=device, data_root=data_root)
+    rows = [
+        ("mIoU, own sound", "miou_own"), ("F, own sound", "fscore_own"), ("mIoU, another video's sound", "miou_other"),
+        ("audio dependence (points)", "audio_dependence"), ("FPR, silence", "fpr_silence"), ("FPR, white noise", "fpr_noise"),
+        ("FPR, another video's sound", "fpr_other"), ("G-mIoU", "g_miou"), ("swap IoU", "swap_iou"),
+        ("deaf ceiling (mark every visible object)", "deaf_ceiling"),
+    ]  # fmt: skip
+    cells = []
+    for name, key in rows:
+        value = result.get(key)
+        text = "n/a" if value is None else (f"{value:+.2f}" if key == "audio_dependence" else _fmt(value))
+        cells.append(f"<tr><td>{html.escape(name)}</td><td>{text}</td></tr>")
+    body = (
+        f"<h2>Does the model listen? ({html.escape(split)} split, seed {_fmt(result.get('seed'), False)})</h2>"
+        "<table><tr><th>measure</th><th>value (%)</th></tr>" + "".join(cells) + "</table>"
+        "<p class=muted>The same frames with their own sound, silence, white noise at the clip's loudness, another video's sound "
+        "(another category) and, on synthetic data, the sound of a visible silent object. Audio dependence = mIoU(own) - "
+        "mIoU(other), 0 for a model that ignores the sound; FPR = share of pixels marked (0 is right); G-mIoU = harmonic "
+        "mean of mIoU and 1 - mean FPR (silence, noise); swap IoU = the mask under a silent object's sound against that "
+        "object (docs/metrics.md).</p>"
+    )
+    picture = run_dir / "eval" / f"listen-{split}.png"
+    if picture.is_file():
+        body += _img(Image.open(picture).convert("RGB"), "frame, own sound, a silent object's sound, silence")
+        body += ("<p class=muted>Columns: frame | own sound (ground truth outlined in green) | sound of a visible silent object "
+                 "(outlined in cyan) | silence; predicted mask in red.</p>")  # fmt: skip
+    return body
 
 
 def _pseudo_section(run_dir: Path) -> str:
