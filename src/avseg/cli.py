@@ -34,6 +34,16 @@ def cmd_data_composite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_stamps(args: argparse.Namespace) -> int:
+    from avseg.data.stamps import StampsConfig, generate
+
+    counts = generate(args.layout, Path(args.out), num_videos=args.videos, seed=args.seed, size=args.size,
+                      stamps=Path(args.stamps), backgrounds=Path(args.backgrounds) if args.backgrounds else None,
+                      config=StampsConfig(grouping=args.grouping))  # fmt: skip
+    print(json.dumps(counts) if args.json else f"wrote {args.layout} stamp composite to {args.out}: {counts}")
+    return 0
+
+
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from avseg.data.validate import format_report, validate_dataset
 
@@ -105,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--size", type=int, default=224)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_data_composite)
+    st = dsub.add_parser("stamps", help="cut-out composite: real stamps (photo + alpha + sound) pasted on photos, any layout")
+    st.add_argument("--layout", choices=LAYOUTS, required=True)
+    st.add_argument("--out", required=True, help="output folder (the subset root)")
+    st.add_argument("--videos", type=_positive_int, default=100, help="number of videos over all splits (default 100)")
+    st.add_argument("--stamps", default="/usr/share/tuxpaint/stamps", help="stamp folder (default: the tuxpaint-stamps-default install)")
+    st.add_argument("--backgrounds", help="folder of background photos, split into disjoint per-split pools (default: synthetic textures)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--size", type=int, default=224, help="frame size in pixels (default 224)")
+    st.add_argument("--grouping", choices=("stamp", "coarse"), default="stamp", help="classes: one per stamp, or the coarse groups (docs/data.md)")
+    st.add_argument("--json", action="store_true", help="print counts as JSON")
+    st.set_defaults(func=cmd_data_stamps)
     v = dsub.add_parser("validate", help="check every file of a dataset; exit 1 listing all problems")
     v.add_argument("root")
     v.add_argument("--layout", choices=LAYOUTS, required=True)
