@@ -35,6 +35,7 @@ __all__ = [
     "feature_shape",
     "frame_windows",
     "load_audio",
+    "aisfx_log_mel",
     "log_mel",
     "log_stft",
     "resample",
@@ -730,6 +731,44 @@ def log_mel(
     return out.reshape(*lead, 1, n_mels, out.shape[-1])
 
 
+# --- aisfx log-mel (the pretrained audio encoder's input) ------------------------------------------
+
+AISFX_SAMPLE_RATE = 44100
+AISFX_N_FFT = 2048  # 46 ms
+AISFX_HOP = 1024  # 23 ms
+AISFX_N_MELS = 96
+AISFX_LOG_MAX = 9.457798957824707  # aisfx divides log10(1 + 1e4 * mel) by this ("original" normalisation)
+# 2.3 s: the 100 time steps of one aisfx embedding block (1 + floor(S / 1024) = 100)
+AISFX_WINDOW_SECONDS = 101430 / AISFX_SAMPLE_RATE
+
+
+def aisfx_log_mel(wave: Tensor) -> Tensor:
+    """The spectrogram the aisfx encoder was trained on (aisfx 0.1.2, Essentia front-end), in torch.
+
+    Frames of 2048 samples every 1024, the first centred on sample 0 (zero padding of 1024 on each side,
+    Essentia's FrameCutter default), Hann window (not normalised), power spectrum, 96 HTK mel bands over
+    0-22050 Hz with each band's weights summing to 1 (Essentia ``normalize='unit_sum'``), then
+    ``log10(1 + 10000 * mel) / 9.4578``.
+
+    Args:
+        wave: (..., S) waveform at 44.1 kHz.
+
+    Returns:
+        (..., 1, 96, 1 + S // 1024); a 2.3 s window gives (..., 1, 96, 100).
+    """
+    wave = _as_float(wave)
+    lead = wave.shape[:-1]
+    pad = AISFX_N_FFT // 2
+    x = F.pad(wave.reshape(-1, wave.shape[-1]), (pad, pad))  # (N, S + n_fft), zeros
+    frames = _frames(x, AISFX_N_FFT, AISFX_HOP) * _periodic_hann(AISFX_N_FFT, x.dtype, x.device)  # (N, W, n_fft)
+    power = torch.fft.rfft(frames).abs().pow(2)  # (N, W, n_fft // 2 + 1)
+    fbank = _htk_mel_fbank(AISFX_N_FFT // 2 + 1, AISFX_SAMPLE_RATE, AISFX_N_MELS, 0.0, AISFX_SAMPLE_RATE / 2)
+    fbank = fbank / fbank.sum(0, keepdim=True).clamp_min(1e-12)  # unit-sum bands
+    mel = power @ fbank.to(device=x.device, dtype=x.dtype)  # (N, W, 96)
+    out = (torch.log10(1.0 + 1e4 * mel) / AISFX_LOG_MAX).transpose(1, 2)  # (N, 96, W)
+    return out.reshape(*lead, 1, AISFX_N_MELS, out.shape[-1])
+
+
 # --- EZ-VSL log-STFT -----------------------------------------------------------------------------
 
 
@@ -873,6 +912,8 @@ FRONTENDS: dict[str, FrontendSpec] = {
     ),
     "wsavs-logmel": FrontendSpec("wsavs-logmel", 8000, 3.0, log_mel),
     "ezvsl-stft": FrontendSpec("ezvsl-stft", 16000, 3.0, log_stft),
+    # The input of the pretrained aisfx audio encoder (``audio: aisfx``, ``audio_weights: aisfx``).
+    "aisfx-logmel": FrontendSpec("aisfx-logmel", AISFX_SAMPLE_RATE, AISFX_WINDOW_SECONDS, aisfx_log_mel),
 }
 
 

@@ -334,6 +334,8 @@ def read_probability_png(path: Path) -> np.ndarray:
 
 
 # --- dataset -----------------------------------------------------------------------------------------
+NEGATIVE_KINDS = ("silence", "noise", "other")  # negative-audio training (see AVSBenchDataset)
+
 @dataclass
 class VideoSample:
     """One video, before batching; shapes as AVBatch without the leading B."""
@@ -349,6 +351,7 @@ class VideoSample:
     frame_ids: list[int]
     pseudo_masks: torch.Tensor | None = None  # (T, H, W) float32
     has_pseudo: torch.Tensor | None = None  # (T,) bool
+    negative: str = ""  # negative-audio training: "silence", "noise" or "other" (targets emptied); "" = own sound
 
 
 def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
@@ -421,6 +424,13 @@ class AVSBenchDataset(Dataset):
             the same (seed, epoch, index) stream) in ascending order: the per-frame sampling of the
             official training code, with T = sample_frames in the batch.
         max_videos: keep only the first videos of the split (quick runs, previews).
+        negative_audio: fraction of the videos (drawn per epoch from the (seed, epoch, index, 2) stream)
+            whose soundtrack is replaced by a negative one and whose targets are emptied: nothing they show
+            makes the sound they carry (AVSBench-Robust's balanced training). Needs a wav front-end.
+            Masks, pseudo masks and labels become zeros; ``has_mask`` / ``has_pseudo`` are kept, so a
+            frame is trained on an empty target only where it would have been trained anyway.
+        negative_kinds: which negatives, drawn uniformly: "silence" (zeros), "noise" (white noise at the
+            clip's RMS), "other" (the soundtrack of another video of the split that shares no label).
         audio_transform: ``(record, wave, sample_rate) -> wave`` applied to every decoded waveform (S,)
             before features or waveform windows are computed (the listening evaluation replaces the
             soundtrack this way, through the model's usual pre-processing); not applied to "pkl" features.
@@ -444,6 +454,8 @@ class AVSBenchDataset(Dataset):
         max_videos: int | None = None,
         pseudo_labels: bool = False,
         audio_transform: Callable[[VideoRecord, np.ndarray, int], np.ndarray] | None = None,
+        negative_audio: float = 0.0,
+        negative_kinds: tuple[str, ...] = NEGATIVE_KINDS,
     ) -> None:
         if audio_window not in ("centred", "clip"):
             raise ValueError(f"audio_window must be 'centred' or 'clip', got {audio_window!r}")
@@ -461,6 +473,9 @@ class AVSBenchDataset(Dataset):
         self.pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
         self.pseudo_labels = pseudo_labels
         self.audio_transform = audio_transform
+        self.negative_audio = 0.0
+        self.negative_kinds = tuple(negative_kinds)
+        self.set_negative_audio(negative_audio, negative_kinds)
         self.seed = seed
         self.sample_frames = sample_frames
         self.epoch = 0
@@ -515,7 +530,7 @@ class AVSBenchDataset(Dataset):
                             labels[int(c) - 1] = 1.0
         return labels
 
-    def audio_features(self, record: VideoRecord, t: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def audio_features(self, record: VideoRecord, t: int, negative: tuple[str, int] = ("", -1)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(features (T, 1, F, W) or None, waveform windows (T, S) or None) of a video with ``t`` frames."""
         if self.audio_frontend is None and not self.return_waveform:
             return None, None
@@ -544,8 +559,10 @@ class AVSBenchDataset(Dataset):
         if self.audio_frontend is not None:
             spec = FRONTENDS[self.audio_frontend]
             wave, sr = self._decode_audio(record, spec.sample_rate)
+            if negative[0]:
+                wave = self._negative_wave(negative[0], negative[1], wave, sr)
             audio = compute_features(self.audio_frontend, wave, sr, t, mode=self.audio_window)
-        waveform = self._waveforms(record, t) if self.return_waveform else None
+        waveform = self._waveforms(record, t, negative) if self.return_waveform else None
         return audio, waveform
 
     def _decode_audio(self, record: VideoRecord, sample_rate: int) -> tuple[np.ndarray, int]:
@@ -557,10 +574,55 @@ class AVSBenchDataset(Dataset):
             wave = np.asarray(self.audio_transform(record, wave, sr), dtype=np.float32)
         return wave, sr
 
-    def _waveforms(self, record: VideoRecord, t: int) -> torch.Tensor:
+    def set_negative_audio(self, fraction: float, kinds: tuple[str, ...] | list[str] = NEGATIVE_KINDS) -> None:
+        """Turn negative-audio training on (``fraction`` > 0) or off; see the class docstring."""
+        kinds = tuple(kinds)
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"negative_audio must be in [0, 1), got {fraction}")
+        if not kinds or any(k not in NEGATIVE_KINDS for k in kinds):
+            raise ValueError(f"negative_kinds must be a non-empty subset of {NEGATIVE_KINDS}, got {kinds}")
+        if fraction > 0 and self.audio_frontend in (None, "pkl"):
+            raise ValueError("negative_audio replaces the soundtrack before the audio front-end: it needs a wav front-end (not None or 'pkl')")
+        self.negative_audio = float(fraction)
+        self.negative_kinds = kinds
+
+    def negative_plan(self, index: int) -> tuple[str, int]:
+        """(kind, helper) of video ``index`` this epoch: kind "" = its own sound; helper = the noise seed or
+        the index of the video whose soundtrack it gets."""
+        if self.negative_audio <= 0:
+            return "", -1
+        rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+        if rng.random() >= self.negative_audio:
+            return "", -1
+        kind = self.negative_kinds[int(rng.integers(len(self.negative_kinds)))]
+        if kind == "other":
+            own = set(self.records[index].label_names or ())
+            # S4/MS3 label names, AVSS: no metadata labels -> any other video (stated in the docs)
+            choices = [i for i, r in enumerate(self.records) if i != index and not (own & set(r.label_names or ()))]
+            if not choices:
+                kind = "silence"
+            else:
+                return kind, int(choices[int(rng.integers(len(choices)))])
+        return kind, int(rng.integers(2**31))
+
+    def _negative_wave(self, kind: str, helper: int, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The negative soundtrack replacing ``wave`` (S,), same length."""
+        if kind == "silence":
+            return np.zeros_like(wave)
+        if kind == "noise":
+            rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if wave.size else 0.0
+            rng = np.random.default_rng(helper)
+            return (rng.standard_normal(wave.shape[0]) * max(rms, 1e-4)).astype(np.float32)
+        other, _ = self._decode_audio(self.records[helper], sample_rate)
+        reps = -(-wave.shape[0] // max(1, other.shape[0]))
+        return np.tile(other, reps)[: wave.shape[0]].astype(np.float32)  # looped or cut to this clip's length
+
+    def _waveforms(self, record: VideoRecord, t: int, negative: tuple[str, int] = ("", -1)) -> torch.Tensor:
         from avseg.audio import frame_windows
 
         wave, sr = self._decode_audio(record, self.waveform_rate)
+        if negative[0]:
+            wave = self._negative_wave(negative[0], negative[1], wave, sr)
         return frame_windows(torch.from_numpy(wave), sr, t, mode=self.audio_window)
 
     def decode_raw(self, index: int) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
@@ -588,7 +650,8 @@ class AVSBenchDataset(Dataset):
         if self.pseudo_dir is not None:
             pseudo_raw = [read_probability_png(self.pseudo_path(record, k)) for k in record.frame_numbers]
         labels = self.video_labels(record, masks_raw)
-        audio, waveform = self.audio_features(record, t)
+        negative = self.negative_plan(index) if self.augment else ("", -1)
+        audio, waveform = self.audio_features(record, t, negative)
 
         # Resize (and augment) frames, masks and pseudo masks with one geometry per video.
         g = augment_geometry(self.seed, self.epoch, index, size, self.augment)
@@ -611,10 +674,15 @@ class AVSBenchDataset(Dataset):
         if pseudo_raw is not None:
             pseudo = torch.from_numpy(np.stack([geom((p * 255).astype(np.uint8), self.pseudo_labels) for p in pseudo_raw]).astype(np.float32) / 255.0)
             has_pseudo = torch.ones(t, dtype=torch.bool)
+        if negative[0]:  # nothing in view makes the sound it carries: empty targets, no sounding class
+            masks.zero_()
+            labels = torch.zeros_like(labels)
+            if pseudo is not None:
+                pseudo.zero_()
         sample = VideoSample(
             frames=frames_t, audio=audio, waveform=waveform, masks=masks, has_mask=has_mask,
             valid=torch.ones(t, dtype=torch.bool), labels=labels, video_id=record.video_id,
-            frame_ids=list(record.frame_numbers), pseudo_masks=pseudo, has_pseudo=has_pseudo,
+            frame_ids=list(record.frame_numbers), pseudo_masks=pseudo, has_pseudo=has_pseudo, negative=negative[0],
         )  # fmt: skip
         if self.sample_frames is not None:
             sample = _select(sample, sample_frame_indices(self.seed, self.epoch, index, t, self.sample_frames))
@@ -631,6 +699,7 @@ def _select(sample: VideoSample, keep: list[int]) -> VideoSample:
         frames=sel(sample.frames), audio=sel(sample.audio), waveform=sel(sample.waveform), masks=sel(sample.masks),
         has_mask=sel(sample.has_mask), valid=sel(sample.valid), labels=sample.labels, video_id=sample.video_id,
         frame_ids=[sample.frame_ids[i] for i in keep], pseudo_masks=sel(sample.pseudo_masks), has_pseudo=sel(sample.has_pseudo),
+        negative=sample.negative,
     )  # fmt: skip
 
 
@@ -650,6 +719,7 @@ def _pad(sample: VideoSample, t_out: int) -> VideoSample:
         frames=pad(sample.frames), audio=pad(sample.audio), waveform=pad(sample.waveform), masks=pad(sample.masks),
         has_mask=pad(sample.has_mask), valid=pad(sample.valid), labels=sample.labels, video_id=sample.video_id,
         frame_ids=sample.frame_ids + [-1] * n, pseudo_masks=pad(sample.pseudo_masks), has_pseudo=pad(sample.has_pseudo),
+        negative=sample.negative,
     )  # fmt: skip
 
 
@@ -672,4 +742,5 @@ def collate_videos(samples: list[VideoSample]) -> AVBatch:
         has_mask=stack("has_mask"), valid=stack("valid"), labels=stack("labels"),
         video_ids=[s.video_id for s in samples], frame_ids=[s.frame_ids for s in samples],
         pseudo_masks=stack("pseudo_masks"), has_pseudo=stack("has_pseudo"),
+        extras={"negative_audio": torch.tensor([bool(s.negative) for s in samples])},
     )  # fmt: skip

@@ -89,6 +89,11 @@ class TrainSettings:
     channels_last: bool = False
     compile: bool = False
     fused_optimizer: bool = False  # CUDA only
+    # Negative-audio training (AVSBench-Robust's balanced training): this fraction of the training videos
+    # hears silence, white noise or another video's soundtrack and gets empty targets. Off in the paper
+    # recipes; applied by the dataset, before the audio front-end (``AVSBenchDataset.set_negative_audio``).
+    negative_audio: float = 0.0
+    negative_kinds: tuple[str, ...] = ("silence", "noise", "other")
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -117,6 +122,12 @@ class TrainSettings:
         )
         need(self.log_every >= 1, f"log_every must be >= 1 (got {self.log_every})")
         need(self.progress in ("auto", "on", "off"), f"progress must be auto, on or off (got {self.progress!r})")
+        need(0.0 <= self.negative_audio < 1.0, f"negative_audio must be in [0, 1) (got {self.negative_audio})")
+        self.negative_kinds = tuple(self.negative_kinds)
+        need(
+            bool(self.negative_kinds) and all(k in ("silence", "noise", "other") for k in self.negative_kinds),
+            f"negative_kinds must be a non-empty subset of silence, noise, other (got {self.negative_kinds})",
+        )
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         # "auto" / "cuda" are checked against the hardware in check_device() when fit() resolves them.
         if self.device == "cpu":

@@ -74,6 +74,7 @@ def m2icl_loss(
     tau: float = 0.03,
     scale_by_tau: bool = True,
     gather: bool = True,
+    anchors: Tensor | None = None,
 ) -> Tensor:
     """Multi-scale multiple-instance contrastive loss (WS-AVS M2ICL; one stage = EZ-VSL's loss).
 
@@ -95,6 +96,9 @@ def m2icl_loss(
         tau: temperature.
         scale_by_tau: multiply the loss by tau (official default).
         gather: gather negatives across processes when distributed.
+        anchors: (N,) bool, samples whose pairs are positives (None: all). The others stay candidates
+            (negatives of everyone) but are no anchors: negative-audio training clips, whose sound belongs
+            to nothing in their frame. Shapes do not change, so processes stay in step under DDP.
 
     Returns:
         Scalar loss.
@@ -113,17 +117,27 @@ def m2icl_loss(
     audio_all = _gather_with_grad(audio) if distributed else audio  # (N_g, D)
     targets = torch.arange(n, device=audio.device) + (rank * n if distributed else 0)
 
+    weights = None if anchors is None else anchors.to(device=audio.device, dtype=audio.dtype)  # (N,)
+
+    def ce(logits: Tensor) -> Tensor:
+        if weights is None:
+            return F.cross_entropy(logits, targets)
+        per_anchor = F.cross_entropy(logits, targets, reduction="none")  # (N,)
+        return (per_anchor * weights).sum() / weights.sum().clamp_min(1.0)
+
     loss = audio.new_zeros(())
     for v in visual:
         v = F.normalize(v, dim=1)
         v_all = _gather_with_grad(v) if distributed else v  # (N_g, D, h, w)
         audio_to_visual = mil_logits(audio, v_all) / tau  # (N, N_g): local audio anchors
         visual_to_audio = mil_logits(audio_all, v).t() / tau  # (N, N_g): local visual anchors
-        loss = loss + F.cross_entropy(visual_to_audio, targets) + F.cross_entropy(audio_to_visual, targets)
+        loss = loss + ce(visual_to_audio) + ce(audio_to_visual)
     return loss * tau if scale_by_tau else loss
 
 
-def m2icl_per_second(audio: Tensor, visual: list[Tensor], b: int, t: int, tau: float = 0.03, scale_by_tau: bool = True) -> Tensor:
+def m2icl_per_second(
+    audio: Tensor, visual: list[Tensor], b: int, t: int, tau: float = 0.03, scale_by_tau: bool = True, heard: Tensor | None = None
+) -> Tensor:
     """``m2icl_loss`` of B videos x T seconds, averaged over the seconds.
 
     Negatives of an anchor are the other videos at the same second, never other seconds of the same
@@ -132,10 +146,11 @@ def m2icl_per_second(audio: Tensor, visual: list[Tensor], b: int, t: int, tau: f
     Args:
         audio: (B*T, D) audio embeddings, video-major.
         visual: per stage (B*T, D, h_s, w_s) visual tokens, video-major.
+        heard: (B,) bool, videos that hear their own sound (the anchors; see ``m2icl_loss``); None: all.
     """
     a = audio.view(b, t, -1)
     vs = [v.view(b, t, *v.shape[1:]) for v in visual]
-    terms = [m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=tau, scale_by_tau=scale_by_tau) for i in range(t)]
+    terms = [m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=tau, scale_by_tau=scale_by_tau, anchors=heard) for i in range(t)]
     return torch.stack(terms).mean()
 
 

@@ -28,7 +28,7 @@ from avseg.config import DataConfig
 from avseg.engine.trainer import TrainSettings
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
+from avseg.methods.common import binary_validator, heard_videos, make_dataset, num_classes_of, train_stage
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch
@@ -115,7 +115,7 @@ class AVSWeakNet(nn.Module):
         losses = {"bce": F.binary_cross_entropy_with_logits(scores[keep], labels[keep])}
         total = losses["bce"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, tau=self.tau)
+            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, tau=self.tau, heard=heard_videos(batch))
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses

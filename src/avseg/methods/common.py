@@ -69,6 +69,10 @@ def train_stage(
     from avseg.data.avsbench import collate_videos
     from avseg.engine.trainer import fit
 
+    if settings.negative_audio > 0:
+        if dataset.audio_frontend in (None, "pkl"):
+            raise ValueError(f"{desc}: negative_audio={settings.negative_audio} but this stage trains without audio from wav files (the stage cannot hear a replaced soundtrack); set it on a stage that hears audio")
+        dataset.set_negative_audio(settings.negative_audio, settings.negative_kinds)
     result = fit(
         model, dataset, settings, out_dir, collate_fn=collate_videos, evaluate=evaluate, best_key=best_key,
         resume=resume, desc=desc, drop_last=len(dataset) >= settings.batch_size,
@@ -114,3 +118,15 @@ def binary_validator(data: DataConfig, device: torch.device, audio: bool, split:
 def valid_frames(batch: AVBatch) -> Tensor:
     """(B*T,) bool: real frames (not AVSS padding)."""
     return batch.valid.flatten()
+
+
+def heard_videos(batch: AVBatch) -> Tensor:
+    """(B,) bool: videos that hear their own soundtrack (False for negative-audio training clips).
+
+    The audio-visual contrast (M2ICL, EZ-VSL) runs on these only: a negative clip's sound belongs to nothing
+    in its frames, so it is no positive pair.
+    """
+    negative = batch.extras.get("negative_audio")
+    if negative is None:
+        return torch.ones(batch.batch_size, dtype=torch.bool, device=batch.frames.device)
+    return ~negative.to(device=batch.frames.device, dtype=torch.bool)

@@ -32,7 +32,7 @@ from avseg.engine.trainer import TrainSettings
 from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
-from avseg.methods.common import binary_validator, make_dataset, train_stage
+from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
 from avseg.models.segmenter import AUDIO_NORMS
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch
@@ -152,7 +152,7 @@ class EZVSLNet(nn.Module):
         if b < 2:
             raise ValueError("the contrastive loss needs at least 2 videos per batch")
         a, vs = self.embed(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1))
-        return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau)}
+        return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch))}
 
     @torch.no_grad()
     def av_map(self, batch: AVBatch) -> Tensor:

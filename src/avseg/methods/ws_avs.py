@@ -30,7 +30,7 @@ from avseg.losses.c2am import c2am_losses
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.common import binary_validator, make_dataset, train_stage
+from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
@@ -187,7 +187,7 @@ class WSAVSNet(nn.Module):
             losses["iou"] = iou_loss(logits[keep], target) if keep.any() else logits.sum() * 0
             total = losses["bce"] + losses["iou"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau)
+            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch))
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses
