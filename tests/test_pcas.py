@@ -457,3 +457,28 @@ def test_binary_dense_crf_is_the_two_label_case_of_the_multi_label_one() -> None
     fg = np.clip(fg, 1e-4, 1 - 1e-4)
     multi = dense_crf_multi(image, np.stack([1 - fg, fg]).astype(np.float32))
     assert np.array_equal(multi[1] > 0.5, mask.astype(bool))  # 24 px: no resampling, the same unaries
+
+
+@pytest.mark.parametrize("segment_audio", ["bias", "none"])
+def test_segment_head_hears_the_audio(segment_audio: str, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``segment_audio: bias`` the segmentation logits (training and inference) depend on what the audio
+    head hears: a class it calls silent loses log(1e-4) against background; the image-only head does not move."""
+    spec, cfg = config("s4", data["s4"], f"segment_audio={segment_audio}", "audio_gate=none")
+    model = PCASNet(cfg, num_classes(cfg)).eval()
+    model.mode = "segment"
+    batch = a_batch(cfg, "test")
+    with torch.no_grad():
+        enc = model.encode(batch)
+        k = enc.labels.shape[1]
+        monkeypatch.setattr(model, "audio_probs", lambda enc: torch.ones(enc.labels.shape[0], k))
+        loud = model.segment_logits(enc)
+        silent_first = torch.ones(enc.labels.shape[0], k)
+        silent_first[:, 0] = 0.0
+        monkeypatch.setattr(model, "audio_probs", lambda enc: silent_first)
+        quiet = model.segment_logits(enc)
+    diff = quiet - loud
+    if segment_audio == "none":
+        assert torch.equal(diff, torch.zeros_like(diff))
+    else:
+        assert torch.allclose(diff[:, 1], torch.full_like(diff[:, 1], float(np.log(1e-4))), atol=1e-4)
+        assert torch.equal(diff[:, 0], torch.zeros_like(diff[:, 0])) and torch.equal(diff[:, 2:], torch.zeros_like(diff[:, 2:]))

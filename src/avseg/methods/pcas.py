@@ -120,6 +120,11 @@ class PCASConfig:
     seg_channels: int = 128
     seg_weight: float = 0.1  # ToCo segmentation weight
     segment_joint: bool = True  # keep training encoders with the look-listen losses; False: only the head
+    # The segmentation head hears the audio: "bias" adds log P(class c sounds in frame t) (the audio head,
+    # detached) to class c's logits, in training and at inference. The pseudo labels mark a class only where
+    # it sounds, and a silent distractor of the same class looks the same: without the audio the target
+    # cannot be read from the image and the head learns a blur of both. "none": the image-only head.
+    segment_audio: str = "bias"
     flip_augment: bool = True  # horizontal flips of frames + pseudo labels inside the model (exact for ids)
     # The segment stage's data augmentation (resize to 246/224, random crop, flip; pseudo labels resized with
     # nearest neighbour so class ids are not blended). Off in the session-2 benchmark recipes; see
@@ -169,6 +174,7 @@ class PCASConfig:
         need(self.seg_head in ("auto", "fpn", "conv"), f"seg_head must be auto, fpn or conv, got {self.seg_head!r}")
         need(not (self.seg_head == "fpn" and not cnn), "seg_head fpn needs a CNN visual encoder (a ViT has one scale)")
         need(self.audio_gate in ("soft", "hard", "none"), f"audio_gate must be soft, hard or none, got {self.audio_gate!r}")
+        need(self.segment_audio in ("bias", "none"), f"segment_audio must be bias or none, got {self.segment_audio!r}")
         need(self.cmcc_crops >= 1 and 0 < self.cmcc_crop_fraction < 1, "cmcc_crops must be >= 1 and cmcc_crop_fraction in (0, 1)")
         need(self.cmcc_crop_px is None or self.cmcc_crop_px >= 8, f"cmcc_crop_px must be >= 8 or None, got {self.cmcc_crop_px}")
         need(self.cmc_tau > 0 and self.cmcc_tau > 0, "temperatures must be > 0")
@@ -470,8 +476,14 @@ class PCASNet(nn.Module):
         size = tuple(enc.frames.shape[-2:])
         if self.use_fpn:
             assert enc.pyramid is not None
-            return self.seg_head(enc.pyramid, out_size=size)
-        return self.seg_head(enc.patches, out_size=size)
+            logits = self.seg_head(enc.pyramid, out_size=size)
+        else:
+            logits = self.seg_head(enc.patches, out_size=size)
+        if self.cfg.segment_audio == "bias":
+            # class c's logit + log P(c sounds): a class the audio says is silent cannot win a pixel
+            log_p = torch.log(self.audio_probs(enc).detach().clamp_min(1e-4)).to(logits.dtype)  # (N, K)
+            logits = torch.cat([logits[:, :1], logits[:, 1:] + log_p[:, :, None, None]], dim=1)
+        return logits
 
     # -- pseudo labels --
     @torch.no_grad()
