@@ -141,6 +141,7 @@ def test_deaf_model_has_audio_dependence_exactly_zero(tiny_ws_run: Path) -> None
     assert result["audio_dependence"] == 0.0
     assert result["miou_own"] == result["miou_other"]
     assert result["fpr_silence"] == result["fpr_noise"] == result["fpr_other"] == result["fpr_own"]
+    assert all(result[f"prob_change_{c}"] == 0.0 for c in ("silence", "noise", "other", "swap"))
     assert result["swap_frames"] > 0 and 0.0 < result["deaf_ceiling"] <= 1.0
     assert examples and examples[0].frame.dtype == np.uint8 and examples[0].target.any()
 
@@ -151,6 +152,7 @@ def test_a_model_that_hears_silence_marks_nothing_in_silence(tiny_ws_run: Path) 
     result, _ = listen(_listens_to_energy, _factory(tiny_ws_run), torch.device("cpu"), seed=0)
     assert result["fpr_silence"] == 0.0
     assert result["fpr_noise"] == 1.0 and result["fpr_own"] == 1.0
+    assert result["prob_change_silence"] == 1.0 and result["prob_change_noise"] == 0.0
 
 
 def test_silence_features_equal_the_features_of_zeros(tiny_ws_run: Path, tmp_path: Path) -> None:

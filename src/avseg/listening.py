@@ -347,6 +347,8 @@ def listen(
                     acc.update(c, probs[c][b, :t_real][~has])  # FPR of frames without ground truth
                 for c in ("silence", "noise"):
                     acc.update(c, probs[c][b, :t_real])
+                for c in conditions[1:]:  # the swap's change too: all its frames, swap frames or not
+                    acc.update_change(c, probs[c][b, :t_real], probs["own"][b, :t_real])
                 if synth is None:
                     continue
                 video = synth[record.video_id]
@@ -506,6 +508,9 @@ def format_listen(result: dict[str, Any]) -> str:
     row("G-mIoU", "g_miou", "harmonic mean of mIoU and 1 - FPR(silence, noise)")
     row("swap IoU", "swap_iou", f"{result.get('swap_frames', 0)} frames; mask under a silent object's sound vs that object")
     row("deaf ceiling", "deaf_ceiling", "mIoU of marking every visible object")
+    changes = [f"{c} {result[f'prob_change_{c}']:.2e}" for c in CONDITIONS[1:] if result.get(f"prob_change_{c}") is not None]
+    if changes:
+        lines += ["", "  mean |p - p(own sound)| per pixel: " + ", ".join(changes) + " (0: the sound does not reach the output)"]
     if result.get("picture"):
         lines += ["", f"picture: {result['picture']}"]
     return "\n".join(lines)

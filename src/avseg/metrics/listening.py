@@ -91,6 +91,8 @@ class ListeningAccumulator:
         self._frames = {c: 0 for c in CONDITIONS}
         self._swap_iou_sum = 0.0
         self._deaf = BinaryAccumulator("clean")
+        self._change_sum = {c: 0.0 for c in CONDITIONS}
+        self._change_frames = {c: 0 for c in CONDITIONS}
 
     def update(self, condition: str, probs: ArrayLike, gt: ArrayLike | None = None, target: ArrayLike | None = None) -> None:
         """Frames predicted under ``condition``: probs (N, H, W) binary probabilities; gt (N, H, W) the
@@ -107,6 +109,15 @@ class ListeningAccumulator:
         elif gt is not None and condition in self._miou:
             self._miou[condition].update(probs, gt)
 
+    def update_change(self, condition: str, probs: ArrayLike, own_probs: ArrayLike) -> None:
+        """How far the probabilities moved from those under the own sound: adds the per-frame mean |p - p_own|
+        of (N, H, W) frames (a diagnostic finer than any threshold: exactly 0 for a model that ignores audio)."""
+        p, q = to_tensor(probs, "probs").double(), to_tensor(own_probs, "own_probs").double()
+        if p.shape != q.shape or p.ndim != 3:
+            raise ValueError(f"expected two (N, H, W) arrays of one shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+        self._change_sum[condition] += float((p - q).abs().flatten(1).mean(1).sum()) if p.numel() else 0.0
+        self._change_frames[condition] += p.shape[0]
+
     def update_deaf(self, visible: ArrayLike, gt: ArrayLike) -> None:
         """Deaf ceiling frames: visible (N, H, W) every visible object, gt (N, H, W) the sounding objects."""
         self._deaf.update(to_tensor(visible, "visible") != 0, gt)
@@ -115,8 +126,9 @@ class ListeningAccumulator:
         """-> flat dict: SUMMARY_KEYS (None where nothing was measured) and frame counts.
 
         Keys: miou_own, fscore_own, fscore_own_at_0.5, miou_other, audio_dependence (points), fpr_own,
-        fpr_silence, fpr_noise, fpr_other, fpr_swap, g_miou, swap_iou, deaf_ceiling, frames (per
-        condition), gt_frames, swap_frames, deaf_frames.
+        fpr_silence, fpr_noise, fpr_other, fpr_swap, g_miou, swap_iou, deaf_ceiling, prob_change_<condition>
+        (mean |p - p_own| per pixel, for silence / noise / other / swap), frames (per condition),
+        gt_frames, swap_frames, deaf_frames.
         """
         out: dict = {}
         own = self._miou["own"].compute() if self._miou["own"].frames else None
@@ -133,6 +145,9 @@ class ListeningAccumulator:
         n_swap = self._frames["swap"]
         out["swap_iou"] = self._swap_iou_sum / n_swap if n_swap else None
         out["deaf_ceiling"] = self._deaf.compute()["miou"] if self._deaf.frames else None
+        for c in CONDITIONS[1:]:
+            n = self._change_frames[c]
+            out[f"prob_change_{c}"] = self._change_sum[c] / n if n else None
         out["frames"] = dict(self._frames)
         out["gt_frames"] = self._miou["own"].frames
         out["swap_frames"] = n_swap
