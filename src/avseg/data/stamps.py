@@ -44,7 +44,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -79,6 +78,9 @@ __all__ = [
     "StampVideo",
     "scan_stamps",
     "scan_backgrounds",
+    "plan_video",
+    "render_video",
+    "mix_audio",
     "generate",
     "read_stamps_info",
     "load_video_plan",
@@ -423,21 +425,29 @@ def _decode_image(path: Path) -> np.ndarray:
 
 def _decode_sound(path: Path) -> np.ndarray:
     """(S,) float32 at SAMPLE_RATE, silence at both ends trimmed, 5 ms fades; raises _Unusable."""
-    from avseg.audio.frontends import AudioError, load_audio
+    import torch
+
+    from avseg.audio.frontends import AudioError, load_audio, resample
 
     try:
-        audio, _ = load_audio(path, SAMPLE_RATE, warn_silent=False)
+        audio, rate = load_audio(path, warn_silent=False)
+        # Resampled in float64: the float32 result then does not depend on how torch splits the
+        # convolution over threads, so the written files stay byte-identical across machines.
+        audio = resample(torch.from_numpy(audio.astype(np.float64)), rate, SAMPLE_RATE).numpy()
+        audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
     except AudioError as exc:
         raise _Unusable("undecodable_sound", exc.problem) from None
     except Exception as exc:  # a decoder failure the audio layer did not anticipate
         raise _Unusable("undecodable_sound", f"audio is not readable ({type(exc).__name__}: {exc})") from None
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if peak < 1e-4:
-        raise _Unusable("silent_sound", f"recording is digital silence (peak {peak:.1e} over {audio.size / SAMPLE_RATE:.2f} s)")
+        seconds = audio.size / SAMPLE_RATE
+        raise _Unusable("silent_sound", f"recording is digital silence (peak {peak:.1e} over {seconds:.2f} s)")
     # Trim 10 ms blocks quieter than -40 dB under the loudest block at both ends.
     block = SAMPLE_RATE // 100
-    n = max(audio.size // block, 1)
-    energy = np.sqrt(np.mean(np.pad(audio, (0, n * block + block - audio.size))[: n * block].reshape(n, block) ** 2, axis=1))
+    n = -(-audio.size // block)  # blocks, the last one zero-padded
+    blocks = np.pad(audio, (0, n * block - audio.size)).reshape(n, block)
+    energy = np.sqrt(np.mean(blocks.astype(np.float64) ** 2, axis=1))
     loud = np.flatnonzero(energy >= energy.max() * 0.01)
     audio = audio[loud[0] * block : min((loud[-1] + 1) * block, audio.size)].astype(np.float32)
     if audio.size < SAMPLE_RATE // 20:
@@ -702,11 +712,14 @@ class StampVideo:
 
     @staticmethod
     def from_json(d: dict) -> StampVideo:
-        objects = [StampInstance(**{**o, "centre": tuple(o["centre"]), "velocity": tuple(o["velocity"])}) for o in d["objects"]]
+        objects = [
+            StampInstance(**{**o, "centre": tuple(o["centre"]), "velocity": tuple(o["velocity"])}) for o in d["objects"]
+        ]
         sounding = np.zeros((d["num_frames"], len(objects)), bool)
         for t, row in enumerate(d["sounding"]):
             sounding[t, row] = True
-        fields = {k: d[k] for k in ("layout", "index", "name", "split", "label", "num_frames", "size", "background", "noise_seed")}
+        keys = ("layout", "index", "name", "split", "label", "num_frames", "size", "background", "noise_seed")
+        fields = {k: d[k] for k in keys}
         return StampVideo(objects=objects, sounding=sounding, **fields)
 
 
@@ -735,7 +748,10 @@ def _layers(plan: StampVideo, rgbas: dict[str, np.ndarray], t: int):
         y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
         ya, xa = max(0, y0), max(0, x0)
         yb, xb = min(plan.size, y0 + h), min(plan.size, x0 + w)
-        out.append(None if ya >= yb or xa >= xb else (ya, xa, patch[ya - y0 : yb - y0, xa - x0 : xb - x0], int((patch[..., 3] >= 0.5).sum())))
+        if ya >= yb or xa >= xb:
+            out.append(None)
+        else:  # the full object's half-opaque pixel count goes along, for visible fractions
+            out.append((ya, xa, patch[ya - y0 : yb - y0, xa - x0 : xb - x0], int((patch[..., 3] >= 0.5).sum())))
     return out
 
 
@@ -857,7 +873,8 @@ def plan_video(
         for obj in objects:
             place(obj)
     else:
-        raise RuntimeError(f"cannot place {len(objects)} stamps with {cfg.min_visible:.0%} visible in a {size}px frame")
+        raise ValueError(f"cannot place stamps {[o.stamp for o in objects]} with {cfg.min_visible:.0%} of each visible "
+                         f"in a {size}px frame (video {index}); lower StampsConfig.min_visible or scale_range")
 
     if pools is None:
         plan.background = {"kind": "texture", "seed": int(rng.integers(0, 2**63 - 1))}
@@ -1158,14 +1175,15 @@ def _stamp_files(info: dict, root: Path, name: str, stamps_dir: Path | str | Non
     image, sound = folder / entry["image"], folder / entry["sound"]
     for path in (image, sound):
         if not path.is_file():
-            raise DataError(path, f"not found (stamp {name!r} of the dataset at {root}; pass stamps_dir= to point elsewhere)")
+            raise DataError(path, f"not found (stamp {name!r} of the dataset at {root}; stamps_dir= points elsewhere)")
     try:
         rgba, audio, image_sha, sound_sha = _load_stamp(image, sound)
     except _Unusable as exc:
         raise DataError(sound if "sound" in exc.kind else image, exc.problem) from None
     for path, got, want in ((image, image_sha, entry["image_sha256"]), (sound, sound_sha, entry["sound_sha256"])):
         if got != want:
-            raise DataError(path, f"differs from the file the dataset at {root} was built with (sha256 {got[:12]} != {want[:12]})")
+            raise DataError(path, f"differs from the file the dataset at {root} was built with "
+                                  f"(sha256 {got[:12]} != {want[:12]})")
     return rgba, audio
 
 
