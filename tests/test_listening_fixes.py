@@ -137,3 +137,14 @@ def test_negative_audio_refused_without_wav_audio(fake_s4: Path) -> None:
         TrainSettings(negative_audio=1.0)
     with pytest.raises(ValueError, match="negative_kinds"):
         TrainSettings(negative_audio=0.2, negative_kinds=("music",))
+
+
+def test_eq6_floor_keeps_a_saturated_saliency_map_from_taking_the_frame() -> None:
+    from avseg.methods.ws_avs import eq6_mask
+
+    a = torch.tensor([[0.05, 0.3, 0.6, 0.95]])
+    saturated = torch.ones_like(a)
+    assert eq6_mask(a, saturated).all()  # the paper's rule: A > 0, every pixel
+    assert eq6_mask(a, saturated, floor=0.5).tolist() == [[False, False, True, True]]
+    calm = torch.tensor([[0.1, 0.9, 0.2, 0.9]])  # S: B = 1 - S = [0.9, 0.1, 0.8, 0.1]
+    assert eq6_mask(a, calm).tolist() == [[False, True, False, True]]

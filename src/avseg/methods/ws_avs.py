@@ -67,6 +67,9 @@ class WSAVSConfig:
     c2am_visual: str = "resnet50"
     c2am_weights: str = "imagenet"
     c2am_threshold: float = 0.3
+    # Eq. 6 keeps A > 1 - S; when the saliency map saturates (S ~ 1 everywhere, seen on synthetic MS3) that is
+    # A > 0, the whole frame. A floor keeps only pixels whose activation also exceeds it (0 = the paper's rule).
+    eq6_floor: float = 0.0
     c2am_level: int = 3  # pyramid level the C2AM head reads (3 = stride 32; 2 = stride 16 for small frames)
     crf: bool = False
     saliency_visual: str = "resnet50"
@@ -79,6 +82,8 @@ class WSAVSConfig:
     def __post_init__(self) -> None:
         if self.refinement not in ("saliency", "c2am"):
             raise ValueError(f"refinement must be 'saliency' or 'c2am', got {self.refinement!r}")
+        if not 0.0 <= self.eq6_floor < 1.0:
+            raise ValueError(f"eq6_floor must be in [0, 1), got {self.eq6_floor}")
         if not 0.0 < self.c2am_threshold < 1.0:
             raise ValueError(f"c2am_threshold must be in (0, 1), got {self.c2am_threshold}")
         if self.tau <= 0:
@@ -362,6 +367,15 @@ def stage_saliency(ctx: StageContext) -> dict[str, Any]:
     return train_stage(model, train, s, ctx.path("saliency"), resume=ctx.resume, desc="saliency")
 
 
+def eq6_mask(activation: Tensor, saliency: Tensor, floor: float = 0.0) -> Tensor:
+    """Paper Eq. 6, argmax over [B; A] with the background cue B = 1 - saliency: A > 1 - S (bool, any shape).
+
+    ``floor`` > 0 also asks A > floor: with a saturated saliency map (S = 1 everywhere) Eq. 6 alone is
+    A > 0, the whole frame.
+    """
+    return (activation > 1.0 - saliency) & (activation > floor)
+
+
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     """Paper Eq. 6 (or the official shortcut) -> pseudo/masks + manifest + contact sheet + quality."""
     from avseg.engine.checkpoint import load_model_weights
@@ -382,7 +396,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         if saliency is None:
             return torch.stack([a, torch.zeros_like(a), (a > cfg.c2am_threshold).float()], dim=2)
         sal = saliency.predict(batch)
-        pseudo = (a > 1.0 - sal).float()  # Eq. 6: argmax over [B; A] with B = 1 - saliency
+        pseudo = eq6_mask(a, sal, cfg.eq6_floor).float()
         return torch.stack([a, sal, pseudo], dim=2)  # (B, T, 3, H, W)
 
     # Resumable: frames whose PNGs an interrupted earlier run wrote are kept (see PseudoMaskWriter.run).

@@ -207,7 +207,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
             eq6 = a > cfg.c2am_threshold
         else:
             sal = saliency.predict(batch)
-            eq6 = a > 1.0 - sal  # Eq. 6
+            eq6 = ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
         sim = av_model.av_map(batch)  # (B, T, H, W)
         proposals = (a > cfg.c2am_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
         kept = select_by_audio(eq6.flatten(0, 1), sim.flatten(0, 1), cfg.av_select, cfg.av_threshold, cfg.av_keep_best, proposals).view_as(eq6)
