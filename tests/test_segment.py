@@ -366,6 +366,33 @@ def test_run_or_checkpoint_required(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--run" in capsys.readouterr().err
 
 
+def test_folder_of_runs_with_one_run_is_accepted(tmp_path: Path, tiny_run: Path) -> None:
+    """`--run runs/demo`-style folder holding exactly one run: that run is used."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "ws-avs").symlink_to(tiny_run, target_is_directory=True)  # the session's run, not copied
+    (runs / "data").mkdir()  # other folders (no config.yaml) are not runs
+    path = write_video(tmp_path / "clip.mp4", seconds=1.0)
+    assert run_cli(["segment", str(path), "--run", str(runs), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 0
+    assert (tmp_path / "out" / "clip" / "summary.json").is_file()
+
+
+def test_folder_of_several_runs_lists_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    demo = tmp_path / "demo"
+    for name in ("ws-avs", "supervised"):
+        (demo / name).mkdir(parents=True)
+        (demo / name / "config.yaml").write_text("method: ws-avs\n")
+    (demo / "data").mkdir()
+    assert run_cli(["segment", str(tmp_path / "clip.mp4"), "--run", str(demo), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{demo} holds the runs supervised, ws-avs: pass --run {demo / 'supervised'} or --run {demo / 'ws-avs'}" in err
+    assert "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(["segment", str(tmp_path / "clip.mp4"), "--run", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert f"{empty} is not a run folder (no config.yaml) and holds no run" in capsys.readouterr().err
+
+
 # --- helpers -----------------------------------------------------------------------------------------------------
 def test_thumbnails_stay_bounded_and_spread() -> None:
     keep = Thumbnails(5)

@@ -141,6 +141,31 @@ def _class_probabilities(scores: Tensor) -> Tensor:
     return scores.softmax(1)
 
 
+def resolve_run_dir(path: str | Path) -> Path:
+    """The run folder meant by ``path``: ``path`` itself when it holds ``config.yaml``; in a folder of runs
+    (subfolders holding ``config.yaml``, as ``avseg demo`` writes) the only run it holds.
+
+    Raises:
+        avseg.runner.RunError: ``path`` holds several runs (the message lists them and the ``--run`` to
+            pass), or neither is a run nor holds one.
+    """
+    from avseg.runner import RunError
+
+    path = Path(path)
+    if (path / "config.yaml").is_file():
+        return path
+    if not path.is_dir():
+        raise RunError(f"{path}: run folder not found")
+    runs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
+    if len(runs) == 1:
+        log.info("%s is a folder of runs holding one run: using %s", path, runs[0])
+        return runs[0]
+    if runs:
+        choices = " or ".join(f"--run {p}" for p in runs)
+        raise RunError(f"{path} holds the runs {', '.join(p.name for p in runs)}: pass {choices}")
+    raise RunError(f"{path} is not a run folder (no config.yaml) and holds no run (no subfolder with config.yaml)")
+
+
 class Predictor:
     """A trained model with the preprocessing of its training data.
 
@@ -187,10 +212,14 @@ class Predictor:
     # --- construction --------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 8) -> "Predictor":
-        """The final model of a trained run folder (its ``config.yaml`` and final checkpoint)."""
+        """The final model of a trained run folder (its ``config.yaml`` and final checkpoint).
+
+        A folder of runs (e.g. ``runs/demo``, holding ``ws-avs/`` and ``supervised/``) is accepted when it
+        holds exactly one run; see :func:`resolve_run_dir`.
+        """
         from avseg.runner import load_run
 
-        run_dir = Path(run_dir)
+        run_dir = resolve_run_dir(run_dir)
         spec, cfg = load_run(run_dir)
         dev = _resolve_device(device)
         model = spec.load_predictor(cfg, run_dir, dev)
