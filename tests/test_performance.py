@@ -1,12 +1,25 @@
 """Speed options give the fp32 results within stated tolerances; the frame cache and the device-side
 augmentation give the same samples as the decoded dataset; the throughput benchmark runs.
 
-Tolerances (relative = ||x - ref|| / ||ref||, small demo model, random init, CPU):
-- channels_last, fp32: losses and logits within 1e-5 relative, gradients within 1e-4 relative.
-- bf16 autocast: losses within 1e-2 relative, probabilities within 3e-2 absolute, logits within 5e-2
-  relative; gradients point the same way (cosine >= 0.9: M2ICL's max over positions may pick another
-  position under bf16 rounding, so single gradients differ by ~10-20 %); eight Adam steps on one batch
-  lower the loss as far as fp32 does, within 5 %.
+The tolerances must hold on any x86-64 processor: which kernels run (ATen's default / AVX2 / AVX-512
+paths, oneDNN with or without native bf16 or AMX) changes the rounding, so no bound below is a number
+measured on one machine. Each is either far from both rounding and a bug, or relative to a yardstick the
+test computes on the machine it runs on (relative = ||x - ref|| / ||ref||; small demo model and the paper
+model, random init, CPU):
+- channels_last, fp32 (a memory-layout change: a layout bug, such as a view of a permuted tensor, moves
+  results by O(1)): losses, logits and probabilities within 1e-3 of the contiguous fp32 run, the demo
+  model's gradient within 1e-2. Measured rounding differences over ATen default/avx2/avx512 x oneDNN
+  native/AVX2/AVX512_CORE: <= 4e-5 (losses, logits), <= 2.3e-4 (demo gradient).
+- bf16 autocast: the yardstick is the fp32 model with its weights and inputs rounded to bf16 (pure fp32
+  arithmetic, the same on every processor). Autocast's distance from fp32 (losses, logits, probabilities,
+  demo gradient) is at most 8x that yardstick's (measured 0.2x to 3.5x on the same kernel paths); a
+  broken op under autocast is O(1) off. The paper model's gradient is not compared: at random init its
+  M2ICL max over positions flips under any rounding (fp32 itself is 0.02 or 0.49 from float64, depending
+  on the kernels).
+- bf16 training: 20 Adam steps on one batch for three initialisations; bf16's final loss is, on average
+  over the seeds, nearer fp32's than the fp32 final losses of the three seeds are to each other (measured:
+  0.04 to 0.36 of that spread). The first steps of Adam at lr 1e-3 are chaotic (a seed's bf16 loss after
+  8 steps was 7 % to 50 % from fp32's, depending on the processor); the curves meet again after ~15 steps.
 - cache: frames, masks, labels and ids exactly equal; audio features within float16 rounding.
 - gpu_augment: exactly equal to the PIL-based augmentation of the datasets.
 """
@@ -15,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import pickle
 import sys
 from pathlib import Path
@@ -106,70 +120,100 @@ def _assert_same_sample(a, b, audio: bool = True) -> None:  # noqa: ANN001
 
 
 # --- optimisations against fp32 ------------------------------------------------------------------------
+LAYOUT_TOL = 1e-3  # channels_last vs contiguous fp32: rounding is <= 4e-5 (module docstring), a bug O(1)
+BF16_FACTOR = 8.0  # autocast vs fp32, in units of the bf16-rounded-weights-and-inputs yardstick
+
+
+def _bf16_rounded(net: WSAVSNet, batch: AVBatch) -> tuple[WSAVSNet, AVBatch]:
+    """The yardstick of bf16 autocast: the model and batch with weights and inputs rounded to bf16, kept
+    in fp32 (so running it is plain fp32 arithmetic, the same on every processor)."""
+    n = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in n.parameters():
+            p.copy_(p.bfloat16().float())
+    return n, AVBatch(**{**batch.__dict__, "frames": batch.frames.bfloat16().float(), "audio": batch.audio.bfloat16().float()})
+
+
+def _loss_rel(losses: dict, ref: dict, key: str) -> float:
+    return abs(float(losses[key] - ref[key])) / abs(float(ref[key]))
+
+
+def _assert_bf16_within_yardstick(net: WSAVSNet, batch: AVBatch, channels_last: bool, gradient: bool) -> None:
+    ref_losses, ref_grad, ref_probs, ref_logits = _run(net, batch, amp=False, channels_last=False)
+    y_losses, y_grad, y_probs, y_logits = _run(*_bf16_rounded(net, batch), amp=False, channels_last=False)
+    losses, grad, probs, logits = _run(net, batch, amp=True, channels_last=channels_last)
+    for key in ref_losses:
+        assert torch.isfinite(losses[key]), key
+        assert _loss_rel(losses, ref_losses, key) <= BF16_FACTOR * _loss_rel(y_losses, ref_losses, key), key
+    assert _rel(logits, ref_logits) <= BF16_FACTOR * _rel(y_logits, ref_logits)
+    assert (probs - ref_probs).abs().max() <= BF16_FACTOR * (y_probs - ref_probs).abs().max()
+    if gradient:
+        assert torch.isfinite(grad).all()
+        assert _rel(grad, ref_grad) <= BF16_FACTOR * _rel(y_grad, ref_grad)
+
+
 def test_channels_last_matches_fp32() -> None:
     net, batch = _net(), _batch(4, 1, 32)
     ref_losses, ref_grad, ref_probs, ref_logits = _run(net, batch, amp=False, channels_last=False)
     losses, grad, probs, logits = _run(net, batch, amp=False, channels_last=True)
     for key in ref_losses:
-        assert abs(losses[key] - ref_losses[key]) <= 1e-5 * abs(ref_losses[key]), key
-    assert _rel(grad, ref_grad) <= 1e-4
-    assert _rel(logits, ref_logits) <= 1e-5
-    assert (probs - ref_probs).abs().max() <= 1e-5
+        assert _loss_rel(losses, ref_losses, key) <= LAYOUT_TOL, key
+    assert _rel(grad, ref_grad) <= 10 * LAYOUT_TOL  # weight gradients sum over every position: 2.3e-4 measured
+    assert _rel(logits, ref_logits) <= LAYOUT_TOL
+    assert (probs - ref_probs).abs().max() <= LAYOUT_TOL
 
 
 def test_bf16_autocast_matches_fp32_on_cpu() -> None:
     net, batch = _net(), _batch(4, 1, 32)
-    ref_losses, ref_grad, ref_probs, ref_logits = _run(net, batch, amp=False, channels_last=False)
     for channels_last in (False, True):
-        losses, grad, probs, logits = _run(net, batch, amp=True, channels_last=channels_last)
-        for key in ref_losses:
-            assert torch.isfinite(losses[key])
-            assert abs(losses[key] - ref_losses[key]) <= 1e-2 * abs(ref_losses[key]), key
-        assert (probs - ref_probs).abs().max() <= 3e-2
-        assert _rel(logits, ref_logits) <= 5e-2
-        assert F.cosine_similarity(grad.double(), ref_grad.double(), dim=0) >= 0.9
+        _assert_bf16_within_yardstick(net, batch, channels_last, gradient=True)
+
+
+def _final_loss(seed: int, amp: bool, batch: AVBatch, steps: int) -> tuple[float, float]:
+    """(first, last) loss of ``steps`` Adam steps (lr 1e-3) on one batch from initialisation ``seed``."""
+    _, cfg = build_config("ws-avs", "ws-avs/demo", "unused", "s4", image_size=32, overrides=RANDOM_WEIGHTS + ["visual_dropout=0.0"])
+    torch.manual_seed(seed)
+    net = WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    losses = []
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = net(batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses[0], losses[-1]
 
 
 def test_bf16_training_steps_follow_fp32() -> None:
-    """Eight Adam steps on one batch: the bf16 loss curve ends where the fp32 one does (within 5 %)."""
+    """bf16 training learns what fp32 learns: after 20 steps, bf16's loss is on average nearer fp32's than
+    the fp32 losses of different initialisations are to each other (module docstring)."""
     batch = _batch(4, 1, 32, seed=2)
-    finals = {}
-    for amp in (False, True):
-        net = _net()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        net.train()
-        losses = []
-        for _ in range(8):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                loss = net(batch)["loss"]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        assert losses[-1] < losses[0]
-        finals[amp] = losses[-1]
-    assert abs(finals[True] - finals[False]) <= 0.05 * finals[False]
+    seeds = (0, 1, 2)
+    fp32 = {s: _final_loss(s, False, batch, 20) for s in seeds}
+    bf16 = {s: _final_loss(s, True, batch, 20) for s in seeds}
+    finals = [last for _, last in fp32.values()]
+    spread = max(finals) - min(finals)
+    for s in seeds:
+        for first, last in (fp32[s], bf16[s]):
+            assert math.isfinite(last) and last < 0.5 * first, (s, first, last)  # both learn
+    gap = sum(abs(bf16[s][1] - fp32[s][1]) for s in seeds) / len(seeds)
+    assert gap <= spread, (gap, spread, fp32, bf16)
 
 
 @pytest.mark.slow
 def test_paper_model_channels_last_and_bf16_on_cpu() -> None:
-    """ResNet-50 x 2 at 64 px. Its gradients are ill-conditioned at random init (fp32 itself is ~1e-2
-    from float64), so channels_last must be as close to a float64 reference as plain fp32 is."""
+    """ResNet-50 x 2 at 64 px: channels_last within rounding of fp32, bf16 autocast within the yardstick.
+    Gradients are left out: at random init they are dominated by M2ICL's choice of position (docstring)."""
     net, batch = _net("ws-avs/s4", 64), _batch(4, 1, 64)
-    ref_losses, ref_grad, _, ref_logits = _run(net, batch, amp=False, channels_last=False)
-    cl_losses, cl_grad, _, cl_logits = _run(net, batch, amp=False, channels_last=True)
-    assert abs(cl_losses["loss"] - ref_losses["loss"]) <= 1e-5 * abs(ref_losses["loss"])
-    assert _rel(cl_logits, ref_logits) <= 1e-4
-    net64 = copy.deepcopy(net).double()
-    b64 = _batch(4, 1, 64)
-    b64 = AVBatch(**{**b64.__dict__, "frames": b64.frames.double(), "audio": b64.audio.double(), "pseudo_masks": b64.pseudo_masks.double()})
-    net64.train()
-    net64(b64)["loss"].backward()
-    grad64 = torch.cat([p.grad.flatten() for p in net64.parameters() if p.grad is not None]).float()
-    assert _rel(cl_grad, grad64) <= 2 * _rel(ref_grad, grad64) + 1e-6
-    bf_losses, _, _, bf_logits = _run(net, batch, amp=True, channels_last=True)
-    assert abs(bf_losses["loss"] - ref_losses["loss"]) <= 2e-2 * abs(ref_losses["loss"])
-    assert _rel(bf_logits, ref_logits) <= 1e-1
+    ref_losses, _, ref_probs, ref_logits = _run(net, batch, amp=False, channels_last=False)
+    cl_losses, _, cl_probs, cl_logits = _run(net, batch, amp=False, channels_last=True)
+    assert _loss_rel(cl_losses, ref_losses, "loss") <= LAYOUT_TOL
+    assert _rel(cl_logits, ref_logits) <= LAYOUT_TOL
+    assert (cl_probs - ref_probs).abs().max() <= LAYOUT_TOL
+    _assert_bf16_within_yardstick(net, batch, channels_last=True, gradient=False)
 
 
 def _load_benchmark():
