@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from pathlib import Path
 
 import av
@@ -14,6 +16,7 @@ from scipy import signal
 from avseg.audio import (
     FRONTENDS,
     AudioError,
+    aisfx_log_mel,
     compute_features,
     decode_audio_stream,
     feature_shape,
@@ -230,9 +233,12 @@ def test_frame_windows_clip_mode() -> None:
 
 @pytest.mark.parametrize("name", sorted(FRONTENDS))
 def test_every_frontend_shapes(name: str) -> None:
+    if name == "aisfx-embed" and importlib.util.find_spec("aisfx") is None:
+        pytest.skip("aisfx (the embedding network's weights) not installed")
     spec = FRONTENDS[name]
     fshape = feature_shape(name)
-    assert fshape == {"vggish": (96, 64), "wsavs-logmel": (128, 129), "ezvsl-stft": (257, 200)}[name]
+    expected = {"vggish": (96, 64), "wsavs-logmel": (128, 129), "ezvsl-stft": (257, 200), "aisfx-logmel": (96, 100), "aisfx-embed": (512, 1)}
+    assert fshape == expected[name]
     windows = torch.randn(5, spec.window_samples) * 0.1
     out = spec.fn(windows)
     assert out.shape == (5, 1, *fshape) and torch.isfinite(out).all()
@@ -386,3 +392,100 @@ def test_load_audio_real_avsbench_video() -> None:
     assert sr == 16000 and audio.size > 16000 and np.abs(audio).max() > 0.001
     feats = compute_features("vggish", audio, sr, num_frames=2, mode="clip")
     assert feats.shape == (2, 1, 96, 64) and torch.isfinite(feats).all()
+
+
+# --- aisfx front-ends -------------------------------------------------------------------------------------
+HAS_AISFX = importlib.util.find_spec("aisfx") is not None
+
+
+def _essentia_reference(x: np.ndarray) -> np.ndarray:
+    """aisfx's Essentia spectrogram transcribed from Essentia's C++ (streaming FrameCutter, Windowing 'hann',
+    Spectrum, MelBands htkMel / warping / unit_sum / power, shift_scale_log) in plain loops -> (96, frames)."""
+    n, hop, nb, sr = 2048, 1024, 96, 44100
+    frames, start = [], -((n + 1) // 2)  # startFromZero=False: the first frame is centred on sample 0
+    while True:
+        frame = np.zeros(n)
+        a, b = max(start, 0), min(start + n, x.size)
+        frame[a - start : b - start] = x[a:b]
+        frames.append(frame)
+        if start + n >= x.size and start + n // 2 >= x.size:  # last frame: its centre reached the end
+            break
+        start += hop
+    window = np.array([0.5 - 0.5 * math.cos(2 * math.pi * i / (n - 1)) for i in range(n)])
+    hz2mel = lambda f: 2595.0 * math.log10(1 + f / 700.0)  # noqa: E731
+    step = hz2mel(sr / 2) / (nb + 1)
+    edges = [700.0 * (10 ** (i * step / 2595.0) - 1) for i in range(nb + 2)]
+    scale = (sr / 2) / (n // 2)
+    weights = np.zeros((nb, n // 2 + 1))
+    for i in range(nb):
+        for j in range(int(edges[i] / scale + 0.5), int(edges[i + 2] / scale + 0.5)):
+            f = j * scale
+            if edges[i] <= f < edges[i + 1]:
+                weights[i, j] = (hz2mel(f) - hz2mel(edges[i])) / (hz2mel(edges[i + 1]) - hz2mel(edges[i]))
+            elif edges[i + 1] <= f < edges[i + 2]:
+                weights[i, j] = (hz2mel(edges[i + 2]) - hz2mel(f)) / (hz2mel(edges[i + 2]) - hz2mel(edges[i + 1]))
+        weights[i] /= weights[i].sum()
+    power = np.stack([np.abs(np.fft.rfft(f * window)) ** 2 for f in frames], axis=1)  # (1025, frames)
+    return np.log10(1 + 1e4 * (weights @ power)) / 9.457798957824707
+
+
+def test_aisfx_log_mel_window_is_one_block() -> None:
+    # 99 hops: 100 frames, the block aisfx embeds, and exactly Essentia's frame count for that length
+    assert FRONTENDS["aisfx-logmel"].window_samples == 99 * 1024
+    assert feature_shape("aisfx-logmel") == (96, 100)
+    assert tuple(aisfx_log_mel(torch.zeros(2, 3, 4096)).shape) == (2, 3, 1, 96, 5)
+
+
+def test_aisfx_log_mel_of_an_impulse_by_hand() -> None:
+    # A unit impulse has a flat power spectrum w(p)^2 in every frame that holds it (p = its position in the
+    # frame), so every unit-sum band equals w(p)^2: frame k (starting at 1024 (k - 1)) is
+    # log10(1 + 1e4 w(p)^2) / 9.4578 in all 96 bands. This pins the centring (frames 1 and 2 hear sample
+    # 1536, frame 0 does not), the symmetric Hann (w(512) = 0.5 - 0.5 cos(2 pi 512 / 2047) = 0.500384, not 0.5),
+    # the unit-sum bands and the log scaling.
+    x = torch.zeros(99 * 1024, dtype=torch.float64)
+    x[1536] = 1.0
+    out = aisfx_log_mel(x)[0]  # (96, 100)
+    w = lambda p: 0.5 - 0.5 * math.cos(2 * math.pi * p / 2047)  # noqa: E731
+    expected = lambda p: math.log10(1 + 1e4 * w(p) ** 2) / 9.457798957824707  # noqa: E731
+    assert torch.allclose(out[:, 1], torch.full((96,), expected(1536), dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(out[:, 2], torch.full((96,), expected(512), dtype=torch.float64), atol=1e-9)
+    assert abs(expected(512) - math.log10(1 + 1e4 * 0.25) / 9.457798957824707) > 5e-5  # periodic Hann differs
+    assert out[:, 0].abs().max() == 0 and out[:, 3:].abs().max() == 0
+
+
+def test_aisfx_mel_bands_are_linear_in_mel_with_essentia_bin_ranges() -> None:
+    from avseg.audio.frontends import _essentia_mel_fbank
+
+    fbank = _essentia_mel_fbank(1025, 44100, 96, 0.0, 22050.0)  # (1025, 96)
+    assert torch.allclose(fbank.sum(0), torch.ones(96, dtype=torch.float64))
+    # Band 0 spans 0-51.6 Hz; Essentia keeps bins int(0 + .5) = 0 to int(51.6 / 21.53 + .5) = 2 (exclusive):
+    # bin 0 (0 Hz) weighs 0, so bin 1 holds it all (a triangle linear in Hz over 3 bins would not).
+    assert fbank[1, 0] == 1.0 and fbank[:, 0].sum() == 1.0
+
+
+def test_aisfx_log_mel_matches_essentia_transcription() -> None:
+    t = np.arange(99 * 1024) / 44100
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * RNG.standard_normal(t.size)
+    x[:3000] = 0
+    ref = _essentia_reference(x)
+    ours = aisfx_log_mel(torch.from_numpy(x))[0].numpy()
+    assert ours.shape == ref.shape == (96, 100)
+    np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+
+@pytest.mark.skipif(not HAS_AISFX, reason="aisfx not installed")
+def test_aisfx_embed_frontend_is_the_frozen_pretrained_encoder_on_aisfx_log_mel() -> None:
+    from avseg.audio.frontends import _frozen_aisfx
+    from avseg.models.zoo import AUDIO_ENCODERS
+
+    wave = _sweep(16000, 3.0, 4000).astype(np.float32)
+    emb = compute_features("aisfx-embed", wave, 16000, 3)
+    assert tuple(emb.shape) == (3, 1, 512, 1) and emb.dtype == torch.float32
+    assert feature_shape("aisfx-embed") == (512, 1)
+    model = AUDIO_ENCODERS["aisfx"](weights="aisfx").eval()
+    with torch.no_grad():
+        expected = model(compute_features("aisfx-logmel", wave, 16000, 3))
+    torch.testing.assert_close(emb[:, 0, :, 0], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(compute_features("aisfx-embed", wave, 16000, 3), emb)  # deterministic
+    assert _frozen_aisfx() is _frozen_aisfx()  # loaded once per process
+    assert not any(p.requires_grad for p in _frozen_aisfx().parameters())

@@ -1,4 +1,4 @@
-"""Audio decoding and front-ends (log-mel, log-STFT, VGGish examples), pure torch."""
+"""Audio decoding and front-ends (log-mel, log-STFT, VGGish examples, frozen aisfx embeddings), pure torch."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from avseg.audio.frontends import (
     FRONTENDS,
     AudioError,
     FrontendSpec,
+    aisfx_embeddings,
+    aisfx_log_mel,
     compute_features,
     decode_audio_stream,
     feature_shape,
@@ -21,6 +23,8 @@ __all__ = [
     "FRONTENDS",
     "AudioError",
     "FrontendSpec",
+    "aisfx_embeddings",
+    "aisfx_log_mel",
     "compute_features",
     "decode_audio_stream",
     "feature_shape",

@@ -8,6 +8,10 @@ can treat it like a grey-scale picture.
 Nothing here needs torchaudio, librosa or scipy: decoding goes through soundfile (wav/flac/ogg) or
 PyAV (any container FFmpeg reads), the maths is plain torch, and each front-end reproduces the
 reference implementation named in its docstring (pinned by ``tests/test_audio.py``).
+
+One front-end, ``aisfx-embed``, runs a frozen pretrained network (aisfx's CNN, defined in
+``avseg.models``): it imports ``avseg.models`` lazily, the only dependency of this package on another
+part of avseg (see ``_frozen_aisfx``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "feature_shape",
     "frame_windows",
     "load_audio",
+    "aisfx_embeddings",
     "aisfx_log_mel",
     "log_mel",
     "log_stft",
@@ -738,36 +743,132 @@ AISFX_N_FFT = 2048  # 46 ms
 AISFX_HOP = 1024  # 23 ms
 AISFX_N_MELS = 96
 AISFX_LOG_MAX = 9.457798957824707  # aisfx divides log10(1 + 1e4 * mel) by this ("original" normalisation)
-# 2.3 s: the 100 time steps of one aisfx embedding block (1 + floor(S / 1024) = 100)
-AISFX_WINDOW_SECONDS = 101430 / AISFX_SAMPLE_RATE
+AISFX_BLOCK_FRAMES = 100  # spectrogram frames per aisfx embedding block (~2.3 s)
+# 99 hops = 2.2988 s: Essentia's FrameCutter then yields exactly the 100 frames of one aisfx block (frames
+# centred on samples 0, 1024, ..., 101376; the last one's centre reaches the end of the window).
+AISFX_WINDOW_SECONDS = (AISFX_BLOCK_FRAMES - 1) * AISFX_HOP / AISFX_SAMPLE_RATE
+
+
+def _htk_mel(f: Tensor) -> Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+@lru_cache(maxsize=4)
+def _essentia_mel_fbank(n_freqs: int, sample_rate: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
+    """Essentia ``MelBands(warpingFormula='htkMel', weighting='warping', normalize='unit_sum')``: (n_freqs, n_mels) float64.
+
+    Essentia 2.1 (melbands.cpp, triangularbands.cpp): band edges f_0..f_{n+1} equally spaced in HTK mel;
+    band i weights bin j (frequency j * (sr/2) / (n_freqs - 1)) by a triangle that is linear in *mel*
+    (weighting 'warping', not linear in Hz as librosa / torchaudio), over the bins
+    ``int(f_i / df + 0.5) <= j < int(f_{i+2} / df + 0.5)`` only; then each band's weights sum to 1.
+    """
+    df = (sample_rate / 2.0) / (n_freqs - 1)
+    m_min, m_max = (2595.0 * math.log10(1.0 + f / 700.0) for f in (f_min, f_max))
+    mel_edges = torch.linspace(m_min, m_max, n_mels + 2, dtype=torch.float64)
+    edges = 700.0 * (10.0 ** (mel_edges / 2595.0) - 1.0)  # (n_mels + 2,) Hz
+    bins = torch.arange(n_freqs, dtype=torch.float64)
+    freqs = bins * df
+    mel = _htk_mel(freqs)[:, None]  # (n_freqs, 1)
+    lo, mid, hi = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]  # (1, n_mels) each
+    m_lo, m_mid, m_hi = mel_edges[None, :-2], mel_edges[None, 1:-1], mel_edges[None, 2:]
+    up = (mel - m_lo) / (m_mid - m_lo)
+    down = (m_hi - mel) / (m_hi - m_mid)
+    f = freqs[:, None]
+    weights = torch.where((f >= lo) & (f < mid), up, torch.where((f >= mid) & (f < hi), down, torch.zeros_like(up)))
+    first = torch.floor(lo / df + 0.5)  # Essentia's int(x + 0.5) on positive x
+    last = torch.floor(hi / df + 0.5)  # exclusive
+    weights = weights * ((bins[:, None] >= first) & (bins[:, None] < last))
+    total = weights.sum(0, keepdim=True)
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _symmetric_hann(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Essentia's 'hann': 0.5 - 0.5 cos(2 pi i / (n - 1)), i.e. the symmetric window (not normalised)."""
+    return torch.hann_window(n, periodic=False, dtype=dtype, device=device)
 
 
 def aisfx_log_mel(wave: Tensor) -> Tensor:
-    """The spectrogram the aisfx encoder was trained on (aisfx 0.1.2, Essentia front-end), in torch.
+    """The spectrogram the aisfx encoder was trained on (aisfx 0.1.2's Essentia front-end), in torch.
 
-    Frames of 2048 samples every 1024, the first centred on sample 0 (zero padding of 1024 on each side,
-    Essentia's FrameCutter default), Hann window (not normalised), power spectrum, 96 HTK mel bands over
-    0-22050 Hz with each band's weights summing to 1 (Essentia ``normalize='unit_sum'``), then
-    ``log10(1 + 10000 * mel) / 9.4578``.
+    Reproduces ``aisfx/spectrogram/spectrogram_essentia.py`` with aisfx's settings (checked line by line
+    against Essentia's FrameCutter, Windowing, Spectrum and MelBands sources, and pinned by
+    ``tests/test_audio.py``):
+
+    - frames of 2048 samples every 1024, the first centred on sample 0 (Essentia's ``FrameCutter`` with
+      ``startFromZero=False`` starts at -1024 and zero-pads);
+    - symmetric Hann window, not normalised (Essentia's ``hann`` divides by n - 1);
+    - power spectrum (``Spectrum`` magnitude, squared by ``MelBands(type='power')``);
+    - 96 HTK mel bands over 0-22050 Hz, triangles linear in mel, unit-sum (``_essentia_mel_fbank``);
+    - ``log10(1 + 10000 * mel) / 9.4578`` (``shift_scale_log`` then aisfx's "original" min-max scaling).
+
+    aisfx's librosa alternative differs (periodic Hann, triangles linear in Hz, peak-normalised audio,
+    and its (mel, time) output is blocked along the wrong axis); the weights were trained on Essentia's.
+    Not reproduced: Essentia's resampler (the caller resamples) and its -100 dB dither of all-zero frames
+    (log10(1 + 1e4 * 1e-10) is 0 to 6 digits).
 
     Args:
         wave: (..., S) waveform at 44.1 kHz.
 
     Returns:
-        (..., 1, 96, 1 + S // 1024); a 2.3 s window gives (..., 1, 96, 100).
+        (..., 1, 96, 1 + S // 1024), the first 1 + S // 1024 of Essentia's frames (Essentia adds one more
+        when S is not a multiple of 1024); a window of ``AISFX_WINDOW_SECONDS`` gives (..., 1, 96, 100).
     """
     wave = _as_float(wave)
     lead = wave.shape[:-1]
     pad = AISFX_N_FFT // 2
     x = F.pad(wave.reshape(-1, wave.shape[-1]), (pad, pad))  # (N, S + n_fft), zeros
-    frames = _frames(x, AISFX_N_FFT, AISFX_HOP) * _periodic_hann(AISFX_N_FFT, x.dtype, x.device)  # (N, W, n_fft)
+    frames = _frames(x, AISFX_N_FFT, AISFX_HOP) * _symmetric_hann(AISFX_N_FFT, x.dtype, x.device)  # (N, W, n_fft)
     power = torch.fft.rfft(frames).abs().pow(2)  # (N, W, n_fft // 2 + 1)
-    fbank = _htk_mel_fbank(AISFX_N_FFT // 2 + 1, AISFX_SAMPLE_RATE, AISFX_N_MELS, 0.0, AISFX_SAMPLE_RATE / 2)
-    fbank = fbank / fbank.sum(0, keepdim=True).clamp_min(1e-12)  # unit-sum bands
+    fbank = _essentia_mel_fbank(AISFX_N_FFT // 2 + 1, AISFX_SAMPLE_RATE, AISFX_N_MELS, 0.0, AISFX_SAMPLE_RATE / 2)
     mel = power @ fbank.to(device=x.device, dtype=x.dtype)  # (N, W, 96)
     out = (torch.log10(1.0 + 1e4 * mel) / AISFX_LOG_MAX).transpose(1, 2)  # (N, 96, W)
     return out.reshape(*lead, 1, AISFX_N_MELS, out.shape[-1])
 
+
+
+# --- frozen aisfx embeddings (pretrained features computed once, like AVSBench's VGGish .pkl) -------
+
+AISFX_EMBED_DIM = 512
+
+
+@lru_cache(maxsize=1)
+def _frozen_aisfx() -> "torch.nn.Module":
+    """aisfx's pretrained 4-block CNN, eval mode, no gradients; loaded once per process, on first use.
+
+    Layering: this is the one place where ``avseg.audio`` reaches into ``avseg.models``. The frozen network
+    is part of the feature extractor here (as VGGish is part of AVSBench's .pkl features), while its
+    definition and weight loading belong with the other encoders; so the import runs one way, audio ->
+    models, lazily (importing ``avseg.audio`` stays light), and ``avseg.models`` never imports ``avseg.audio``.
+    """
+    from avseg.models.zoo import AUDIO_ENCODERS
+
+    model = AUDIO_ENCODERS["aisfx"](weights="aisfx").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def aisfx_embeddings(wave: Tensor) -> Tensor:
+    """Frozen pretrained aisfx embeddings of 44.1 kHz windows: ``aisfx_log_mel`` then aisfx's CNN.
+
+    About 1.9 GFLOPs per 2.3 s window (~0.1 s on one CPU thread), so datasets memoise this front-end
+    (``FrontendSpec.memoise``) and ``avseg data cache`` can store it: training then pays for it once per
+    clip, not once per epoch. Needs the ``aisfx`` wheel (``pip install --no-deps aisfx==0.1.2``) for the
+    weights; computed on the CPU in float32, deterministic.
+
+    Args:
+        wave: (..., S) waveform at 44.1 kHz, S >= 7 * 1024 (the CNN pools time by 8).
+
+    Returns:
+        (..., 1, 512, 1): a 1-channel "spectrogram" of height 512 and width 1, so the batch contract and
+        the collate code stay those of the spectrogram front-ends; ``AUDIO_ENCODERS["embed-mlp"]`` reads it.
+    """
+    spec = aisfx_log_mel(wave)  # (..., 1, 96, W)
+    lead = spec.shape[:-3]
+    flat = spec.reshape(-1, 1, AISFX_N_MELS, spec.shape[-1]).float().cpu()  # (N, 1, 96, W)
+    with torch.no_grad():
+        emb = _frozen_aisfx()(flat)  # (N, 512)
+    return emb.reshape(*lead, 1, AISFX_EMBED_DIM, 1).to(wave.device if isinstance(wave, Tensor) else "cpu")
 
 # --- EZ-VSL log-STFT -----------------------------------------------------------------------------
 
@@ -890,6 +991,8 @@ class FrontendSpec:
         fn: (T, S_w) windows -> (T, 1, F, W) features.
         clip_fn: how "clip" mode treats the whole clip, (S,) and T -> (T, 1, F, W); None: ``fn`` on
             the clip repeated for every frame.
+        memoise: the features are costly to compute and small to keep (frozen pretrained embeddings):
+            ``AVSBenchDataset`` keeps them in memory per clip and reuses them across epochs.
     """
 
     name: str
@@ -897,6 +1000,7 @@ class FrontendSpec:
     window_seconds: float
     fn: Callable[[Tensor], Tensor]
     clip_fn: Callable[[Tensor, int], Tensor] | None = None
+    memoise: bool = False
 
     @property
     def window_samples(self) -> int:
@@ -914,6 +1018,11 @@ FRONTENDS: dict[str, FrontendSpec] = {
     "ezvsl-stft": FrontendSpec("ezvsl-stft", 16000, 3.0, log_stft),
     # The input of the pretrained aisfx audio encoder (``audio: aisfx``, ``audio_weights: aisfx``).
     "aisfx-logmel": FrontendSpec("aisfx-logmel", AISFX_SAMPLE_RATE, AISFX_WINDOW_SECONDS, aisfx_log_mel),
+    # Frozen pretrained aisfx embeddings (T, 1, 512, 1) of the same windows, for ``audio: embed-mlp``:
+    # computed once per clip (memoised), as the official AVSBench recipes use frozen VGGish features.
+    "aisfx-embed": FrontendSpec(
+        "aisfx-embed", AISFX_SAMPLE_RATE, AISFX_WINDOW_SECONDS, aisfx_embeddings, memoise=True
+    ),
 }
 
 
