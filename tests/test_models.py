@@ -72,11 +72,15 @@ def test_visual_encoder_contract(name: str) -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+# what each audio encoder reads when it is not a spectrogram: embed-mlp takes aisfx-embed's (N, 1, 512, 1)
+AUDIO_INPUT_SHAPES = {"embed-mlp": (2, 1, 512, 1)}
+
+
 @pytest.mark.parametrize("name", sorted(AUDIO_ENCODERS))
 def test_audio_encoder_contract(name: str) -> None:
     weights = WHEEL_WEIGHTS.get(("audio", name)) or "none"
     model = AUDIO_ENCODERS[name](weights=weights)
-    spectrogram = torch.randn(2, 1, 32, 32, requires_grad=True)
+    spectrogram = torch.randn(*AUDIO_INPUT_SHAPES.get(name, (2, 1, 32, 32)), requires_grad=True)
     embedding = model(spectrogram)
     assert embedding.shape == (2, model.out_dim)
     embedding.mean().backward()
@@ -292,3 +296,28 @@ def test_attention_pool() -> None:
     assert pool(torch.randn(2, 5, 8)).shape == (2, 8)
     with pytest.raises(ValueError, match="must divide"):
         AttentionPool(dim=8, num_heads=3)
+
+
+def test_embed_mlp_reads_frozen_embeddings_and_rejects_spectrograms() -> None:
+    model = AUDIO_ENCODERS["embed-mlp"](weights="none")
+    assert model.out_dim == 128 and sum(p.numel() for p in model.parameters()) < 200_000
+    assert model(torch.randn(4, 1, 512, 1)).shape == (4, 128)
+    with pytest.raises(ValueError, match="aisfx-embed"):
+        model(torch.randn(4, 1, 96, 100))  # a log-mel is not an embedding
+    with pytest.raises(ValueError, match="weights"):
+        AUDIO_ENCODERS["embed-mlp"](weights="aisfx")  # the pretrained part runs in the front-end
+
+
+def test_recipes_pair_embed_mlp_with_the_embedding_frontend() -> None:
+    import yaml
+
+    from avseg import runner
+
+    recipes = sorted(runner.RECIPES.glob("*/*.yaml"))
+    pairs = {}
+    for path in recipes:
+        recipe = yaml.safe_load(path.read_text())
+        pairs[f"{path.parent.name}/{path.stem}"] = (recipe.get("audio"), recipe["data"].get("audio_frontend"))
+    for name, (audio, frontend) in pairs.items():
+        assert (audio == "embed-mlp") == (frontend == "aisfx-embed"), f"{name}: audio {audio} with front-end {frontend}"
+    assert pairs["supervised/demo-aisfx"] == pairs["ws-avs/demo-aisfx"] == ("embed-mlp", "aisfx-embed")

@@ -3,7 +3,8 @@
     VISUAL_ENCODERS[name](weights=..., weights_path=..., allow_download=...) -> encoder
         encoder(images (N, 3, H, W)) -> 4-level pyramid, encoder.channels
     AUDIO_ENCODERS[name](weights=..., weights_path=..., allow_download=...) -> encoder
-        encoder(spectrogram (N, 1, F, W)) -> (N, D_a), encoder.out_dim
+        encoder(spectrogram (N, 1, F, W)) -> (N, D_a), encoder.out_dim; "embed-mlp" reads frozen
+        embeddings (N, 1, 512, 1) from the ``aisfx-embed`` front-end instead of a spectrogram
     FUSIONS[name](visual_channels=..., audio_dim=...) -> fusion(visual (N, C, h, w), audio (N, D_a))
     DECODERS[name](in_channels=..., channels=..., num_classes=...) -> decoder(features, out_size)
 
@@ -20,7 +21,13 @@ from pathlib import Path
 from torch import nn
 
 from avseg.models import weights as W
-from avseg.models.audio import AisfxEncoder, ResNetAudioEncoder, SmallAudioEncoder, TinyAudioEncoder
+from avseg.models.audio import (
+    AisfxEncoder,
+    EmbeddingMLPEncoder,
+    ResNetAudioEncoder,
+    SmallAudioEncoder,
+    TinyAudioEncoder,
+)
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.fusion import AVFusion, IdentityFusion
 from avseg.models.visual import EfficientNetLiteEncoder, ResNetEncoder, SmallVisualEncoder, TinyVisualEncoder
@@ -193,12 +200,30 @@ def build_audio_small(
     return SmallAudioEncoder(out_dim=out_dim)
 
 
+def build_audio_embed_mlp(
+    weights: str = "none",
+    weights_path: Path | None = None,
+    allow_download: bool = False,
+    in_dim: int = 512,
+    hidden: int = 256,
+    out_dim: int = 128,
+) -> EmbeddingMLPEncoder:
+    """A 2-layer MLP on frozen pretrained embeddings (N, 1, in_dim, 1), D_a = ``out_dim``. weights: "none" only.
+
+    Pair it with ``data.audio_frontend: aisfx-embed``: the pretrained aisfx CNN runs in the data pipeline,
+    once per clip (see ``avseg.audio.frontends.aisfx_embeddings``); this head trains from scratch.
+    """
+    _check_weights("embed-mlp", weights, AUDIO_WEIGHT_CHOICES["embed-mlp"], weights_path)
+    return EmbeddingMLPEncoder(in_dim=in_dim, hidden=hidden, out_dim=out_dim)
+
+
 AUDIO_ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": build_audio_resnet18,
     "resnet50": build_audio_resnet50,
     "aisfx": build_audio_aisfx,
     "tiny": build_audio_tiny,
     "small": build_audio_small,
+    "embed-mlp": build_audio_embed_mlp,
 }
 
 AUDIO_WEIGHT_CHOICES: dict[str, tuple[str, ...]] = {
@@ -207,6 +232,7 @@ AUDIO_WEIGHT_CHOICES: dict[str, tuple[str, ...]] = {
     "aisfx": ("none", "aisfx"),
     "tiny": ("none",),
     "small": ("none",),
+    "embed-mlp": ("none",),
 }
 
 
