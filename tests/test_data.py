@@ -248,3 +248,65 @@ def test_sample_frames(fake_s4: Path) -> None:
     assert torch.equal(s.frames[0], full.frames[i])  # same geometry as the full video
     with pytest.raises(ValueError, match="sample_frames"):
         AVSBenchDataset(fake_s4, "s4", "test", audio_frontend=None, sample_frames=6)
+
+
+# --- memo of costly audio features ------------------------------------------------------------------------
+def _counting_frontend(monkeypatch: pytest.MonkeyPatch, memoise: bool = True) -> list[int]:
+    """Register front-end 'counting' (16 kHz, 1 s windows -> (T, 1, 4, 1) means); returns its call log."""
+    from avseg.audio import FRONTENDS, FrontendSpec
+
+    calls: list[int] = []
+
+    def fn(windows: torch.Tensor) -> torch.Tensor:
+        calls.append(windows.shape[0])
+        return windows.reshape(windows.shape[0], 1, 4, -1).mean(-1, keepdim=True)
+
+    monkeypatch.setitem(FRONTENDS, "counting", FrontendSpec("counting", 16000, 1.0, fn, memoise=memoise))
+    return calls
+
+
+def test_memoised_frontend_is_computed_once_per_clip(fake_s4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting_frontend(monkeypatch)
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend="counting")
+    first = ds[0].audio
+    assert len(calls) == 1
+    ds.set_epoch(3)
+    again = ds[0].audio
+    assert len(calls) == 1 and torch.equal(first, again)  # later epochs reuse it
+    again.add_(1.0)  # a caller changing its copy does not change the memo
+    assert torch.equal(ds[0].audio, first)
+    ds[1]
+    assert len(calls) == 2
+    # not memoised: front-ends without the flag, and any audio_transform (the listening conditions)
+    plain = _counting_frontend(monkeypatch, memoise=False)
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend="counting")
+    ds[0], ds[0]
+    assert len(plain) == 2
+    calls = _counting_frontend(monkeypatch)
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend="counting", audio_transform=lambda r, w, sr: w * 0)
+    ds[0], ds[0]
+    assert len(calls) == 2
+
+
+def test_memo_key_holds_the_negative_audio_plan(fake_s4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting_frontend(monkeypatch)
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend="counting", augment=True)
+    record = ds.records[0]
+    t = len(record.frame_paths)
+    own = ds.audio_features(record, t)[0]
+    silent = ds.audio_features(record, t, ("silence", 123))[0]
+    assert len(calls) == 2 and not torch.equal(own, silent) and silent.abs().max() == 0
+    assert torch.equal(ds.audio_features(record, t, ("silence", 456))[0], silent)  # the seed is unused
+    assert torch.equal(ds.audio_features(record, t)[0], own) and len(calls) == 2
+    other = ds.audio_features(record, t, ("other", 1))[0]
+    assert len(calls) == 3 and torch.equal(ds.audio_features(record, t, ("other", 1))[0], other) and len(calls) == 3
+    ds.audio_features(record, t, ("noise", 7)), ds.audio_features(record, t, ("noise", 7))
+    assert len(calls) == 5  # a fresh noise seed every epoch: never kept
+    # through __getitem__ with negative training on: each epoch's plan is honoured
+    ds.set_negative_audio(0.5, ("silence", "other"))
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            kind, helper = ds.negative_plan(i)
+            expected = ds.audio_features(ds.records[i], t, (kind, helper))[0]
+            assert torch.equal(ds[i].audio, expected)

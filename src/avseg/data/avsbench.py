@@ -434,6 +434,9 @@ class AVSBenchDataset(Dataset):
         audio_transform: ``(record, wave, sample_rate) -> wave`` applied to every decoded waveform (S,)
             before features or waveform windows are computed (the listening evaluation replaces the
             soundtrack this way, through the model's usual pre-processing); not applied to "pkl" features.
+
+    Features of front-ends marked ``memoise`` (``aisfx-embed``: a frozen pretrained network) are computed
+    once per clip and what it hears, and kept in memory for later epochs (``_memo_key`` says when not).
     """
 
     def __init__(
@@ -473,6 +476,7 @@ class AVSBenchDataset(Dataset):
         self.pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
         self.pseudo_labels = pseudo_labels
         self.audio_transform = audio_transform
+        self._audio_memo: dict[tuple, torch.Tensor] = {}  # see _memo_key
         self.negative_audio = 0.0
         self.negative_kinds = tuple(negative_kinds)
         self.set_negative_audio(negative_audio, negative_kinds)
@@ -557,13 +561,36 @@ class AVSBenchDataset(Dataset):
 
         audio = None
         if self.audio_frontend is not None:
-            spec = FRONTENDS[self.audio_frontend]
-            wave, sr = self._decode_audio(record, spec.sample_rate)
-            if negative[0]:
-                wave = self._negative_wave(negative[0], negative[1], wave, sr)
-            audio = compute_features(self.audio_frontend, wave, sr, t, mode=self.audio_window)
+            key = self._memo_key(record, t, negative)
+            if key is not None and key in self._audio_memo:
+                audio = self._audio_memo[key].clone()
+            else:
+                spec = FRONTENDS[self.audio_frontend]
+                wave, sr = self._decode_audio(record, spec.sample_rate)
+                if negative[0]:
+                    wave = self._negative_wave(negative[0], negative[1], wave, sr)
+                audio = compute_features(self.audio_frontend, wave, sr, t, mode=self.audio_window)
+                if key is not None:
+                    self._audio_memo[key] = audio.clone()
         waveform = self._waveforms(record, t, negative) if self.return_waveform else None
         return audio, waveform
+
+    def _memo_key(self, record: VideoRecord, t: int, negative: tuple[str, int]) -> tuple | None:
+        """Key of a clip's features in the in-memory memo, or None where they must be computed afresh.
+
+        Only front-ends marked ``memoise`` (frozen pretrained embeddings: costly, small) are kept. The key
+        holds the clip (its audio file, which identifies the record) and what it hears: its own sound,
+        silence, or another video's sound (that video's index). Never memoised: any ``audio_transform``
+        (it may change between calls) and "noise" negatives (a fresh noise seed every epoch: caching them
+        would only grow memory). DataLoader workers each keep their own memo, lost when they exit: with
+        ``workers > 0`` use ``avseg data cache`` for features computed once.
+        """
+        from avseg.audio import FRONTENDS
+
+        if self.audio_transform is not None or not FRONTENDS[self.audio_frontend].memoise or negative[0] == "noise":
+            return None
+        helper = negative[1] if negative[0] == "other" else -1
+        return (str(record.audio_path), t, self.audio_frontend, self.audio_window, negative[0], helper)
 
     def _decode_audio(self, record: VideoRecord, sample_rate: int) -> tuple[np.ndarray, int]:
         """The video's waveform (S,) at ``sample_rate``, through ``audio_transform`` when one is set."""
