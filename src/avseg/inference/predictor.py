@@ -13,7 +13,7 @@
 Every frame is processed the way the model's training data was: the whole frame resized (not cropped)
 to the run's ``image_size`` square with bilinear filtering and ImageNet-normalised; its audio is the
 front-end's window (``data.audio_frontend``, e.g. 3 s of 8 kHz log-mel) centred on the frame time, cut
-from the track looped at its ends. Outputs are resized back to each frame's own size.
+from the track (silence past its ends, as in training). Outputs are resized back to each frame's own size.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ class Predictor:
         return (x - self._mean) / self._std
 
     def audio_windows(self, audio: np.ndarray | None, sample_rate: int, frame_times: Sequence[float]) -> Tensor:
-        """(T, S_w) windows at the front-end's rate, centred on ``frame_times``, track looped at its ends.
+        """(T, S_w) windows at the front-end's rate, centred on ``frame_times``; silence outside the track (as in training).
 
         Args:
             audio: (S,) mono or (S, C) multi-channel float waveform (channels averaged), or None for silence.
@@ -311,7 +311,11 @@ class Predictor:
         rate = self.audio.sample_rate
         starts = torch.tensor([(2 * round(t * rate) - n) // 2 for t in times], dtype=torch.int64)
         idx = starts[:, None] + torch.arange(n)[None, :]  # (T, S_w)
-        return wave_t[torch.remainder(idx, wave_t.shape[0])]
+        length = wave_t.shape[0]
+        if length < n:  # shorter than one window: looped, as in training (avseg.audio.frame_windows)
+            return wave_t[torch.remainder(idx, length)]
+        inside = (idx >= 0) & (idx < length)  # outside the track: silence, as in training
+        return wave_t[idx.clamp(0, length - 1)] * inside.to(wave_t.dtype)
 
     # --- inference -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -14,8 +14,9 @@ Conventions:
 - Frames are returned as they are meant to be *seen*: the display matrix (or an old-style ``rotate``
   tag) is applied, so a portrait phone video gives portrait frames.
 - Audio windows are cut from the mono track at the front-end's sample rate, centred on the frame time;
-  indices before the start or after the end wrap around (the track is looped), exactly like
-  ``avseg.audio.frame_windows`` does for training clips, so clips shorter than one window are tiled.
+  before the start and after the end they read silence, exactly like ``avseg.audio.frame_windows`` does
+  for training clips (the first frame must not hear the end of the track); a track shorter than one
+  window is looped instead, as in training.
 """
 
 from __future__ import annotations
@@ -372,10 +373,9 @@ def iter_frames(path: Path, fps: float = 1.0, info: VideoInfo | None = None) -> 
 class AudioTrack:
     """Per-frame audio windows of a file's first audio track, streamed with bounded memory.
 
-    The track is decoded to mono at ``sample_rate`` twice: a first pass counts its samples and keeps its
-    first and last ``window`` samples (a looped track needs them at both ends); the second pass feeds a
-    ring buffer that holds only the samples from the current window on. Tracks shorter than three
-    windows are simply kept whole.
+    The track is decoded to mono at ``sample_rate`` twice: a first pass counts its samples; the second
+    pass feeds a ring buffer that holds only the samples from the current window on. Tracks shorter than
+    three windows are simply kept whole.
 
     Args:
         path: the video (or audio) file.
@@ -403,7 +403,6 @@ class AudioTrack:
         self._rate_hint = native_rate
         self.length = 0  # N, samples in the track
         self._whole: np.ndarray | None = None
-        self._head = self._tail = np.zeros(0, np.float32)
         self._chunks: deque[tuple[int, np.ndarray]] = deque()  # (first sample index, samples)
         self._stream: Iterator[np.ndarray] | None = None
         self._end = 0  # index after the last sample pulled into the ring buffer
@@ -459,22 +458,13 @@ class AudioTrack:
         keep = 3 * self.window
         head: list[np.ndarray] = []
         head_len = 0
-        tail: deque[np.ndarray] = deque()
-        tail_len = 0
         for chunk in self._decode():
             self.length += chunk.size
             if head_len < keep:
                 head.append(chunk[: keep - head_len])
                 head_len += head[-1].size
-            tail.append(chunk)
-            tail_len += chunk.size
-            while tail and tail_len - tail[0].size >= keep:
-                tail_len -= tail.popleft().size
         if self.length <= keep:
             self._whole = np.concatenate(head).astype(np.float32, copy=False)
-            return
-        self._head = np.concatenate(head)[: self.window]
-        self._tail = np.concatenate(list(tail))[-self.window :]
 
     @property
     def seconds(self) -> float:
@@ -494,17 +484,15 @@ class AudioTrack:
             return np.zeros(self.window, np.float32)
         start = self.window_start(time)
         idx = np.arange(start, start + self.window)
+        inside = (idx >= 0) & (idx < self.length)
         if self._whole is not None:
-            return self._whole[np.remainder(idx, self.length)]
+            if self.length < self.window:  # shorter than one window: looped, as in training
+                return self._whole[np.remainder(idx, self.length)]
+            return np.where(inside, self._whole[np.clip(idx, 0, self.length - 1)], 0.0).astype(np.float32)
         if self._last_start is not None and start < self._last_start:
             raise ValueError(f"{self.path}: audio windows must be requested in time order")
         self._last_start = start
-        wrapped = np.remainder(idx, self.length)
-        out = np.empty(self.window, np.float32)
-        inside = (idx >= 0) & (idx < self.length)
-        before, after = idx < 0, idx >= self.length
-        out[before] = self._tail[wrapped[before] - (self.length - self.window)]
-        out[after] = self._head[wrapped[after]]
+        out = np.zeros(self.window, np.float32)  # silence before the start and after the end
         if inside.any():
             lo, hi = int(idx[inside][0]), int(idx[inside][-1]) + 1
             out[inside] = self._range(lo, hi)
