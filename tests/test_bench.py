@@ -118,8 +118,8 @@ def test_resolve_methods_and_overrides() -> None:
 
     names = resolve_methods("all")
     assert names[:5] == ["avs-ws", "cam", "ez-vsl", "c2am", "ws-avs"]
-    assert {"ws-avs-av", "supervised"} <= set(names)
-    assert all(METHODS[m].output == "binary" for m in names)
+    assert {"ws-avs-av", "supervised", "pcas"} <= set(names)
+    assert set(names) == set(METHODS)  # every registered method, PCAS on its binary output
     assert resolve_methods("cam, ez-vsl") == ["cam", "ez-vsl"]
     with pytest.raises(RunError, match="unknown"):
         resolve_methods("cam,nope")

@@ -324,16 +324,17 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert printed == metrics
-    assert set(metrics) == {"ws-avs", "pseudo-masks", "supervised", "protocol", "seconds"}
-    assert set(metrics["ws-avs"]) == {"miou", "fscore"} and set(metrics["supervised"]) == {"miou", "fscore"}
+    assert set(metrics) == {"ws-avs", "pcas", "pseudo-masks", "supervised", "listening", "protocol", "seconds"}
+    for m in ("ws-avs", "pcas", "supervised"):
+        assert set(metrics[m]) == {"miou", "fscore"}
+        assert set(metrics["listening"][m]) == {"audio_dependence", "fpr_silence", "fpr_noise", "swap_iou", "g_miou"}
     assert set(metrics["pseudo-masks"]) == {"miou"} and metrics["protocol"] == "clean"
-    values = [metrics["ws-avs"]["miou"], metrics["ws-avs"]["fscore"], metrics["pseudo-masks"]["miou"],
-              metrics["supervised"]["miou"], metrics["supervised"]["fscore"]]  # fmt: skip
+    values = [metrics[m][k] for m in ("ws-avs", "pcas", "supervised") for k in ("miou", "fscore")] + [metrics["pseudo-masks"]["miou"]]
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values), values
     assert metrics["seconds"] > 0
     report = (out / "report.md").read_text()
     assert "Weak / fully supervised mIoU ratio" in report and "Quick smoke run" in report
-    for png in ("preview.png", "overlays_test.png", "overlays_train.png", "ws-avs/pseudo/contact_sheet.png"):
+    for png in ("preview.png", "overlays_test.png", "overlays_train.png", "ws-avs/pseudo/contact_sheet.png", "listen_test.png", "listen_test_ws-avs.png"):
         assert (out / png).stat().st_size > 0, png
     # A full-size demo into the same folder would mix settings: refused with a clear message.
     assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32"]) == 2

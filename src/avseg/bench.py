@@ -32,7 +32,7 @@ import numpy as np
 log = logging.getLogger("avseg")
 
 # The paper's order (Table 1, weakest first), then ours and the fully supervised reference.
-BENCH_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs", "ws-avs-av", "supervised")
+BENCH_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs", "ws-avs-av", "pcas", "supervised")
 PAPER_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs")
 DISPLAY = {
     "avs-ws": "AVS (ws)", "cam": "CAM", "ez-vsl": "EZ-VSL", "c2am": "C2AM", "ws-avs": "WS-AVS",
@@ -102,13 +102,14 @@ class BenchRow:
 
 # --- method selection and configs ----------------------------------------------------------------------
 def resolve_methods(spec: str) -> list[str]:
-    """``all`` -> every registered binary-output method (the paper's order first); else a comma list."""
+    """``all`` -> every registered method (the paper's order first; PCAS's semantic masks are scored as their
+    union, its binary output on S4 / MS3); else a comma list."""
     from avseg.methods import METHODS
     from avseg.runner import RunError
 
     if spec.strip() == "all":
         names = [m for m in BENCH_ORDER if m in METHODS]
-        names += [m for m, s in METHODS.items() if m not in names and s.output == "binary"]
+        names += [m for m in METHODS if m not in names]
         return names
     names = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -608,7 +609,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="train and evaluate several methods on one dataset: table, bar chart, qualitative grid")
     b.add_argument("--data", required=True, help="dataset root (the folder holding the metadata CSV)")
     b.add_argument("--layout", choices=("s4", "ms3"), required=True)
-    b.add_argument("--methods", default="all", help="'all' (every binary-output method) or a comma list, e.g. cam,ez-vsl,ws-avs")
+    b.add_argument("--methods", default="all", help="'all' (every method, PCAS scored on its binary output) or a comma list, e.g. cam,ez-vsl,ws-avs")
     b.add_argument("--out", required=True, help="bench folder: one run folder per method, results.md/.csv, chart.png, grid.png")
     b.add_argument("--recipe", default="demo", help="recipe name used for every method: <method>/<recipe>.yaml (demo, s4, ms3)")
     b.add_argument("--quick", action="store_true", help="smoke run: every training stage 1 epoch of at most 2 steps")
