@@ -148,3 +148,21 @@ def test_eq6_floor_keeps_a_saturated_saliency_map_from_taking_the_frame() -> Non
     assert eq6_mask(a, saturated, floor=0.5).tolist() == [[False, False, True, True]]
     calm = torch.tensor([[0.1, 0.9, 0.2, 0.9]])  # S: B = 1 - S = [0.9, 0.1, 0.8, 0.1]
     assert eq6_mask(a, calm).tolist() == [[False, True, False, True]]
+
+
+def test_m2icl_label_negatives_drop_same_label_candidates() -> None:
+    import torch.nn.functional as F
+
+    from avseg.losses.contrastive import mil_logits
+
+    torch.manual_seed(0)
+    a = torch.randn(4, 8)
+    v = [torch.randn(4, 8, 2, 2)]
+    labels = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])  # videos 0 and 1 share a class
+    got = m2icl_loss(a, v, scale_by_tau=False, labels=labels)
+    s = mil_logits(F.normalize(a, dim=1), F.normalize(v[0], dim=1)) / 0.03  # (audio, visual)
+    keep = ~torch.tensor([[False, True, False, False], [True, False, False, False], [False] * 4, [False] * 4])
+    t = torch.arange(4)
+    expect = F.cross_entropy(s.masked_fill(~keep, float("-inf")), t) + F.cross_entropy(s.t().masked_fill(~keep, float("-inf")), t)
+    assert torch.allclose(got, expect, atol=1e-5)
+    assert not torch.allclose(got, m2icl_loss(a, v, scale_by_tau=False))  # without labels 0 and 1 are negatives

@@ -48,6 +48,13 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
+def _gather_no_grad(x: Tensor) -> Tensor:
+    """All processes' ``x`` (same shape everywhere) concatenated along dim 0 in rank order, no gradient."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def _gather_with_grad(x: Tensor) -> Tensor:
     """All processes' ``x`` (same shape everywhere) concatenated along dim 0 in rank order; the backward
     sends every process's gradient back to the process that owns the rows."""
@@ -75,6 +82,7 @@ def m2icl_loss(
     scale_by_tau: bool = True,
     gather: bool = True,
     anchors: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Multi-scale multiple-instance contrastive loss (WS-AVS M2ICL; one stage = EZ-VSL's loss).
 
@@ -99,6 +107,10 @@ def m2icl_loss(
         anchors: (N,) bool, samples whose pairs are positives (None: all). The others stay candidates
             (negatives of everyone) but are no anchors: negative-audio training clips, whose sound belongs
             to nothing in their frame. Shapes do not change, so processes stay in step under DDP.
+        labels: (N, K) multi-hot video labels, or None. Given, a candidate that shares a label with the
+            anchor is no negative (its logit is masked out; the pair itself stays the positive): with few
+            classes most of a batch's "negatives" hold the anchor's sounding class, and the instance
+            contrast then fights itself (our option, off in the paper recipes).
 
     Returns:
         Scalar loss.
@@ -125,18 +137,29 @@ def m2icl_loss(
         per_anchor = F.cross_entropy(logits, targets, reduction="none")  # (N,)
         return (per_anchor * weights).sum() / weights.sum().clamp_min(1.0)
 
+    same = None  # (N, N_g) True where a candidate shares a label with the anchor (not the pair itself)
+    if labels is not None:
+        lab = labels.to(device=audio.device, dtype=audio.dtype)
+        lab_all = _gather_no_grad(lab) if distributed else lab  # (N_g, K)
+        same = (lab @ lab_all.t()) > 0
+        same[torch.arange(n, device=audio.device), targets] = False
+
     loss = audio.new_zeros(())
     for v in visual:
         v = F.normalize(v, dim=1)
         v_all = _gather_with_grad(v) if distributed else v  # (N_g, D, h, w)
         audio_to_visual = mil_logits(audio, v_all) / tau  # (N, N_g): local audio anchors
         visual_to_audio = mil_logits(audio_all, v).t() / tau  # (N, N_g): local visual anchors
+        if same is not None:
+            audio_to_visual = audio_to_visual.masked_fill(same, float("-inf"))
+            visual_to_audio = visual_to_audio.masked_fill(same, float("-inf"))
         loss = loss + ce(visual_to_audio) + ce(audio_to_visual)
     return loss * tau if scale_by_tau else loss
 
 
 def m2icl_per_second(
-    audio: Tensor, visual: list[Tensor], b: int, t: int, tau: float = 0.03, scale_by_tau: bool = True, heard: Tensor | None = None
+    audio: Tensor, visual: list[Tensor], b: int, t: int, tau: float = 0.03, scale_by_tau: bool = True, heard: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """``m2icl_loss`` of B videos x T seconds, averaged over the seconds.
 
@@ -147,10 +170,11 @@ def m2icl_per_second(
         audio: (B*T, D) audio embeddings, video-major.
         visual: per stage (B*T, D, h_s, w_s) visual tokens, video-major.
         heard: (B,) bool, videos that hear their own sound (the anchors; see ``m2icl_loss``); None: all.
+        labels: (B, K) video labels: candidates sharing one with the anchor are no negatives (``m2icl_loss``).
     """
     a = audio.view(b, t, -1)
     vs = [v.view(b, t, *v.shape[1:]) for v in visual]
-    terms = [m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=tau, scale_by_tau=scale_by_tau, anchors=heard) for i in range(t)]
+    terms = [m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=tau, scale_by_tau=scale_by_tau, anchors=heard, labels=labels) for i in range(t)]
     return torch.stack(terms).mean()
 
 

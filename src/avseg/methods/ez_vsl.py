@@ -50,6 +50,7 @@ class EZVSLConfig:
     level: int = 3  # the last visual stage (stride 32)
     embed_dim: int = 512
     audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output ("none": off)
+    label_negatives: bool = False  # ours: videos sharing a label are no negatives (uses the video labels)
     tau: float = 0.03
     scale_by_tau: bool = False  # EZ-VSL's loss is the plain cross entropy (WS-AVS's code multiplies by tau)
     train_frames: int | None = 1  # frames sampled per video and step
@@ -96,6 +97,8 @@ class EZVSLNet(nn.Module):
         audio_norm: "batch": BatchNorm1d on the audio encoder output before the projection (without it a
             small audio encoder maps every clip to one vector within a few steps and the loss stays at
             2 ln B); "none": off.
+        label_negatives: videos sharing a label with the anchor are no negatives of the contrast (uses the
+            video labels; off = EZ-VSL's self-supervised contrast).
     """
 
     output = "binary"
@@ -110,6 +113,7 @@ class EZVSLNet(nn.Module):
         scale_by_tau: bool = False,
         threshold: float = 0.5,
         audio_norm: str = "batch",
+        label_negatives: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(visual_encoder.channels)
@@ -126,6 +130,7 @@ class EZVSLNet(nn.Module):
         self.tau = tau
         self.scale_by_tau = scale_by_tau
         self.threshold = threshold
+        self.label_negatives = label_negatives
         # Object-guided localisation: a frozen encoder attached after loading (never trained or saved).
         self.object_encoder: nn.Module | None = None
         self.ogl_level = 3
@@ -152,7 +157,8 @@ class EZVSLNet(nn.Module):
         if b < 2:
             raise ValueError("the contrastive loss needs at least 2 videos per batch")
         a, vs = self.embed(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1))
-        return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch))}
+        labels = batch.labels if self.label_negatives else None
+        return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch), labels=labels)}
 
     @torch.no_grad()
     def av_map(self, batch: AVBatch) -> Tensor:
@@ -187,7 +193,7 @@ class EZVSLNet(nn.Module):
 def build_net(cfg: EZVSLConfig, pretrained: bool = True) -> EZVSLNet:
     visual = VISUAL_ENCODERS[cfg.visual](weights=cfg.visual_weights if pretrained else "none")
     audio = AUDIO_ENCODERS[cfg.audio](weights=cfg.audio_weights if pretrained else "none")
-    return EZVSLNet(visual, audio, levels=(cfg.level,), embed_dim=cfg.embed_dim, tau=cfg.tau, scale_by_tau=cfg.scale_by_tau, threshold=cfg.threshold, audio_norm=cfg.audio_norm)
+    return EZVSLNet(visual, audio, levels=(cfg.level,), embed_dim=cfg.embed_dim, tau=cfg.tau, scale_by_tau=cfg.scale_by_tau, threshold=cfg.threshold, audio_norm=cfg.audio_norm, label_negatives=cfg.label_negatives)
 
 
 def stage_train(ctx: StageContext) -> dict[str, Any]:

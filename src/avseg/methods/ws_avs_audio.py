@@ -66,6 +66,7 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
     av_levels: list[int] = field(default_factory=lambda: [3])
     av_embed_dim: int = 512
     av_audio_norm: str = "batch"  # BatchNorm1d on the AV model's audio encoder output ("none": off)
+    av_label_negatives: bool = False  # the AV contrast ignores batch videos sharing a label (uses the video labels)
     av_tau: float = 0.03
     av_train_frames: int | None = 1
     av_train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=64, optimizer="adam", schedule="constant"))
@@ -166,7 +167,7 @@ def select_by_audio(
 def build_av_model(cfg: WSAVSAudioConfig, pretrained: bool = True) -> EZVSLNet:
     visual = VISUAL_ENCODERS[cfg.av_visual](weights=cfg.av_visual_weights if pretrained else "none")
     audio = AUDIO_ENCODERS[cfg.av_audio](weights=cfg.av_audio_weights if pretrained else "none")
-    return EZVSLNet(visual, audio, levels=tuple(cfg.av_levels), embed_dim=cfg.av_embed_dim, tau=cfg.av_tau, audio_norm=cfg.av_audio_norm)
+    return EZVSLNet(visual, audio, levels=tuple(cfg.av_levels), embed_dim=cfg.av_embed_dim, tau=cfg.av_tau, audio_norm=cfg.av_audio_norm, label_negatives=cfg.av_label_negatives)
 
 
 def stage_av_model(ctx: StageContext) -> dict[str, Any]:
