@@ -190,3 +190,22 @@ def test_bench_reports_listening_columns_and_the_deaf_ceiling(tiny_s4: Path, tmp
     md = (out / "results.md").read_text()
     assert "| audio dep. | FPR silence | FPR noise | swap IoU | G-mIoU |" in md
     assert "*every visible object* (deaf ceiling)" in md and "Deaf ceiling:" in md
+
+
+def test_same_config_counts_a_new_setting_at_its_default(tiny_s4: Path, tmp_path: Path) -> None:
+    """A run trained before a setting existed (its config.yaml lacks the key) is the same run as one built now
+    with that setting at its default; any other value differs."""
+    from avseg.bench import _same_config
+    from avseg.config import dump_yaml, to_dict
+    from avseg.runner import build_config
+
+    spec, cfg = build_config("ez-vsl", "ez-vsl/demo", str(tiny_s4), "s4")
+    saved = {"method": "ez-vsl", **to_dict(cfg)}
+    saved.pop("label_negatives")
+    run = tmp_path / "ez-vsl"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(saved))
+    assert _same_config(run, "ez-vsl", cfg)
+    cfg.label_negatives = True
+    assert not _same_config(run, "ez-vsl", cfg)
+    assert not _same_config(run, "cam", cfg)

@@ -143,12 +143,22 @@ def split_overrides(items: list[str] | None, methods: list[str]) -> dict[str, li
 
 
 def _same_config(run_dir: Path, method: str, cfg: Any) -> bool:
+    """The run folder holds ``method`` with the settings ``cfg``. The saved config is read through the method's
+    config class, so a setting added to the code since (absent from the file) counts at its default."""
     import yaml
 
-    from avseg.config import dump_yaml, load_yaml, to_dict
+    from avseg.config import dump_yaml, to_dict
+    from avseg.runner import RunError, load_run
 
-    saved = load_yaml(run_dir / "config.yaml")
-    return saved == yaml.safe_load(dump_yaml({"method": method, **to_dict(cfg)}))
+    try:
+        spec, saved = load_run(run_dir)
+    except (RunError, ValueError, TypeError):
+        return False
+
+    def canonical(c: Any) -> Any:
+        return yaml.safe_load(dump_yaml({"method": method, **to_dict(c)}))
+
+    return spec.name == method and canonical(saved) == canonical(cfg)
 
 
 # --- evaluation helpers -------------------------------------------------------------------------------
