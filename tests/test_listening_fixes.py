@@ -166,3 +166,29 @@ def test_m2icl_label_negatives_drop_same_label_candidates() -> None:
     expect = F.cross_entropy(s.masked_fill(~keep, float("-inf")), t) + F.cross_entropy(s.t().masked_fill(~keep, float("-inf")), t)
     assert torch.allclose(got, expect, atol=1e-5)
     assert not torch.allclose(got, m2icl_loss(a, v, scale_by_tau=False))  # without labels 0 and 1 are negatives
+
+
+def test_the_engine_turns_negative_audio_on_for_any_stage(fake_s4: Path, tmp_path: Path) -> None:
+    """negative_audio is a setting of the one training loop: whatever the method's own fit wrapper (PCAS has
+    one), the loop turns it on in the dataset; a stage without wav audio is refused with its name."""
+    from avseg.data.avsbench import collate_videos
+    from avseg.engine.trainer import TrainSettings, fit
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.seen: list[bool] = []
+
+        def forward(self, batch):  # noqa: ANN001, ANN201
+            self.seen += batch.extras["negative_audio"].tolist()
+            return {"loss": self.w * batch.frames.mean()}
+
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=32, audio_frontend="wsavs-logmel", augment=True)
+    model = Probe()
+    settings = TrainSettings(epochs=1, batch_size=2, negative_audio=0.99, negative_kinds=("silence",), progress="off")
+    fit(model, ds, settings, tmp_path / "run", collate_fn=collate_videos, desc="probe")
+    assert ds.negative_audio == 0.99 and model.seen and all(model.seen)
+    silent = AVSBenchDataset(fake_s4, "s4", "train", image_size=32, audio_frontend=None, augment=True)
+    with pytest.raises(ValueError, match="probe: negative_audio"):
+        fit(Probe(), silent, settings, tmp_path / "run2", collate_fn=collate_videos, desc="probe")

@@ -323,6 +323,15 @@ def fit(
         raise ValueError(f"{desc}: best_key={best_key!r} needs an evaluate function")
     if best_mode not in ("max", "min"):
         raise ValueError(f"{desc}: best_mode must be 'max' or 'min' (got {best_mode!r})")
+    if settings.negative_audio > 0:
+        # The dataset replaces the soundtrack before its audio front-end; the loop only turns it on.
+        set_negative = getattr(train_set, "set_negative_audio", None)
+        if set_negative is None:
+            raise ValueError(f"{desc}: negative_audio={settings.negative_audio} needs a dataset that can replace its soundtrack (set_negative_audio)")
+        try:
+            set_negative(settings.negative_audio, settings.negative_kinds)
+        except ValueError as exc:
+            raise ValueError(f"{desc}: negative_audio={settings.negative_audio}: {exc} (this stage trains without audio from wav files: set it on a stage that hears audio)") from exc
     device = resolve_device(settings.device)
     settings.check_device(device)
     distributed.init_from_env(device.type)

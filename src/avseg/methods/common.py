@@ -69,10 +69,6 @@ def train_stage(
     from avseg.data.avsbench import collate_videos
     from avseg.engine.trainer import fit
 
-    if settings.negative_audio > 0:
-        if dataset.audio_frontend in (None, "pkl"):
-            raise ValueError(f"{desc}: negative_audio={settings.negative_audio} but this stage trains without audio from wav files (the stage cannot hear a replaced soundtrack); set it on a stage that hears audio")
-        dataset.set_negative_audio(settings.negative_audio, settings.negative_kinds)
     result = fit(
         model, dataset, settings, out_dir, collate_fn=collate_videos, evaluate=evaluate, best_key=best_key,
         resume=resume, desc=desc, drop_last=len(dataset) >= settings.batch_size,
