@@ -103,11 +103,12 @@ def test_negative_audio_training_empties_targets(fake_ms3: Path) -> None:
     assert torch.allclose(neg[0].audio, compute_features(zeros, np.zeros(16000 * 5, np.float32), 16000, 5))
     batch = collate_videos(neg)
     assert batch.extras["negative_audio"].all()
-    # off: nothing changes; evaluation datasets (no augment) never get negatives
+    # off: nothing changes; a training set without augmentation (PCAS's segment stage) gets them too
     ds.set_negative_audio(0.0)
     assert ds[0].negative == "" and torch.equal(ds[0].audio, own[0].audio)
-    plain = AVSBenchDataset(fake_ms3, "ms3", "train", image_size=32, audio_frontend="wsavs-logmel", negative_audio=0.99)
-    assert plain[0].negative == ""
+    plain = AVSBenchDataset(fake_ms3, "ms3", "train", image_size=32, audio_frontend="wsavs-logmel", negative_audio=0.99, negative_kinds=("noise",))
+    assert plain[0].negative == "noise"
+    assert AVSBenchDataset(fake_ms3, "ms3", "train", image_size=32, audio_frontend="wsavs-logmel")[0].negative == ""
 
 
 def test_negative_audio_kinds_and_other_soundtrack(fake_s4: Path) -> None:

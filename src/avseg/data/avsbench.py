@@ -677,7 +677,7 @@ class AVSBenchDataset(Dataset):
         if self.pseudo_dir is not None:
             pseudo_raw = [read_probability_png(self.pseudo_path(record, k)) for k in record.frame_numbers]
         labels = self.video_labels(record, masks_raw)
-        negative = self.negative_plan(index) if self.augment else ("", -1)
+        negative = self.negative_plan(index)  # ("", -1) unless negative-audio training is on (training sets only)
         audio, waveform = self.audio_features(record, t, negative)
 
         # Resize (and augment) frames, masks and pseudo masks with one geometry per video.
