@@ -320,7 +320,7 @@ def test_resume_after_sigkill_equals_uninterrupted(s4_data: Path, uninterrupted:
 # --- demo ---------------------------------------------------------------------------------------------
 def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32", "--quick"]) == 0
+    assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32", "--quick", "--methods", "ws-avs,pcas,supervised"]) == 0
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert printed == metrics
@@ -328,8 +328,9 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for m in ("ws-avs", "pcas", "supervised"):
         assert set(metrics[m]) == {"miou", "fscore"}
         assert set(metrics["listening"][m]) == {"audio_dependence", "fpr_silence", "fpr_noise", "swap_iou", "g_miou"}
-    assert set(metrics["pseudo-masks"]) == {"miou"} and metrics["protocol"] == "clean"
-    values = [metrics[m][k] for m in ("ws-avs", "pcas", "supervised") for k in ("miou", "fscore")] + [metrics["pseudo-masks"]["miou"]]
+    assert set(metrics["pseudo-masks"]) == {"ws-avs", "pcas"} and metrics["protocol"] == "clean"
+    values = [metrics[m][k] for m in ("ws-avs", "pcas", "supervised") for k in ("miou", "fscore")]
+    values += [metrics["pseudo-masks"][m]["miou"] for m in ("ws-avs", "pcas")]
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values), values
     assert metrics["seconds"] > 0
     report = (out / "report.md").read_text()
@@ -339,6 +340,13 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # A full-size demo into the same folder would mix settings: refused with a clear message.
     assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32"]) == 2
     assert "other settings" in capsys.readouterr().err
+    # the default runs PCAS and the supervised reference; a demo without a weak model is refused
+    default = tmp_path / "default"
+    assert main(["demo", "--out", str(default), "--videos", "6", "--size", "32", "--quick"]) == 0
+    assert set(json.loads((default / "metrics.json").read_text())["listening"]) == {"pcas", "supervised"}
+    assert (default / "listen_test.png").is_file() and not (default / "ws-avs").exists()
+    assert main(["demo", "--out", str(tmp_path / "x"), "--quick", "--methods", "supervised"]) == 2
+    assert "at least one of" in capsys.readouterr().err
 def test_border_band_skips_the_padding_ring_of_the_feature_map() -> None:
     """An object in the centre, dark background, and a bright outer ring one feature cell wide (the
     padding artifact of a stride-8 level): the band inside the ring says "not flipped"; a band on the

@@ -1,7 +1,8 @@
-"""The main job on the embedded default: synthetic S4 -> every WS-AVS stage, every PCAS stage and the fully
-supervised reference -> evaluation on test and the listening evaluation (``avseg.listening``) ->
-``report.md``, overlay PNGs, ``listen_test.png`` (the weakly supervised model that listens: PCAS),
-``metrics.json`` and ``listening.json`` in the output folder.
+"""The main job on the embedded default: synthetic S4 -> every PCAS stage (and, with ``methods`` naming it,
+every WS-AVS stage) and the fully supervised reference -> evaluation on test and the listening evaluation
+(``avseg.listening``) -> ``report.md``, overlay PNGs, ``listen_test.png`` (the weakly supervised model
+under its own sound, a visible silent object's sound and silence), ``metrics.json`` and ``listening.json``
+in the output folder.
 
 Re-running continues where a previous run stopped (finished stages are skipped).
 """
@@ -24,10 +25,13 @@ log = logging.getLogger("avseg")
 # 300 videos (180 training videos, 180 training masks) at 96 px: at 100 videos no model learned which object
 # sounds (the supervised reference's audio dependence was 0.4 points); the frame size keeps it in minutes.
 DEFAULT_VIDEOS, DEFAULT_SIZE = 300, 96
-# The runs of the demo: WS-AVS (the paper's method; its pseudo masks never hear the audio), PCAS (weak, its
-# segmentation head hears the audio) and the fully supervised reference.
-DEMO_METHODS = ("ws-avs", "pcas", "supervised")
+# The runs of the demo: PCAS (weak; its segmentation head hears the audio) and the fully supervised
+# reference. WS-AVS (the paper's method) is deaf on these scenes -- its pseudo masks never hear the audio,
+# docs/results/listening -- and its C2AM stage alone doubles the demo's time: ``methods`` adds it.
+DEMO_METHODS = ("pcas", "supervised")
+KNOWN_METHODS = ("ws-avs", "pcas", "supervised")  # in this order in tables and pictures
 WEAK_METHODS = ("ws-avs", "pcas")
+DISPLAY = {"ws-avs": "WS-AVS", "pcas": "PCAS", "supervised": "fully supervised reference"}
 # Listening numbers kept in listening.json (avseg.metrics.listening.SUMMARY_KEYS + the swap frame count).
 LISTEN_KEYS = ("miou_own", "fscore_own", "miou_other", "audio_dependence", "fpr_silence", "fpr_noise", "fpr_other",
                "g_miou", "swap_iou", "swap_frames", "deaf_ceiling")  # fmt: skip
@@ -42,6 +46,7 @@ def run_demo(
     seed: int = 0,
     recipe: str = "demo",
     quick: bool = False,
+    methods: tuple[str, ...] | list[str] = DEMO_METHODS,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the metrics written to ``out/metrics.json``.
 
@@ -52,6 +57,11 @@ def run_demo(
     from avseg.data.validate import format_report, validate_dataset
     from avseg.inference.preview import preview_sheet
 
+    unknown = sorted(set(methods) - set(KNOWN_METHODS))
+    methods = tuple(m for m in KNOWN_METHODS if m in set(methods))
+    weak = [m for m in methods if m in WEAK_METHODS]
+    if unknown or "supervised" not in methods or not weak:
+        raise RunError(f"demo methods: the supervised reference and at least one of {WEAK_METHODS}, among {KNOWN_METHODS}; got {sorted(methods)}")
     start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +74,7 @@ def run_demo(
         raise RunError(f"the generated dataset in {data_root} does not validate: {report['problems'][:3]}")
     preview_sheet(data_root, "s4", "test", out / "preview.png")
 
-    runs = {m: out / m for m in DEMO_METHODS}
+    runs = {m: out / m for m in methods}
     stage_summaries: dict[str, Any] = {}
     for method, run_dir in runs.items():
         if quick:
@@ -92,14 +102,15 @@ def run_demo(
         }
         pictures[method] = collected
         listening[method] = listen_run(run_dir, "test", seed=seed)
-    pseudo = stage_summaries["ws-avs"].get("pseudo-masks", {}).get("quality", {})
+    # pseudo masks (WS-AVS) / pseudo labels (PCAS, binary) against the training frames' ground truth
+    pseudo = {m: (stage_summaries[m].get("pseudo-masks") or stage_summaries[m].get("pseudo-labels") or {}).get("quality", {}) for m in weak}
     seconds = round(time.time() - start, 1)
     # The listening numbers of every run (their full results: RUN/eval/listen-test.json).
     summary = {m: {k: r.get(k) for k in LISTEN_KEYS} for m, r in listening.items()}
     metrics = {
-        **{m: {"miou": results[m]["clean"]["miou"], "fscore": results[m]["clean"]["fscore"]} for m in DEMO_METHODS},
-        "pseudo-masks": {"miou": pseudo.get("miou")},
-        "listening": {m: {k: summary[m][k] for k in ("audio_dependence", "fpr_silence", "fpr_noise", "swap_iou", "g_miou")} for m in DEMO_METHODS},
+        **{m: {"miou": results[m]["clean"]["miou"], "fscore": results[m]["clean"]["fscore"]} for m in methods},
+        "pseudo-masks": {m: {"miou": pseudo[m].get("binary_miou", pseudo[m].get("miou"))} for m in weak},
+        "listening": {m: {k: summary[m][k] for k in ("audio_dependence", "fpr_silence", "fpr_noise", "swap_iou", "g_miou")} for m in methods},
         "protocol": "clean",
         "seconds": seconds,
     }
@@ -108,10 +119,11 @@ def run_demo(
     overlays = _write_overlays(out, runs, pictures)
     from avseg.data.imageio import atomic_write_bytes
 
-    for method in DEMO_METHODS:  # each model under its own sound, a silent object's sound and silence
+    shown = _shown(methods)
+    for method in methods:  # each model under its own sound, a silent object's sound and silence
         picture = listening[method].get("picture")
         if picture:
-            name = "listen_test.png" if method == "pcas" else f"listen_test_{method}.png"
+            name = "listen_test.png" if method == shown else f"listen_test_{method}.png"
             atomic_write_bytes(out / name, Path(picture).read_bytes())
     if quick:
         demo["quick"] = QUICK
@@ -152,23 +164,27 @@ def _check_same_run(spec: Any, cfg: Any, run_dir: Path) -> None:
 
 
 def _write_overlays(out: Path, runs: dict[str, Path], pictures: dict[str, dict]) -> list[str]:
-    """overlays_test.png: frame | GT | WS-AVS | PCAS | supervised; overlays_train.png: frame | GT | pseudo | WS-AVS."""
+    """overlays_test.png: frame | GT | each run's mask; overlays_train.png (with WS-AVS): frame | GT | pseudo | WS-AVS."""
     from avseg.data.avsbench import read_probability_png
-    from avseg.inference.visualize import contact_sheet, denormalize, mask_image, overlay, save_image_atomic
+    from avseg.inference.visualize import contact_sheet, denormalize, overlay, save_image_atomic
     from avseg.methods.common import make_dataset
     from avseg.runner import load_run
 
     written = []
-    keys = [k for k in pictures["ws-avs"] if all(k in pictures[m] for m in DEMO_METHODS)]
+    methods = list(runs)
+    colours = {"ws-avs": (255, 40, 40), "pcas": (255, 160, 0), "supervised": (40, 120, 255)}
+    keys = [k for k in pictures[methods[0]] if all(k in pictures[m] for m in methods)]
     rows, labels = [], []
     for key in keys:
-        ws, pcas, sup = (pictures[m][key] for m in DEMO_METHODS)
-        rgb = denormalize(ws.frame)
-        rows.append([rgb, overlay(rgb, ws.gt.astype(np.float32), (40, 220, 40)), overlay(rgb, ws.output), overlay(rgb, pcas.output, (255, 160, 0)), overlay(rgb, sup.output, (40, 120, 255))])
+        first = pictures[methods[0]][key]
+        rgb = denormalize(first.frame)
+        rows.append([rgb, overlay(rgb, first.gt.astype(np.float32), (40, 220, 40))] + [overlay(rgb, pictures[m][key].output, colours[m]) for m in methods])
         labels.append(f"{key[0]}#{key[1]}")
     if rows:
-        save_image_atomic(contact_sheet(rows, labels, ["frame", "ground truth", "WS-AVS", "PCAS", "supervised"]), out / "overlays_test.png")
+        save_image_atomic(contact_sheet(rows, labels, ["frame", "ground truth"] + [DISPLAY[m] for m in methods]), out / "overlays_test.png")
         written.append("overlays_test.png")
+    if "ws-avs" not in runs:
+        return written
 
     # Training frames with ground truth (frame 1): the pseudo mask the segmenter learned from, and its output.
     spec, cfg = load_run(runs["ws-avs"])
@@ -204,11 +220,14 @@ def _fmt(x: Any) -> str:
 def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlays: list[str], data_root: Path, demo: dict, listening: dict | None = None) -> None:
     from avseg.data.imageio import write_text_atomic
 
-    ws, pcas, sup = (results[m] for m in DEMO_METHODS)
-    best = max(WEAK_METHODS, key=lambda m: results[m]["clean"]["miou"])
+    methods = [m for m in KNOWN_METHODS if m in results]
+    weak = [m for m in methods if m in WEAK_METHODS]
+    sup = results["supervised"]
+    best = max(weak, key=lambda m: results[m]["clean"]["miou"])
     ratio = results[best]["clean"]["miou"] / sup["clean"]["miou"] if sup["clean"]["miou"] else float("nan")
+    supervision = {"ws-avs": "video labels", "pcas": "video labels", "supervised": "GT masks"}
     lines = [
-        "# avseg demo: WS-AVS and PCAS on the embedded synthetic S4 data",
+        f"# avseg demo: {' and '.join(DISPLAY[m] for m in weak)} on the embedded synthetic S4 data",
         "",
         f"Data: {demo['videos']} synthetic S4 videos at {demo['size']} px in `{data_root}` (silent distractor objects in every frame).",
         *([f"**Quick smoke run** ({demo['quick']}): the numbers below say nothing about the methods.", ""] if demo.get("quick") else []),
@@ -216,19 +235,22 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
         "",
         "| model | supervision | mIoU (clean) | F (clean) | mIoU (avsbench) | F (avsbench) |",
         "|---|---|---|---|---|---|",
-        f"| WS-AVS | video labels | {_fmt(ws['clean']['miou'])} | {_fmt(ws['clean']['fscore'])} | {_fmt(ws['avsbench']['miou'])} | {_fmt(ws['avsbench']['fscore'])} |",
-        f"| WS-AVS pseudo masks (train frames with GT) | - | {_fmt(metrics['pseudo-masks']['miou'])} | - | - | - |",
-        f"| PCAS | video labels | {_fmt(pcas['clean']['miou'])} | {_fmt(pcas['clean']['fscore'])} | {_fmt(pcas['avsbench']['miou'])} | {_fmt(pcas['avsbench']['fscore'])} |",
-        f"| fully supervised reference | GT masks | {_fmt(sup['clean']['miou'])} | {_fmt(sup['clean']['fscore'])} | {_fmt(sup['avsbench']['miou'])} | {_fmt(sup['avsbench']['fscore'])} |",
+    ]
+    for m in methods:
+        r = results[m]
+        lines.append(f"| {DISPLAY[m]} | {supervision[m]} | {_fmt(r['clean']['miou'])} | {_fmt(r['clean']['fscore'])} | {_fmt(r['avsbench']['miou'])} | {_fmt(r['avsbench']['fscore'])} |")
+    for m in weak:
+        what = "pseudo masks" if m == "ws-avs" else "pseudo labels (binary)"
+        lines.append(f"| {DISPLAY[m]} {what} (train frames with GT) | - | {_fmt(metrics['pseudo-masks'][m]['miou'])} | - | - | - |")
+    lines += [
         "",
-        f"Weak / fully supervised mIoU ratio (clean, best weak model: {best}): **{ratio:.2f}**.",
+        f"Weak / fully supervised mIoU ratio (clean, best weak model: {DISPLAY[best]}): **{ratio:.2f}**.",
         "",
         "The `clean` protocol is batch-independent; `avsbench` reproduces the official evaluation (20-frame batches).",
-        "WS-AVS's pseudo masks come from C2AM and a saliency detector, which never hear the audio: on these",
-        "scenes, where silent distractor objects are visible, they mark salient objects whether or not they",
-        "sound, and the pseudo-mask mIoU above bounds what the segmenter can learn from them: WS-AVS does not",
-        "listen (see below). PCAS's pseudo labels mark only the classes its audio head hears, and its",
-        "segmentation head adds log P(class sounds) to each class's logits, so its masks follow the sound.",
+        "PCAS's pseudo labels mark only the classes its audio head hears, and its segmentation head adds",
+        "log P(class sounds) to each class's logits, so its masks follow the sound. WS-AVS (`avseg demo --methods",
+        "ws-avs,pcas,supervised`, about twice the time) does not listen on these scenes: its pseudo masks come from",
+        "C2AM and a saliency detector, which never hear the audio and mark every salient object (docs/results/listening).",
         "",
         *(_listening_lines(listening, out) if listening else []),
         "## Stage times (s)",
@@ -237,23 +259,33 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
         "|---|---|---|",
     ]
     for method, summaries in stages.items():
-        for name, s in summaries.items():
-            lines.append(f"| {method} | {name} | {s.get('seconds')} |")
+        for name, st in summaries.items():
+            lines.append(f"| {method} | {name} | {st.get('seconds')} |")
     lines += ["", "## Pictures", "", "- `preview.png`: test videos, ground truth and spectrograms"]
     lines += [f"- `{name}`" for name in overlays]
     if (out / "listen_test.png").is_file():
-        lines += ["- `listen_test.png`: PCAS on test frames under their own sound, the sound of a visible silent object (outlined), and silence;",
-                  "  `listen_test_ws-avs.png`, `listen_test_supervised.png`: the same frames for the other two models"]
-    lines += ["- `ws-avs/pseudo/contact_sheet.png`: frame / C2AM map / saliency / pseudo mask / ground truth", ""]
+        others = ", ".join(f"`listen_test_{m}.png`" for m in methods if (out / f"listen_test_{m}.png").is_file())
+        lines += [f"- `listen_test.png`: {DISPLAY[_shown(methods)]} on test frames under their own sound, the sound of a visible silent object (outlined), and silence"
+                  + (f"; {others}: the same frames for the other models" if others else "")]
+    if "pcas" in methods:
+        lines += ["- `pcas/pseudo/contact_sheet.png`: PCAS's pseudo labels"]
+    if "ws-avs" in methods:
+        lines += ["- `ws-avs/pseudo/contact_sheet.png`: frame / C2AM map / saliency / pseudo mask / ground truth"]
+    lines += [""]
     write_text_atomic(out / "report.md", "\n".join(lines))
 
 
+def _shown(methods: list[str] | tuple[str, ...]) -> str:
+    """The weak model whose listening picture is ``listen_test.png``: PCAS when it ran."""
+    return "pcas" if "pcas" in methods else next(m for m in methods if m in WEAK_METHODS)
+
+
 def _listening_lines(listening: dict, out: Path) -> list[str]:
-    """The report's listening section: one table row per run, and the WS-AVS picture."""
+    """The report's listening section: one table row per run, and the weak model's picture."""
     from avseg.metrics.listening import format_table
 
-    names = {"ws-avs": "WS-AVS", "pcas": "PCAS", "supervised": "fully supervised reference"}
-    ws = listening.get("pcas", {})
+    names = DISPLAY
+    ws = listening.get(_shown(list(listening)), {})
     lines = [
         "## Does the model listen?",
         "",
@@ -267,7 +299,7 @@ def _listening_lines(listening: dict, out: Path) -> list[str]:
         "",
     ]
     if (out / "listen_test.png").is_file():
-        lines += ["![PCAS under its own sound, a silent object's sound and silence](listen_test.png)", "",
+        lines += [f"![{names[_shown(list(listening))]} under its own sound, a silent object's sound and silence](listen_test.png)", "",
                   "Columns: frame | own sound (ground truth outlined in green) | sound of a visible silent object "
                   "(that object outlined in cyan) | silence; the predicted mask in red.", ""]  # fmt: skip
     return lines

@@ -405,7 +405,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from avseg.demo import run_demo
 
-    metrics = run_demo(Path(args.out), videos=args.videos, size=args.size, seed=args.seed, recipe=args.recipe, quick=args.quick)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    metrics = run_demo(Path(args.out), videos=args.videos, size=args.size, seed=args.seed, recipe=args.recipe, quick=args.quick, methods=methods)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -460,12 +461,13 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=cmd_listen)
 
-    d = sub.add_parser("demo", help="the main job on the embedded synthetic data: WS-AVS + supervised reference, report")
+    d = sub.add_parser("demo", help="the main job on the embedded synthetic data: PCAS + supervised reference, listening, report")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--videos", type=int, default=None, help="videos to generate (default 100)")
-    d.add_argument("--size", type=int, default=None, help="frame size in pixels (default 128)")
+    d.add_argument("--videos", type=int, default=None, help="videos to generate (default 300)")
+    d.add_argument("--size", type=int, default=None, help="frame size in pixels (default 96)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--recipe", default="demo", help="recipe name under ws-avs/ and supervised/")
+    d.add_argument("--recipe", default="demo", help="recipe name under each method's recipes (<method>/<recipe>.yaml)")
+    d.add_argument("--methods", default="pcas,supervised", help="comma list among ws-avs, pcas, supervised (supervised and a weak one); ws-avs about doubles the time")
     d.add_argument("--quick", action="store_true", help="smoke test: 32 px, 1 epoch per stage, batch 4 (seconds, meaningless numbers)")
     d.set_defaults(func=cmd_demo)
 
