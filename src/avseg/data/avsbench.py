@@ -557,7 +557,7 @@ class AVSBenchDataset(Dataset):
             if self.return_waveform:
                 waveform = self._waveforms(record, t)
             return audio, waveform
-        from avseg.audio import FRONTENDS, compute_features, frame_windows, load_audio
+        from avseg.audio import FRONTENDS, compute_features
 
         audio = None
         if self.audio_frontend is not None:

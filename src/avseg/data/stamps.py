@@ -53,7 +53,7 @@ from PIL import Image
 
 from avseg.data import layout as L
 from avseg.data.errors import DataError
-from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_text_atomic, write_wav_atomic
+from avseg.data.imageio import write_text_atomic
 from avseg.data.synthetic import (  # shared with the synthetic generator, so both behave alike
     _HEADERS,
     _csv_text,
@@ -63,6 +63,7 @@ from avseg.data.synthetic import (  # shared with the synthetic generator, so bo
     _sounding_schedule,
     assign_splits,
     split_counts,
+    write_plan_files,
 )
 
 __all__ = [
@@ -968,48 +969,7 @@ def _write_video(plan: StampVideo, catalogue: StampCatalogue, classes: list[str]
     rgbas = {o.stamp: stamps[o.stamp].rgba for o in plan.objects}
     frames, owner = render_video(plan, rgbas, backgrounds)
     audio = mix_audio(plan, {o.stamp: stamps[o.stamp].audio for o in plan.objects}, cfg)
-    names = [classes[c] for c in plan.sounding_classes()]
-    stats = {"frames": plan.num_frames, "masks": 0, "empty_masks": 0}
-    split, layout = plan.split, plan.layout
-
-    def binary(t: int) -> np.ndarray:
-        mask = np.isin(owner[t], np.flatnonzero(plan.sounding[t]))
-        stats["masks"] += 1
-        stats["empty_masks"] += int(not mask.any())
-        return mask
-
-    if layout == "s4":
-        category = classes[plan.objects[int(np.flatnonzero(plan.sounding[0])[0])].cls]
-        for k in range(1, plan.num_frames + 1):
-            save_png_atomic(L.s4_frame(out, split, category, plan.name, k), frames[k - 1], compress_level=1)
-        for k in L.s4_mask_frames(split):
-            save_png_atomic(L.s4_mask(out, split, category, plan.name, k), binary(k - 1), compress_level=1)
-        write_wav_atomic(L.s4_wav(out, split, category, plan.name), audio, SAMPLE_RATE)
-        row = [plan.name, 0, category, split]
-    elif layout == "ms3":
-        for k in range(1, plan.num_frames + 1):
-            save_png_atomic(L.ms3_frame(out, plan.name, k), frames[k - 1], compress_level=1)
-            save_png_atomic(L.ms3_mask(out, split, plan.name, k), binary(k - 1), compress_level=1)
-        write_wav_atomic(L.ms3_wav(out, split, plan.name), audio, SAMPLE_RATE)
-        row = [plan.name, split, ";".join(names)]
-    else:
-        label = plan.label
-        lut = np.zeros((plan.num_frames, len(plan.objects) + 1), np.uint8)  # column 0: background (-1)
-        for j, obj in enumerate(plan.objects):
-            lut[:, j + 1] = np.where(plan.sounding[:, j], obj.cls + 1, 0)
-        flat = owner.reshape(plan.num_frames, -1).astype(np.int64) + 1
-        semantic = np.take_along_axis(lut, flat, axis=1).reshape(owner.shape)
-        palette = np.array(L.voc_palette(256), np.uint8)
-        for i in range(plan.num_frames):
-            save_jpg_atomic(L.avss_frame(out, label, plan.name, i), frames[i], quality=90)
-        for i in L.avss_mask_frames(label, split):
-            stats["masks"] += 1
-            stats["empty_masks"] += int(not semantic[i].any())
-            save_png_atomic(L.avss_semantic(out, label, plan.name, i), semantic[i], mode="L", compress_level=1)
-            save_png_atomic(L.avss_rgb(out, label, plan.name, i), palette[semantic[i]], mode="RGB", compress_level=1)
-        write_wav_atomic(L.avss_wav(out, label, plan.name), audio, SAMPLE_RATE)
-        row = [plan.vid, plan.name, 0, 0, ";".join(names), split, label]
-    return {"row": row, "split": split, **stats}
+    return write_plan_files(plan, frames, owner, audio, classes, out, SAMPLE_RATE)
 
 
 def _class_names(catalogue: StampCatalogue, grouping: str) -> list[str]:

@@ -34,7 +34,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -560,8 +560,9 @@ def render_video(plan: VideoPlan) -> tuple[np.ndarray, np.ndarray]:
     return frames, owner
 
 
-def semantic_maps(plan: VideoPlan, owner: np.ndarray) -> np.ndarray:
-    """(T, H, W) uint8: class index + 1 on the visible pixels of sounding objects, 0 elsewhere."""
+def semantic_maps(plan: Any, owner: np.ndarray) -> np.ndarray:
+    """(T, H, W) uint8: class index + 1 on the visible pixels of sounding objects, 0 elsewhere (any plan with
+    ``num_frames``, ``objects[].cls`` and ``sounding``: synthetic or stamps)."""
     lut = np.zeros((plan.num_frames, len(plan.objects) + 1), np.uint8)  # column 0 = background (-1)
     for j, obj in enumerate(plan.objects):
         lut[:, j + 1] = np.where(plan.sounding[:, j], obj.cls + 1, 0)
@@ -705,8 +706,24 @@ def _write_video(job: tuple) -> dict:
     layout, index, seed, size, cfg, split, label, out = job
     plan = plan_video(layout, index, seed, size, cfg, split, label)
     frames, owner = render_video(plan)
-    audio = synth_audio(plan)
-    names = [SYNTH_CLASSES[c] for c in plan.sounding_classes()]
+    return {"index": index, **write_plan_files(plan, frames, owner, synth_audio(plan), SYNTH_CLASSES, out)}
+
+
+def write_plan_files(
+    plan: Any, frames: np.ndarray, owner: np.ndarray, audio: np.ndarray, classes: Sequence[str], out: Path, sample_rate: int = SAMPLE_RATE
+) -> dict:
+    """Write one planned video in its official layout: frames, masks of the sounding objects, the wav.
+
+    Shared by the synthetic and the stamps generators. ``plan`` has ``layout``, ``name``, ``vid``, ``split``,
+    ``label``, ``num_frames``, ``objects`` (each with ``cls``, an index into ``classes``), ``sounding``
+    (T, objects) and ``sounding_classes()``; ``owner`` (T, H, W) holds the object index of each pixel (-1:
+    background).
+
+    Returns:
+        {"row": the metadata CSV row, "split", "frames", "masks", "empty_masks"}.
+    """
+    layout, split, label = plan.layout, plan.split, plan.label
+    names = [classes[c] for c in plan.sounding_classes()]
     stats = {"frames": plan.num_frames, "masks": 0, "empty_masks": 0}
     sounding_ids = [np.flatnonzero(plan.sounding[t]) for t in range(plan.num_frames)]
 
@@ -717,18 +734,18 @@ def _write_video(job: tuple) -> dict:
         return mask
 
     if layout == "s4":
-        category = SYNTH_CLASSES[plan.objects[int(np.flatnonzero(plan.sounding[0])[0])].cls]
+        category = classes[plan.objects[int(np.flatnonzero(plan.sounding[0])[0])].cls]
         for k in range(1, plan.num_frames + 1):
             save_png_atomic(L.s4_frame(out, split, category, plan.name, k), frames[k - 1], compress_level=1)
         for k in L.s4_mask_frames(split):
             save_png_atomic(L.s4_mask(out, split, category, plan.name, k), binary(k - 1), compress_level=1)
-        write_wav_atomic(L.s4_wav(out, split, category, plan.name), audio, SAMPLE_RATE)
+        write_wav_atomic(L.s4_wav(out, split, category, plan.name), audio, sample_rate)
         row = [plan.name, 0, category, split]
     elif layout == "ms3":
         for k in range(1, plan.num_frames + 1):
             save_png_atomic(L.ms3_frame(out, plan.name, k), frames[k - 1], compress_level=1)
             save_png_atomic(L.ms3_mask(out, split, plan.name, k), binary(k - 1), compress_level=1)
-        write_wav_atomic(L.ms3_wav(out, split, plan.name), audio, SAMPLE_RATE)
+        write_wav_atomic(L.ms3_wav(out, split, plan.name), audio, sample_rate)
         row = [plan.name, split, ";".join(names)]
     else:
         semantic = semantic_maps(plan, owner)
@@ -741,9 +758,9 @@ def _write_video(job: tuple) -> dict:
             save_png_atomic(L.avss_semantic(out, label, plan.name, i), semantic[i], mode="L", compress_level=1)
             rgb = palette[semantic[i]]  # (H, W, 3)
             save_png_atomic(L.avss_rgb(out, label, plan.name, i), rgb, mode="RGB", compress_level=1)
-        write_wav_atomic(L.avss_wav(out, label, plan.name), audio, SAMPLE_RATE)
+        write_wav_atomic(L.avss_wav(out, label, plan.name), audio, sample_rate)
         row = [plan.vid, plan.name, 0, 0, ";".join(names), split, label]
-    return {"index": index, "row": row, "split": split, **stats}
+    return {"row": row, "split": split, **stats}
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
