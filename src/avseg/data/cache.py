@@ -29,7 +29,6 @@ Waveforms (``return_waveform``) are not cached.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -54,6 +53,7 @@ from avseg.data.avsbench import (
     sample_frame_indices,
 )
 from avseg.data.errors import DataError
+from avseg.data.imageio import file_sha256
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 __all__ = [
@@ -137,10 +137,6 @@ def _record_from_json(d: dict[str, Any]) -> VideoRecord:
     )  # fmt: skip
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _tmp_name(out: Path, name: str) -> Path:
     return out / f".{name}.{os.getpid()}.tmp"
 
@@ -176,7 +172,7 @@ def build_cache(
     index: dict[str, Any] = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "layout": layout, "image_size": image_size,
         "audio_frontend": audio_frontend, "audio_window": audio_window, "source_root": str(root.resolve()),
-        "metadata_sha256": _sha256(L.metadata_path(root, layout)), "splits": {},
+        "metadata_sha256": file_sha256(L.metadata_path(root, layout)), "splits": {},
     }  # fmt: skip
     for split in splits:
         ds = AVSBenchDataset(root, layout, split, image_size=image_size, audio_frontend=audio_frontend, audio_window=audio_window)

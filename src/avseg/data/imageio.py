@@ -9,6 +9,7 @@ is only atomic within one file system. Parent folders are created as needed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -29,6 +30,7 @@ __all__ = [
     "save_jpg_atomic",
     "write_wav_atomic",
     "write_text_atomic",
+    "file_sha256",
 ]
 
 
@@ -132,3 +134,12 @@ def write_wav_atomic(path: Path | str, wave: np.ndarray, sr: int) -> None:
 def write_text_atomic(path: Path | str, text: str, encoding: str = "utf-8") -> None:
     """Write text atomically; newlines are written as given (no platform translation)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -53,7 +53,7 @@ from PIL import Image
 
 from avseg.data import layout as L
 from avseg.data.errors import DataError
-from avseg.data.imageio import write_text_atomic
+from avseg.data.imageio import file_sha256, write_text_atomic
 from avseg.data.synthetic import (  # shared with the synthetic generator, so both behave alike
     _HEADERS,
     _csv_text,
@@ -386,10 +386,6 @@ class StampCatalogue:
         }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class _Unusable(Exception):
     def __init__(self, kind: str, problem: str) -> None:
         super().__init__(problem)
@@ -466,7 +462,7 @@ def _decode_stamp(image: str, sound: str, mtimes: tuple[int, int]) -> tuple[np.n
     audio = _decode_sound(Path(sound))
     rgba.setflags(write=False)
     audio.setflags(write=False)
-    return rgba, audio, _sha256(Path(image)), _sha256(Path(sound))
+    return rgba, audio, file_sha256(image), file_sha256(sound)
 
 
 def _load_stamp(image: Path, sound: Path) -> tuple[np.ndarray, np.ndarray, str, str]:

@@ -260,16 +260,6 @@ def _border_excess(amap: np.ndarray, skip: int = 0, width: int | None = None) ->
 POLARITY_FILE = "polarity.json"  # in pseudo/maps, so a forced rerun that removes the maps removes it too
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     """C2AM maps of every training frame -> pseudo/maps (A x 255) and pseudo/initial (A > threshold).
 
@@ -280,7 +270,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     import json
     import shutil
 
-    from avseg.data.imageio import write_text_atomic
+    from avseg.data.imageio import file_sha256, write_text_atomic
     from avseg.inference.predict import iterate_outputs, save_probability_png
     from avseg.pseudo.crf import dense_crf
     from avseg.engine.checkpoint import remove_stale_temporaries
@@ -293,7 +283,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     train = make_dataset(cfg.data, "train", audio=False)
     maps_dir, init_dir = ctx.path("pseudo", "maps"), ctx.path("pseudo", "initial")
     polarity_path = maps_dir / POLARITY_FILE
-    digest = _file_sha256(checkpoint)
+    digest = file_sha256(checkpoint)
 
     def raw(batch: AVBatch) -> Tensor:
         b, t = batch.frames.shape[:2]
