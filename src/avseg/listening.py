@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from avseg.audio import fit_length, rms
 from avseg.data.avsbench import AVSBenchDataset, VideoRecord, collate_videos
 from avseg.metrics.listening import CONDITIONS, SUMMARY_KEYS, ListeningAccumulator, foreground_probs, format_table
 from avseg.types import AVBatch
@@ -184,15 +185,6 @@ def deaf_ceiling(root: Path, layout: str, split: str = "test") -> dict[str, Any]
 
 
 # --- the replaced soundtracks -----------------------------------------------------------------------
-def _fit(wave: np.ndarray, n: int) -> np.ndarray:
-    """``wave`` cut or looped to n samples."""
-    return np.resize(wave, n).astype(np.float32) if len(wave) else np.zeros(n, np.float32)
-
-
-def _rms(wave: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if len(wave) else 0.0
-
-
 def label_set(dataset: AVSBenchDataset, record: VideoRecord) -> frozenset[str]:
     """A video's category for the choice of 'other': its label names (S4: the category), or (AVSS) the
     classes of its ground-truth maps."""
@@ -246,13 +238,13 @@ class Soundtracks:
 
     def noise(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, _NOISE, self.position[record.video_id]])
-        return np.clip(rng.standard_normal(len(wave)) * _rms(wave), -1.0, 1.0).astype(np.float32)
+        return np.clip(rng.standard_normal(len(wave)) * rms(wave), -1.0, 1.0).astype(np.float32)
 
     def other(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
         from avseg.audio import load_audio
 
         other = self.dataset.records[self.others[self.position[record.video_id]]]
-        return _fit(load_audio(other.audio_path, sr, warn_silent=False)[0], len(wave))
+        return fit_length(load_audio(other.audio_path, sr, warn_silent=False)[0], len(wave))
 
     def swap(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
         from avseg.audio import load_audio
@@ -265,7 +257,7 @@ class Soundtracks:
         # Written and decoded like the generator's own wav, so the model's pre-processing is the same.
         path = self.workdir / f"swap-{self.position[record.video_id]}.wav"
         write_wav_atomic(path, synth_audio(swap_plan(video.plan, video.swap)), SAMPLE_RATE)
-        return _fit(load_audio(path, sr, warn_silent=False)[0], len(wave))
+        return fit_length(load_audio(path, sr, warn_silent=False)[0], len(wave))
 
 
 # --- the loop ----------------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ from avseg.audio.frontends import (
     compute_features,
     decode_audio_stream,
     feature_shape,
+    fit_length,
     frame_windows,
     load_audio,
     log_mel,
     log_stft,
     resample,
+    rms,
     vggish_examples,
 )
 
@@ -28,10 +30,12 @@ __all__ = [
     "compute_features",
     "decode_audio_stream",
     "feature_shape",
+    "fit_length",
     "frame_windows",
     "load_audio",
     "log_mel",
     "log_stft",
     "resample",
+    "rms",
     "vggish_examples",
 ]

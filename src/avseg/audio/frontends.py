@@ -37,6 +37,7 @@ __all__ = [
     "compute_features",
     "decode_audio_stream",
     "feature_shape",
+    "fit_length",
     "frame_windows",
     "load_audio",
     "aisfx_embeddings",
@@ -44,6 +45,7 @@ __all__ = [
     "log_mel",
     "log_stft",
     "resample",
+    "rms",
     "vggish_examples",
 ]
 
@@ -914,6 +916,20 @@ def log_stft(
         scale[-1] = 1.0
     out = torch.log(psd * scale + eps).transpose(-1, -2)  # (..., F, W)
     return out.unsqueeze(-3)
+
+
+def fit_length(wave: np.ndarray, n: int) -> np.ndarray:
+    """(S,) -> (n,) float32: ``wave`` cut, or looped from its start, to n samples; zeros when it is empty.
+
+    How a replacement soundtrack (another video's, in negative-audio training and the listening evaluation)
+    takes the length of the clip it replaces.
+    """
+    return np.resize(wave, n).astype(np.float32) if len(wave) else np.zeros(n, np.float32)
+
+
+def rms(wave: np.ndarray) -> float:
+    """Root mean square of a waveform (0 for an empty one), accumulated in float64."""
+    return float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if len(wave) else 0.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from avseg.data import layout as L
 from avseg.data.errors import DataError
-from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
+from avseg.types import IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS, AVBatch
 
 SOUNDING = "sounding"
 MAX_NAME_BYTES = 200  # ids become file names with suffixes such as ".mp4_5.png"; file systems stop at 255
@@ -334,7 +334,6 @@ def read_probability_png(path: Path) -> np.ndarray:
 
 
 # --- dataset -----------------------------------------------------------------------------------------
-NEGATIVE_KINDS = ("silence", "noise", "other")  # negative-audio training (see AVSBenchDataset)
 
 @dataclass
 class VideoSample:
@@ -477,8 +476,6 @@ class AVSBenchDataset(Dataset):
         self.pseudo_labels = pseudo_labels
         self.audio_transform = audio_transform
         self._audio_memo: dict[tuple, torch.Tensor] = {}  # see _memo_key
-        self.negative_audio = 0.0
-        self.negative_kinds = tuple(negative_kinds)
         self.set_negative_audio(negative_audio, negative_kinds)
         self.seed = seed
         self.sample_frames = sample_frames
@@ -636,13 +633,13 @@ class AVSBenchDataset(Dataset):
         """The negative soundtrack replacing ``wave`` (S,), same length."""
         if kind == "silence":
             return np.zeros_like(wave)
+        from avseg.audio import fit_length, rms
+
         if kind == "noise":
-            rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if wave.size else 0.0
             rng = np.random.default_rng(helper)
-            return (rng.standard_normal(wave.shape[0]) * max(rms, 1e-4)).astype(np.float32)
+            return (rng.standard_normal(wave.shape[0]) * max(rms(wave), 1e-4)).astype(np.float32)
         other, _ = self._decode_audio(self.records[helper], sample_rate)
-        reps = -(-wave.shape[0] // max(1, other.shape[0]))
-        return np.tile(other, reps)[: wave.shape[0]].astype(np.float32)  # looped or cut to this clip's length
+        return fit_length(other, wave.shape[0])  # looped or cut to this clip's length
 
     def _waveforms(self, record: VideoRecord, t: int, negative: tuple[str, int] = ("", -1)) -> torch.Tensor:
         from avseg.audio import frame_windows

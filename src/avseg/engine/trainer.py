@@ -40,6 +40,7 @@ from avseg.engine.checkpoint import (
     save_training_state,
 )
 from avseg.engine.tracking import JsonlWriter, truncate_jsonl
+from avseg.types import NEGATIVE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class TrainSettings:
     # hears silence, white noise or another video's soundtrack and gets empty targets. Off in the paper
     # recipes; applied by the dataset, before the audio front-end (``AVSBenchDataset.set_negative_audio``).
     negative_audio: float = 0.0
-    negative_kinds: tuple[str, ...] = ("silence", "noise", "other")
+    negative_kinds: tuple[str, ...] = NEGATIVE_KINDS
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -125,8 +126,8 @@ class TrainSettings:
         need(0.0 <= self.negative_audio < 1.0, f"negative_audio must be in [0, 1) (got {self.negative_audio})")
         self.negative_kinds = tuple(self.negative_kinds)
         need(
-            bool(self.negative_kinds) and all(k in ("silence", "noise", "other") for k in self.negative_kinds),
-            f"negative_kinds must be a non-empty subset of silence, noise, other (got {self.negative_kinds})",
+            bool(self.negative_kinds) and all(k in NEGATIVE_KINDS for k in self.negative_kinds),
+            f"negative_kinds must be a non-empty subset of {', '.join(NEGATIVE_KINDS)} (got {self.negative_kinds})",
         )
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         # "auto" / "cuda" are checked against the hardware in check_device() when fit() resolves them.
