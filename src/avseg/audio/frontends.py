@@ -35,6 +35,7 @@ __all__ = [
     "container_truncation",
     "FrontendSpec",
     "compute_features",
+    "cut_windows",
     "decode_audio_stream",
     "feature_shape",
     "fit_length",
@@ -984,7 +985,17 @@ def frame_windows(
         raise ValueError(f"unknown frame_windows mode {mode!r}; expected 'centred' or 'clip'")
     if size < 1:
         raise ValueError(f"audio window of {size} samples; window/clip seconds must be positive")
-    if mode == "clip" or length < size:
+    if mode == "clip":
+        return wave[torch.remainder(idx, length).to(wave.device)]
+    return cut_windows(wave, idx)
+
+
+def cut_windows(wave: Tensor, idx: Tensor) -> Tensor:
+    """Samples ``wave[idx]`` of a (S,) track for (T, S_w) sample indices that may fall outside it: silence
+    there, or, for a track shorter than one window, the track looped. The one rule for training windows
+    (``frame_windows``) and for the predictor's windows at arbitrary frame times."""
+    length = wave.shape[0]
+    if length < idx.shape[-1]:
         return wave[torch.remainder(idx, length).to(wave.device)]
     inside = (idx >= 0) & (idx < length)  # (T, S_w)
     out = wave[idx.clamp(0, length - 1).to(wave.device)]

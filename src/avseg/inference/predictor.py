@@ -294,7 +294,7 @@ class Predictor:
             sample_rate: rate of ``audio``.
             frame_times: T times in seconds from the first audio sample.
         """
-        from avseg.audio.frontends import resample
+        from avseg.audio.frontends import cut_windows, resample
 
         n = self.audio.window_samples
         times = [float(t) for t in frame_times]
@@ -311,11 +311,7 @@ class Predictor:
         rate = self.audio.sample_rate
         starts = torch.tensor([(2 * round(t * rate) - n) // 2 for t in times], dtype=torch.int64)
         idx = starts[:, None] + torch.arange(n)[None, :]  # (T, S_w)
-        length = wave_t.shape[0]
-        if length < n:  # shorter than one window: looped, as in training (avseg.audio.frame_windows)
-            return wave_t[torch.remainder(idx, length)]
-        inside = (idx >= 0) & (idx < length)  # outside the track: silence, as in training
-        return wave_t[idx.clamp(0, length - 1)] * inside.to(wave_t.dtype)
+        return cut_windows(wave_t, idx)  # silence outside the track, as in training
 
     # --- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
