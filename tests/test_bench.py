@@ -172,6 +172,11 @@ def test_reuse_refuses_other_settings(tiny_s4: Path, tmp_path: Path) -> None:
     assert "activation-maps" in reuse_problem(ws_dir, "activation-maps", same)  # not finished there
     _, other = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"])
     assert "c2am_level differs" in reuse_problem(ws_dir, "c2am", other)
+    # C2AM never reads audio: another audio front-end does not block reuse; another image size does
+    _, other_audio = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["data.audio_frontend=aisfx-logmel", "data.audio_window=clip"])
+    assert reuse_problem(ws_dir, "c2am", other_audio) is None
+    _, other_size = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE + 8, base)
+    assert "data differs" in reuse_problem(ws_dir, "c2am", other_size)
     summaries = run_method(*build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"]), tmp_path / "c2am")
     assert "reused_from" not in summaries["c2am"]  # trained here instead
 

@@ -100,7 +100,9 @@ REUSE_KEYS: dict[str, tuple[str, ...]] = {
 REUSE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "c2am": ("c2am",), "activation-maps": ("pseudo/maps", "pseudo/initial"), "saliency": ("saliency",),
 }  # fmt: skip
-_IGNORED_DATA_KEYS = ("workers", "classes")  # workers change nothing a stage computes; classes follow from root + layout
+# Data keys that change nothing the reusable stages compute: workers (loading only), classes (follow from root
+# + layout), and the audio settings (C2AM, its activation maps and the saliency detector never read audio).
+_IGNORED_DATA_KEYS = ("workers", "classes", "audio_frontend", "audio_window", "window_seconds")
 
 
 def reuse_problem(source: Path, stage: str, cfg: Any) -> str | None:
