@@ -192,12 +192,29 @@ def test_connected_components_and_selection() -> None:
     assert kept[0].sum() == 7 and kept[0, 4, 4] and not kept[0, 0, 0]
     assert torch.equal(kept[1], masks[1])  # nothing passes: the best component is kept
     assert not select_by_audio(masks, sim, "components", 0.5, keep_best=False)[1].any()
-    # proposals: components of another mask; the rejected ones are cut out of the masks
+    # proposals: components of another mask; what belongs to a rejected one is cut out of the masks
     eq6 = torch.ones(2, 6, 6, dtype=torch.bool)  # an Eq. 6 mask that merged everything into one region
     assert select_by_audio(eq6, sim, "components", 0.5, keep_best=True).all()  # one region: nothing to select
     cut = select_by_audio(eq6, sim, "components", 0.5, keep_best=True, proposals=masks)
-    assert torch.equal(cut[0], ~(masks[0] & (labels[0] == labels[0, 0, 0])))  # silent component a removed
+    a = masks[0] & (labels[0] == labels[0, 0, 0])
+    assert not cut[0][a].any() and cut[0][masks[0] & ~a].all()  # silent component a removed, b kept
+    assert not cut[0, 1, 3] and not cut[0, 2, 0]  # nearer a (1 step) than b (2 and 3 steps): a's territory
+    assert cut[0, 2, 5] and cut[0, 2, 4]  # 1 step from b's (3, 5), 3 and 2 steps from a
+    assert cut[0, 3, 3]  # 1 step from both (2, 2) and (4, 3): a tie goes to the accepted proposal
     assert cut[1].all()  # frame 1's only proposal is its best: kept
+    # a rejected core inside a wider Eq. 6 blob takes the whole blob with it (no ring left behind)
+    blob = torch.zeros(1, 7, 7, dtype=torch.bool)
+    blob[0, 1:6, 1:6] = True
+    core = torch.zeros_like(blob)
+    core[0, 3, 3] = True
+    far = torch.zeros_like(blob)
+    far[0, 0, 6] = True  # the frame's best proposal, outside the blob
+    both = core | far
+    score = torch.zeros(1, 7, 7)
+    score[0, 0, 6] = 1.0
+    assert not select_by_audio(blob, score, "components", 0.5, keep_best=True, proposals=both).any()
+    # pixels that no proposal reaches stay
+    assert torch.equal(select_by_audio(blob, score, "components", 0.5, keep_best=True, proposals=far), blob)
     pixels = select_by_audio(masks, sim, "pixels", 0.5)
     assert torch.equal(pixels, masks & (sim > 0.5))
     assert not select_by_audio(torch.zeros(1, 4, 4, dtype=torch.bool), torch.rand(1, 4, 4)).any()

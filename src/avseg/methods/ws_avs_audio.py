@@ -17,8 +17,10 @@ variant keeps only the salient regions that an audio-visual similarity map selec
      >= ``av_threshold``; with ``av_keep_best`` each frame's best region is always accepted (a heat map
      is relative and cannot say "nothing sounds"; without it a weak map empties frames). The regions are
      ``av_regions: activation`` (default): the connected components (8-connectivity) of the C2AM initial
-     mask A > ``c2am_threshold``, object-like proposals; the rejected ones are removed from the Eq. 6
-     mask. Or ``av_regions: pseudo``: the components of the Eq. 6 mask itself, the accepted ones kept.
+     mask A > ``c2am_threshold``, object-like proposals; each Eq. 6 pixel belongs to the proposal
+     nearest to it inside the Eq. 6 mask, and what belongs to a rejected one is removed (cutting out the
+     proposal alone left a ring of Eq. 6 mask around it). Or ``av_regions: pseudo``: the components of
+     the Eq. 6 mask itself, the accepted ones kept.
      Eq. 6 masks merge touching objects, and with an over-confident saliency map the whole frame (seen
      on the synthetic MS3 demo: one region, nothing to select), while C2AM's thresholded map separates
      the objects;
@@ -116,6 +118,31 @@ def connected_components(mask: Tensor) -> Tensor:
     return labels.long()
 
 
+def grow_within(seeds: Tensor, mask: Tensor) -> Tensor:
+    """Grow seed labels inside a mask: each mask pixel takes the label of its nearest seed.
+
+    Args:
+        seeds: (N, H, W) int64, 0 = no seed (seeds outside ``mask`` are ignored).
+        mask: (N, H, W) bool.
+
+    Returns:
+        (N, H, W) int64: inside ``mask``, the label of the seed nearest along 8-connected paths that stay
+        inside the mask (pixels reached by two labels in the same step take the larger); 0 where no seed
+        is reachable and outside the mask. Breadth-first growth by 3x3 max pooling, one ring per step.
+    """
+    n, h, w = mask.shape
+    if h * w >= 2**24:
+        raise ValueError(f"frames of {h}x{w} pixels exceed the float32-exact label range")
+    labels = torch.where(mask, seeds, torch.zeros_like(seeds)).float()
+    for _ in range(h * w):
+        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
+        grown = torch.where(mask & (labels == 0), grown, labels)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long()
+
+
 def select_by_audio(
     masks: Tensor, sim: Tensor, mode: str = "components", threshold: float = 0.5, keep_best: bool = True, proposals: Tensor | None = None
 ) -> Tensor:
@@ -130,7 +157,11 @@ def select_by_audio(
         keep_best: components only: each frame's region of highest mean ``sim`` is always accepted.
         proposals: components only. None: the regions are the connected components of ``masks``, and
             the accepted ones are kept. (N, H, W) bool: the regions are the connected components of
-            ``proposals`` (object-like blobs), and the rejected ones are removed from ``masks``.
+            ``proposals`` (object-like blobs); every pixel of ``masks`` belongs to the proposal nearest
+            to it inside ``masks`` (:func:`grow_within`; ties go to an accepted one), and the pixels
+            belonging to rejected proposals are removed (pixels no proposal reaches stay). Removing only
+            the rejected proposal itself would leave a ring of ``masks`` around it: the proposals
+            (C2AM map > threshold) are the objects' cores, the Eq. 6 mask spreads wider.
 
     Returns:
         (N, H, W) bool, a subset of ``masks``.
@@ -160,7 +191,8 @@ def select_by_audio(
     accepted[regions] = accept[inverse]
     if proposals is None:
         return accepted
-    return masks & ~(proposals & ~accepted)  # remove the rejected proposals
+    seeds = torch.where(accepted, 2, torch.where(regions, 1, 0))  # 2: accepted, 1: rejected (ties -> accepted)
+    return masks & (grow_within(seeds, masks) != 1)  # remove what belongs to a rejected proposal
 
 
 # --- stages -------------------------------------------------------------------------------------------
