@@ -31,7 +31,8 @@ from avseg.engine import (
     save_model_weights,
     setup_logging,
 )
-from avseg.engine.checkpoint import STATE, atomic_path, load_training_state
+from avseg.engine.checkpoint import STATE, load_training_state
+from avseg.fileio import atomic_path
 from avseg.engine.distributed import EpochSampler
 from avseg.engine.tracking import git_revision
 from avseg.engine.trainer import lr_factor

@@ -167,7 +167,7 @@ def heatmap_scores(run_dir: Path, device: str = "auto", split: str = "test") -> 
 
     Returns None for methods without heat maps. Writes ``eval/{split}-heatmap.json`` in the run.
     """
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
     from avseg.engine.trainer import resolve_device
     from avseg.inference.predict import iterate_outputs
     from avseg.methods.common import make_dataset
@@ -346,7 +346,7 @@ def run_bench(
             if phase == "train" and cfg is not None:
                 pending = [s.name for s in METHODS[method].stages(cfg) if not s.is_done(run_dir)]
                 row.failed_stage = f"train/{pending[0]}" if pending else "train"
-            from avseg.data.imageio import write_text_atomic
+            from avseg.fileio import write_text_atomic
 
             write_text_atomic(run_dir / "bench-error.txt", traceback.format_exc())
             log.error("bench [%d/%d] %s: FAILED in %s: %s (traceback in %s)", i, len(methods), method, row.failed_stage, row.error, run_dir / "bench-error.txt")
@@ -405,7 +405,7 @@ def write_results(
 ) -> None:
     """results.csv / .json / .md. ``deaf``: the deaf ceiling of synthetic data (``listening.deaf_ceiling``),
     shown beside the constant baselines in results.md and kept in results.json."""
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

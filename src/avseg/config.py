@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from avseg.engine.checkpoint import atomic_write_text
+from avseg.fileio import write_text_atomic
 from avseg.engine.trainer import TrainSettings
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ def dump_yaml(obj: Any, path: str | Path | None = None) -> str:
     """YAML text of a config (dataclass or dict), written atomically to ``path`` when given."""
     text = yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False)
     if path is not None:
-        atomic_write_text(Path(path), text)
+        write_text_atomic(Path(path), text, durable=True)
     return text
 
 

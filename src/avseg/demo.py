@@ -53,7 +53,7 @@ def run_demo(
     ``quick`` builds the recipes with image_size 32, 1 epoch and batch 4 for smoke tests (the numbers
     mean nothing then). A second call with the same arguments continues an interrupted demo.
     """
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
     from avseg.data.validate import format_report, validate_dataset
     from avseg.inference.preview import preview_sheet
 
@@ -117,7 +117,7 @@ def run_demo(
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(out / "listening.json", json.dumps({"split": "test", "seed": seed, **summary}, indent=2))
     overlays = _write_overlays(out, runs, pictures)
-    from avseg.data.imageio import atomic_write_bytes
+    from avseg.fileio import atomic_write_bytes
 
     shown = _shown(methods)
     for method in methods:  # each model under its own sound, a silent object's sound and silence
@@ -218,7 +218,7 @@ def _fmt(x: Any) -> str:
 
 
 def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlays: list[str], data_root: Path, demo: dict, listening: dict | None = None) -> None:
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
 
     methods = [m for m in KNOWN_METHODS if m in results]
     weak = [m for m in methods if m in WEAK_METHODS]

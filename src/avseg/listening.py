@@ -436,8 +436,8 @@ def listen_run(
     ``eval/listen-<split>.png`` in the run folder. Keys: see ``ListeningAccumulator.compute`` and
     ``listen``, plus method, split, layout, run, protocol, max_videos, picture, seconds.
     """
-    from avseg.data.imageio import write_text_atomic
-    from avseg.engine.checkpoint import remove_stale_temporaries
+    from avseg.fileio import write_text_atomic
+    from avseg.fileio import remove_stale_temporaries
     from avseg.engine.trainer import resolve_device
     from avseg.methods.common import make_dataset
     from avseg.runner import _warn_unfinished, check_data, load_run

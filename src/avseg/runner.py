@@ -18,7 +18,7 @@ import torch
 from avseg.config import apply_overrides, from_dict, load_yaml, to_dict
 from avseg.data.layout import LAYOUTS, SPLITS, metadata_path
 from avseg.engine import distributed as dist
-from avseg.engine.checkpoint import remove_stale_temporaries
+from avseg.fileio import remove_stale_temporaries
 from avseg.engine.trainer import TrainSettings, resolve_device, seed_everything
 from avseg.methods import METHODS
 from avseg.methods.base import MethodSpec, StageContext, read_marker, write_marker
@@ -301,7 +301,7 @@ def evaluate_run(
     keep: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a run's final model on a split; writes ``eval/{split}-{protocol}.json`` in the run."""
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
     from avseg.inference.predict import evaluate_outputs, iterate_outputs
     from avseg.methods.common import make_dataset
 

@@ -53,7 +53,7 @@ from avseg.data.avsbench import (
     sample_frame_indices,
 )
 from avseg.data.errors import DataError
-from avseg.data.imageio import file_sha256
+from avseg.fileio import file_sha256
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 __all__ = [
@@ -227,7 +227,7 @@ def build_cache(
             "source_sizes": sorted(list(s) for s in source_sizes),
         }  # fmt: skip
     index["seconds"] = round(time.perf_counter() - started, 3)
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
 
     write_text_atomic(out / INDEX, json.dumps(index))
     return index

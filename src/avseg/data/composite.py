@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from avseg.data import layout as L
-from avseg.data.imageio import save_png_atomic, write_text_atomic, write_wav_atomic
+from avseg.data.imageio import save_png_atomic, write_wav_atomic
+from avseg.fileio import write_text_atomic
 from avseg.data.synthetic import split_counts
 
 __all__ = ["MediaFolder", "read_media", "parse_label_file", "build_composite"]

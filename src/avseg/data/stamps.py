@@ -53,7 +53,7 @@ from PIL import Image
 
 from avseg.data import layout as L
 from avseg.data.errors import DataError
-from avseg.data.imageio import file_sha256, write_text_atomic
+from avseg.fileio import file_sha256, write_text_atomic
 from avseg.data.synthetic import (  # shared with the synthetic generator, so both behave alike
     _HEADERS,
     _csv_text,

@@ -27,18 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from avseg.engine import distributed
-from avseg.engine.checkpoint import (
-    BEST,
-    LAST,
-    STATE,
-    capture_rng_state,
-    load_training_state,
-    remove_stale_temporaries,
-    restore_rng_state,
-    rng_isolated,
-    save_model_weights,
-    save_training_state,
-)
+from avseg.engine.checkpoint import BEST, LAST, STATE, capture_rng_state, load_training_state, restore_rng_state, rng_isolated, save_model_weights, save_training_state
+from avseg.fileio import remove_stale_temporaries
 from avseg.engine.tracking import JsonlWriter, truncate_jsonl
 from avseg.types import NEGATIVE_KINDS
 

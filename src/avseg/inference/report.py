@@ -199,7 +199,7 @@ def write_report(
     Needs the run's dataset (``data.root`` of its config, or ``data_root``) for the pictures and any
     missing metrics.
     """
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
     from avseg.runner import load_run
 
     run_dir = Path(run_dir)

@@ -275,7 +275,8 @@ def segment_video(
     """
     from tqdm import tqdm
 
-    from avseg.data.imageio import save_png_atomic, write_text_atomic
+    from avseg.data.imageio import save_png_atomic
+    from avseg.fileio import write_text_atomic
     from avseg.data.layout import voc_palette
     from avseg.inference.predict import save_probability_png
     from avseg.inference.visualize import contact_sheet, mask_image, save_image_atomic
@@ -353,7 +354,7 @@ def segment_video(
 
 def _write_gif(path: Path, items: list[tuple[int, Any]], fps: float) -> str | None:
     """A small looping GIF of the kept overlay thumbnails (PIL, adaptive palette per frame)."""
-    from avseg.data.imageio import atomic_write_bytes
+    from avseg.fileio import atomic_write_bytes
 
     if not items:
         return None
@@ -395,7 +396,7 @@ def segment_videos(
     A video that fails (missing, corrupt, no audio track without ``allow_silent``) does not stop the
     others; afterwards SegmentError lists every failure (exit status 2 on the command line).
     """
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
 
     if fps < 0 or not math.isfinite(fps):
         raise ValueError(f"--fps must be >= 0 (0 = every frame), got {fps}")

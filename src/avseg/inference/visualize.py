@@ -100,7 +100,7 @@ def save_image_atomic(image: Image.Image, path: Path) -> None:
     """Write a PIL image atomically (encoded in memory, temp file + rename), creating the folder."""
     import io
 
-    from avseg.data.imageio import atomic_write_bytes
+    from avseg.fileio import atomic_write_bytes
 
     buf = io.BytesIO()
     image.save(buf, format=(Path(path).suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))

@@ -76,7 +76,7 @@ class MethodSpec:
 
 
 def write_marker(stage: Stage, run_dir: Path, summary: dict[str, Any]) -> None:
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
 
     write_text_atomic(stage.marker(run_dir), json.dumps(summary, indent=2, default=str))
 

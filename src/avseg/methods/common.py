@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from avseg.config import DataConfig
 from avseg.data.avsbench import AVSBenchDataset
 from avseg.engine.trainer import TrainSettings
+from avseg.fileio import unwrap_model
 from avseg.types import AVBatch
 
 log = logging.getLogger("avseg")
@@ -81,17 +82,6 @@ def train_stage(
     }  # fmt: skip
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def binary_validator(data: DataConfig, device: torch.device, audio: bool, split: str = "val", batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
     """A callable scoring ``model.predict`` on a split with the clean protocol: {"val_miou", "val_fscore"}."""
     from avseg.inference.predict import evaluate_outputs, iterate_outputs
@@ -99,7 +89,7 @@ def binary_validator(data: DataConfig, device: torch.device, audio: bool, split:
     dataset = make_dataset(data, split, audio=audio)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        inner = unwrap(model)
+        inner = unwrap_model(model)
         was_training = inner.training
         inner.eval()
         try:

@@ -39,7 +39,7 @@ from avseg.engine.trainer import TrainSettings
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss
 from avseg.losses.segmentation import ce_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.common import make_dataset, num_classes_of, unwrap
+from avseg.methods.common import make_dataset, num_classes_of
 from avseg.models.ast import AST_CONFIGS, build_ast, frame_segments
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import AttentionPool, ProjectionHead
@@ -47,6 +47,7 @@ from avseg.models.visual import group_norm
 from avseg.models.vit import VIT_CONFIGS, build_vit
 from avseg.models.zoo import VISUAL_ENCODERS, VISUAL_WEIGHT_CHOICES
 from avseg.pseudo.crf import dense_crf_multi  # re-exported: PCAS inference and its tests use it from here
+from avseg.fileio import unwrap_model
 from avseg.types import AVBatch
 
 log = logging.getLogger("avseg")
@@ -557,7 +558,7 @@ def param_groups(cfg: PCASConfig):
 
     def groups(model: nn.Module) -> list[dict]:
         look, seg = [], []
-        for name, p in unwrap(model).named_parameters():
+        for name, p in unwrap_model(model).named_parameters():
             if p.requires_grad:
                 (look if name.split(".")[0] in LOOK_LISTEN_MODULES else seg).append(p)
         out = []
@@ -592,7 +593,7 @@ def validator(cfg: PCASConfig, device: torch.device, split: str = "val"):
     dataset = make_dataset(cfg.data, split)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        inner = unwrap(model)
+        inner = unwrap_model(model)
         was_training, mode = inner.training, inner.mode
         inner.eval()
         try:
@@ -685,7 +686,7 @@ def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
     from avseg.engine import distributed as dist
 
     if cfg.audio_report_split and dist.is_main():  # the stage runs on every torchrun process; report once
-        from avseg.data.imageio import write_text_atomic
+        from avseg.fileio import write_text_atomic
 
         trained = _load(cfg, ctx.path("look-listen", "last.safetensors"), ctx.device)
         report = audio_classification_report(trained, cfg, cfg.audio_report_split, ctx.device)
@@ -697,7 +698,7 @@ def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
 
 def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
     """CAM pseudo labels of every training frame -> pseudo/labels (class-index PNGs), quality, contact sheet."""
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
     from avseg.inference.predict import iterate_outputs, save_class_png
     from avseg.inference.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
     from avseg.metrics.binary import BinaryAccumulator

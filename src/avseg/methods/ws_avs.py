@@ -270,10 +270,10 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     import json
     import shutil
 
-    from avseg.data.imageio import file_sha256, write_text_atomic
+    from avseg.fileio import file_sha256, write_text_atomic
     from avseg.inference.predict import iterate_outputs, save_probability_png
     from avseg.pseudo.crf import dense_crf
-    from avseg.engine.checkpoint import remove_stale_temporaries
+    from avseg.fileio import remove_stale_temporaries
     from avseg.pseudo.writer import frame_relpaths
 
     cfg: WSAVSConfig = ctx.config

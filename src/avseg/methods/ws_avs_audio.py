@@ -183,7 +183,7 @@ COLUMNS = ["frame", "C2AM map", "saliency", "AV map", "Eq. 6 mask", "audio-selec
 
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     """Eq. 6 masks filtered by the audio-visual map -> pseudo/masks (+ eq6, av-maps, manifest, sheet)."""
-    from avseg.data.imageio import write_text_atomic
+    from avseg.fileio import write_text_atomic
     from avseg.engine.checkpoint import load_model_weights
     from avseg.inference.predict import iterate_outputs, save_probability_png
     from avseg.inference.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic

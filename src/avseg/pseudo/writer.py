@@ -18,7 +18,7 @@ from torch import Tensor
 
 from avseg.data.avsbench import AVSBenchDataset, VideoRecord
 from avseg.data.layout import prediction_relpath
-from avseg.engine.checkpoint import remove_stale_temporaries
+from avseg.fileio import remove_stale_temporaries
 from avseg.types import AVBatch
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,6 @@ class PseudoMaskWriter:
         }  # fmt: skip
 
     def write_manifest(self, summary: dict[str, Any]) -> None:
-        from avseg.data.imageio import write_text_atomic
+        from avseg.fileio import write_text_atomic
 
         write_text_atomic(self.folder / "manifest.json", json.dumps(summary, indent=2, default=str))
