@@ -50,7 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from avseg.audio import feature_shape
-from avseg.engine.trainer import TrainSettings, build_optimizer
+from avseg.engine.trainer import build_optimizer
+from avseg.config import TrainSettings
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss
 from avseg.methods.ws_avs import C2AMNet, SaliencyNet, WSAVSNet, build_segmenter

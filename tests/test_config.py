@@ -19,7 +19,7 @@ from avseg.config import (
     load_yaml,
     to_dict,
 )
-from avseg.engine import TrainSettings
+from avseg.config import TrainSettings
 
 RECIPE = """\
 data:

@@ -20,17 +20,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from avseg.engine import (
-    NonFiniteLossError,
-    TrainSettings,
-    fit,
-    load_model_weights,
-    prepare_run_dir,
-    read_jsonl,
-    read_metadata,
-    save_model_weights,
-    setup_logging,
-)
+from avseg.engine import NonFiniteLossError, fit, load_model_weights, prepare_run_dir, read_jsonl, read_metadata, save_model_weights, setup_logging
+from avseg.config import TrainSettings
 from avseg.engine.checkpoint import STATE, load_training_state
 from avseg.fileio import atomic_path
 from avseg.engine.distributed import EpochSampler

@@ -19,7 +19,8 @@ from avseg.config import apply_overrides, from_dict, load_yaml, to_dict
 from avseg.data.layout import LAYOUTS, SPLITS, metadata_path
 from avseg.engine import distributed as dist
 from avseg.fileio import remove_stale_temporaries
-from avseg.engine.trainer import TrainSettings, resolve_device, seed_everything
+from avseg.engine.trainer import resolve_device, seed_everything
+from avseg.config import TrainSettings
 from avseg.methods import METHODS
 from avseg.methods.base import MethodSpec, StageContext, read_marker, write_marker
 

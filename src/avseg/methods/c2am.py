@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.methods.base import MethodSpec, Stage, StageContext, read_marker
 from avseg.methods.cam import calibrate, check_threshold
 from avseg.methods.ws_avs import C2AMNet, stage_activation_maps, stage_c2am

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
 from avseg.models.heads import ClassifierHead

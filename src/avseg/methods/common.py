@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from avseg.config import DataConfig
 from avseg.data.avsbench import AVSBenchDataset
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.fileio import unwrap_model
 from avseg.types import AVBatch
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps

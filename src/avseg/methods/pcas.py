@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss
 from avseg.losses.segmentation import ce_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, train_stage
 from avseg.methods.ws_avs import WSAVSNet, _no_download, build_segmenter, final_checkpoint

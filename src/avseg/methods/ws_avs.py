@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.losses.c2am import c2am_losses
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss

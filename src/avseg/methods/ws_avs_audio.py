@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
 from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.c2am import REUSE_KEYS, reusable
