@@ -3,7 +3,6 @@ table (status, stage, error), not a crash and not a hole."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 from pathlib import Path
@@ -12,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avseg.bench import add_bench_command, resolve_methods, run_bench, split_overrides
+from avseg.bench import resolve_methods, run_bench, split_overrides
+from avseg.cli import build_parser
 from avseg.runner import RunError
 
 SIZE = 32
@@ -85,8 +85,7 @@ def test_bench_writes_table_chart_grid_and_reports_failures(tiny_s4: Path, tmp_p
 
 
 def test_bench_cli(tiny_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    parser = argparse.ArgumentParser(prog="avseg")
-    add_bench_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     out = tmp_path / "cli"
     argv = ["bench", "--data", str(tiny_s4), "--layout", "s4", "--methods", "cam", "--out", str(out), "--quick",
             "--batch-size", "2", "--image-size", str(SIZE), "--device", "cpu", "--grid-rows", "2"]  # fmt: skip

@@ -255,8 +255,8 @@ def _writers(tmp: Path) -> dict[str, tuple[Path, Callable[[], None]]]:
     from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_wav_atomic
     from avseg.fileio import write_text_atomic
     from avseg.engine.checkpoint import save_model_weights, save_training_state
-    from avseg.inference.predict import save_probability_png
-    from avseg.inference.visualize import save_image_atomic
+    from avseg.engine.evaluate import save_probability_png
+    from avseg.visualize import save_image_atomic
 
     img = np.zeros((8, 8, 3), np.uint8)
     return {
@@ -332,7 +332,7 @@ class Interrupted(Exception):
 
 def _counting_writer(monkeypatch: pytest.MonkeyPatch, written: list[Path], fail_after: int | None = None) -> None:
     """Wrap save_probability_png: record every path written, raise after ``fail_after`` files."""
-    import avseg.inference.predict as predict
+    import avseg.engine.evaluate as predict
 
     original = predict.save_probability_png
 

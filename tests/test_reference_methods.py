@@ -237,7 +237,7 @@ def test_recipes_in_sync_with_ws_avs(recipe: str) -> None:
 
 def test_heat_maps_threshold_mask_matches_metrics(tiny_s4: Path, tmp_path: Path) -> None:
     """Binary metrics on predict() equal the metrics of the documented mask (heat map > threshold)."""
-    from avseg.inference.predict import iterate_outputs
+    from avseg.engine.evaluate import iterate_outputs
     from avseg.methods.common import make_dataset
     from avseg.metrics.binary import BinaryAccumulator
 

@@ -16,7 +16,6 @@ columns = frame, ground truth, each method's binary mask; like the paper's Figur
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -169,7 +168,7 @@ def heatmap_scores(run_dir: Path, device: str = "auto", split: str = "test") -> 
     """
     from avseg.fileio import write_text_atomic
     from avseg.engine.trainer import resolve_device
-    from avseg.inference.predict import iterate_outputs
+    from avseg.engine.evaluate import iterate_outputs
     from avseg.methods.common import make_dataset
     from avseg.metrics.localization import LocalizationAccumulator
     from avseg.runner import load_run
@@ -508,7 +507,7 @@ def write_chart(path: Path, rows: list[BenchRow], title: str = "", floor: float 
     "all foreground" mIoU (``floor``); PIL only."""
     from PIL import Image, ImageDraw
 
-    from avseg.inference.visualize import save_image_atomic
+    from avseg.visualize import save_image_atomic
 
     series = [("mIoU", "miou_clean", (66, 114, 196)), ("F", "fscore_clean", (237, 125, 49))]
     group_w, bar_w, left, top, plot_h = 120, 44, 60, 50, 300
@@ -549,7 +548,7 @@ def write_chart(path: Path, rows: list[BenchRow], title: str = "", floor: float 
 
 def write_grid(path: Path, rows: list[BenchRow], pictures: dict[str, dict], keys: list[tuple[str, int]]) -> None:
     """Rows = test frames; columns = frame, ground truth, each method's binary mask (red overlay)."""
-    from avseg.inference.visualize import contact_sheet, denormalize, overlay, save_image_atomic
+    from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
     keys = [k for k in keys if any(k in p for p in pictures.values())]
     if not keys:
@@ -571,68 +570,3 @@ def write_grid(path: Path, rows: list[BenchRow], pictures: dict[str, dict], keys
     tile = max(112, grid[0][0].shape[0])
     sheet = contact_sheet(grid, row_labels=labels, col_labels=["frame", "ground truth"] + [r.display for r in rows], tile=tile)
     save_image_atomic(sheet, path)
-
-
-# --- CLI -----------------------------------------------------------------------------------------------
-def _command_line(args: argparse.Namespace) -> str:
-    """The bench command as typed (canonical order), for results.md."""
-    import shlex
-
-    parts = ["avseg", "bench", "--data", str(args.data), "--layout", args.layout, "--methods", args.methods, "--out", str(args.out)]
-    if args.recipe != "demo":
-        parts += ["--recipe", args.recipe]
-    if args.quick:
-        parts.append("--quick")
-    if args.no_reuse:
-        parts.append("--no-reuse")
-    for flag in ("epochs", "batch_size", "max_steps", "image_size", "device", "seed", "workers", "amp"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            parts += [f"--{flag.replace('_', '-')}", str(value)]
-    for item in args.set or []:
-        parts += ["--set", item]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from avseg.runner import QUICK_TRAIN_FLAGS
-
-    methods = resolve_methods(args.methods)
-    quick = {k: getattr(args, k, None) for k in QUICK_TRAIN_FLAGS}
-    if args.quick:  # a smoke run of every stage: one epoch of at most 2 steps each
-        quick["epochs"] = quick["epochs"] or 1
-        quick["max_steps"] = quick["max_steps"] or 2
-    command = _command_line(args)
-    rows = run_bench(
-        Path(args.data), args.layout, methods, Path(args.out), recipe=args.recipe, quick=quick, image_size=args.image_size,
-        overrides=args.set, device=args.device or "auto", grid_rows=args.grid_rows, command=command, reuse=not args.no_reuse,
-    )  # fmt: skip
-    if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    else:
-        print((Path(args.out) / "results.md").read_text())
-    return 0
-
-
-def add_bench_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``avseg bench`` on the CLI's subparsers."""
-    b = sub.add_parser("bench", help="train and evaluate several methods on one dataset: table, bar chart, qualitative grid")
-    b.add_argument("--data", required=True, help="dataset root (the folder holding the metadata CSV)")
-    b.add_argument("--layout", choices=("s4", "ms3"), required=True)
-    b.add_argument("--methods", default="all", help="'all' (every method, PCAS scored on its binary output) or a comma list, e.g. cam,ez-vsl,ws-avs")
-    b.add_argument("--out", required=True, help="bench folder: one run folder per method, results.md/.csv, chart.png, grid.png")
-    b.add_argument("--recipe", default="demo", help="recipe name used for every method: <method>/<recipe>.yaml (demo, s4, ms3)")
-    b.add_argument("--quick", action="store_true", help="smoke run: every training stage 1 epoch of at most 2 steps")
-    b.add_argument("--set", action="append", metavar="[METHOD:]KEY=VALUE", help="override for every method, or one (cam:threshold=0.4); repeatable")
-    b.add_argument("--epochs", type=int)
-    b.add_argument("--batch-size", type=int, dest="batch_size")
-    b.add_argument("--max-steps", type=int, dest="max_steps")
-    b.add_argument("--image-size", type=int, dest="image_size")
-    b.add_argument("--device", help="auto, cpu, cuda or cuda:N (training and evaluation)")
-    b.add_argument("--seed", type=int)
-    b.add_argument("--workers", type=int)
-    b.add_argument("--amp", choices=("off", "bf16", "fp16"))
-    b.add_argument("--no-reuse", action="store_true", dest="no_reuse", help="train c2am / ws-avs-av's C2AM and saliency stages again instead of taking ws-avs's")
-    b.add_argument("--grid-rows", type=int, default=6, dest="grid_rows", help="test frames in grid.png (default 6)")
-    b.add_argument("--json", action="store_true", help="print the rows as JSON instead of the markdown table")
-    b.set_defaults(func=cmd_bench)

@@ -166,7 +166,7 @@ def _check_same_run(spec: Any, cfg: Any, run_dir: Path) -> None:
 def _write_overlays(out: Path, runs: dict[str, Path], pictures: dict[str, dict]) -> list[str]:
     """overlays_test.png: frame | GT | each run's mask; overlays_train.png (with WS-AVS): frame | GT | pseudo | WS-AVS."""
     from avseg.data.avsbench import read_probability_png
-    from avseg.inference.visualize import contact_sheet, denormalize, overlay, save_image_atomic
+    from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
     from avseg.methods.common import make_dataset
     from avseg.runner import load_run
 
@@ -189,7 +189,7 @@ def _write_overlays(out: Path, runs: dict[str, Path], pictures: dict[str, dict])
     # Training frames with ground truth (frame 1): the pseudo mask the segmenter learned from, and its output.
     spec, cfg = load_run(runs["ws-avs"])
     from avseg.engine.trainer import resolve_device
-    from avseg.inference.predict import iterate_outputs
+    from avseg.engine.evaluate import iterate_outputs
 
     device = resolve_device("cpu")
     predictor = spec.load_predictor(cfg, runs["ws-avs"], device)

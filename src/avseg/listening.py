@@ -301,7 +301,7 @@ def listen(
     of ``ListeningAccumulator.compute`` plus {"conditions", "seed", "videos", "synthetic", "other_pairs"}
     and up to ``examples`` swap frames for the picture (synthetic data only, one per video).
     """
-    from avseg.inference.visualize import denormalize
+    from avseg.visualize import denormalize
 
     probe = dataset_factory()
     if probe.augment or probe.sample_frames is not None:
@@ -385,7 +385,7 @@ def listen_sheet(examples: list[ListenExample], path: Path, tile: int = 160) -> 
     silent object (that object outlined in cyan) | silence; predicted masks (p > 0.5) in red."""
     from PIL import Image
 
-    from avseg.inference.visualize import contact_sheet, overlay, save_image_atomic
+    from avseg.visualize import contact_sheet, overlay, save_image_atomic
 
     if not examples:
         raise ValueError("no example frames to draw")

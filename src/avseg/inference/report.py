@@ -72,7 +72,7 @@ class Pictures:
         return np.clip(output, 0.0, 1.0)
 
     def __call__(self, fo: Any) -> None:
-        from avseg.inference.visualize import denormalize, overlay
+        from avseg.visualize import denormalize, overlay
         from avseg.metrics.binary import frame_iou_clean
 
         rgb = None
@@ -126,7 +126,7 @@ def _load_or_evaluate(run_dir: Path, split: str, device: str, data_root: str | N
 def _collect_pictures(run_dir: Path, split: str, device: str, data_root: str | None, pictures: Pictures) -> None:
     """One prediction pass over the split feeding ``pictures`` (when the metrics were read from disk)."""
     from avseg.engine.trainer import resolve_device
-    from avseg.inference.predict import iterate_outputs
+    from avseg.engine.evaluate import iterate_outputs
     from avseg.methods.common import make_dataset
     from avseg.runner import load_run
 
@@ -154,7 +154,7 @@ def _img(image: np.ndarray | Image.Image, alt: str) -> str:
 
 def _video_strip(frames: list[tuple[int, np.ndarray, np.ndarray | None]]) -> np.ndarray:
     """Two rows (prediction, ground truth) of one video's frames -> one (H, W, 3) picture."""
-    from avseg.inference.visualize import contact_sheet
+    from avseg.visualize import contact_sheet
 
     frames = sorted(frames, key=lambda f: f[0])
     blank = np.full((TILE, TILE, 3), 235, np.uint8)

@@ -253,7 +253,7 @@ def _frame_record(fp: FramePrediction, predictor: Predictor, mask_name: str) -> 
 
 
 def _overlay_image(fp: FramePrediction) -> np.ndarray:
-    from avseg.inference.visualize import overlay
+    from avseg.visualize import overlay
 
     return overlay(fp.image, fp.sounding)
 
@@ -278,8 +278,8 @@ def segment_video(
     from avseg.data.imageio import save_png_atomic
     from avseg.fileio import write_text_atomic
     from avseg.data.layout import voc_palette
-    from avseg.inference.predict import save_probability_png
-    from avseg.inference.visualize import contact_sheet, mask_image, save_image_atomic
+    from avseg.engine.evaluate import save_probability_png
+    from avseg.visualize import contact_sheet, mask_image, save_image_atomic
 
     start = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)

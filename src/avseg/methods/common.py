@@ -84,7 +84,7 @@ def train_stage(
 
 def binary_validator(data: DataConfig, device: torch.device, audio: bool, split: str = "val", batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
     """A callable scoring ``model.predict`` on a split with the clean protocol: {"val_miou", "val_fscore"}."""
-    from avseg.inference.predict import evaluate_outputs, iterate_outputs
+    from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
 
     dataset = make_dataset(data, split, audio=audio)
 

@@ -539,7 +539,7 @@ class PCASNet(nn.Module):
 
 
 def _crf_batch(frames: Tensor, probs: Tensor, iterations: int) -> Tensor:
-    from avseg.inference.visualize import denormalize
+    from avseg.visualize import denormalize
 
     out = [torch.from_numpy(dense_crf_multi(denormalize(f.cpu().numpy()), p.cpu().numpy(), iterations=iterations)) for f, p in zip(frames, probs)]
     return torch.stack(out).to(probs)
@@ -588,7 +588,7 @@ def _fit(model: nn.Module, dataset: Any, settings: TrainSettings, out_dir: Path,
 
 def validator(cfg: PCASConfig, device: torch.device, split: str = "val"):
     """A callable scoring ``model.predict`` on a split (clean protocol): {"val_miou", "val_fscore"}."""
-    from avseg.inference.predict import evaluate_outputs, iterate_outputs
+    from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
 
     dataset = make_dataset(cfg.data, split)
 
@@ -699,8 +699,8 @@ def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
 def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
     """CAM pseudo labels of every training frame -> pseudo/labels (class-index PNGs), quality, contact sheet."""
     from avseg.fileio import write_text_atomic
-    from avseg.inference.predict import iterate_outputs, save_class_png
-    from avseg.inference.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
+    from avseg.engine.evaluate import iterate_outputs, save_class_png
+    from avseg.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
     from avseg.metrics.binary import BinaryAccumulator
     from avseg.metrics.semantic import SemanticAccumulator
 

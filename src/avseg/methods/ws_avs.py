@@ -271,7 +271,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     import shutil
 
     from avseg.fileio import file_sha256, write_text_atomic
-    from avseg.inference.predict import iterate_outputs, save_probability_png
+    from avseg.engine.evaluate import iterate_outputs, save_probability_png
     from avseg.pseudo.crf import dense_crf
     from avseg.fileio import remove_stale_temporaries
     from avseg.pseudo.writer import frame_relpaths
@@ -336,7 +336,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
             if not (init_dir / rel).is_file():
                 mask = (a > cfg.c2am_threshold).astype(np.float32)
                 if cfg.crf:
-                    from avseg.inference.visualize import denormalize
+                    from avseg.visualize import denormalize
 
                     mask = dense_crf(denormalize(o.frame), a, cfg.c2am_threshold)
                 save_probability_png(mask, init_dir / rel)

@@ -185,8 +185,8 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     """Eq. 6 masks filtered by the audio-visual map -> pseudo/masks (+ eq6, av-maps, manifest, sheet)."""
     from avseg.fileio import write_text_atomic
     from avseg.engine.checkpoint import load_model_weights
-    from avseg.inference.predict import iterate_outputs, save_probability_png
-    from avseg.inference.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
+    from avseg.engine.evaluate import iterate_outputs, save_probability_png
+    from avseg.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
     from avseg.metrics.binary import BinaryAccumulator
 
     cfg: WSAVSAudioConfig = ctx.config

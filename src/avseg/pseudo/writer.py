@@ -70,8 +70,8 @@ class PseudoMaskWriter:
         whole from an earlier call), "saliency", "quality", "contact_sheet".
         """
         from avseg.data.avsbench import read_probability_png
-        from avseg.inference.predict import iterate_outputs, save_probability_png
-        from avseg.inference.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
+        from avseg.engine.evaluate import iterate_outputs, save_probability_png
+        from avseg.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
         from avseg.metrics.binary import BinaryAccumulator
 
         outputs = [self.folder / "masks", self.folder / "saliency"]

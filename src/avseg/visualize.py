@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from avseg.data.layout import voc_palette
+from avseg.fileio import atomic_write_bytes
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD
 
 # A compact perceptual colour ramp (dark blue -> green -> yellow), enough for heat maps and spectrograms.
@@ -56,7 +58,6 @@ def mask_image(mask: np.ndarray) -> np.ndarray:
 
 def semantic_image(classes: np.ndarray) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) colours from the VOC palette (AVSS labels_rgb colours)."""
-    from avseg.data.layout import voc_palette
 
     pal = np.asarray(voc_palette(256), np.uint8)
     return pal[np.clip(classes, 0, 255).astype(np.int64)]
@@ -99,9 +100,6 @@ def contact_sheet(rows: list[list[np.ndarray]], row_labels: list[str] | None = N
 def save_image_atomic(image: Image.Image, path: Path) -> None:
     """Write a PIL image atomically (encoded in memory, temp file + rename), creating the folder."""
     import io
-
-    from avseg.fileio import atomic_write_bytes
-
     buf = io.BytesIO()
     image.save(buf, format=(Path(path).suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
     atomic_write_bytes(path, buf.getvalue())
