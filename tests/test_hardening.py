@@ -169,7 +169,7 @@ def _evil_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["zip", "raw"])
 def test_malicious_pth_given_as_weights_is_refused(kind: str, tmp_path: Path) -> None:
-    from avseg.models.weights import UnsafeCheckpointError, load_state_dict_file
+    from avseg.weights import UnsafeCheckpointError, load_state_dict_file
     from avseg.models.zoo import VISUAL_ENCODERS
 
     marker = tmp_path / "PWNED"

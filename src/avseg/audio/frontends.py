@@ -9,9 +9,8 @@ Nothing here needs torchaudio, librosa or scipy: decoding goes through soundfile
 PyAV (any container FFmpeg reads), the maths is plain torch, and each front-end reproduces the
 reference implementation named in its docstring (pinned by ``tests/test_audio.py``).
 
-One front-end, ``aisfx-embed``, runs a frozen pretrained network (aisfx's CNN, defined in
-``avseg.models``): it imports ``avseg.models`` lazily, the only dependency of this package on another
-part of avseg (see ``_frozen_aisfx``).
+One front-end, ``aisfx-embed``, runs a frozen pretrained network: aisfx's CNN, defined beside the
+front-ends in :mod:`avseg.audio.aisfx` (``avseg.models`` imports it from there for its encoder registry).
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from avseg.audio.aisfx import AISFX_EMBED_DIM, frozen_aisfx
 
 __all__ = [
     "AudioError",
@@ -831,26 +832,6 @@ def aisfx_log_mel(wave: Tensor) -> Tensor:
 
 # --- frozen aisfx embeddings (pretrained features computed once, like AVSBench's VGGish .pkl) -------
 
-AISFX_EMBED_DIM = 512
-
-
-@lru_cache(maxsize=1)
-def _frozen_aisfx() -> "torch.nn.Module":
-    """aisfx's pretrained 4-block CNN, eval mode, no gradients; loaded once per process, on first use.
-
-    Layering: this is the one place where ``avseg.audio`` reaches into ``avseg.models``. The frozen network
-    is part of the feature extractor here (as VGGish is part of AVSBench's .pkl features), while its
-    definition and weight loading belong with the other encoders; so the import runs one way, audio ->
-    models, lazily (importing ``avseg.audio`` stays light), and ``avseg.models`` never imports ``avseg.audio``.
-    """
-    from avseg.models.zoo import AUDIO_ENCODERS
-
-    model = AUDIO_ENCODERS["aisfx"](weights="aisfx").eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def aisfx_embeddings(wave: Tensor) -> Tensor:
     """Frozen pretrained aisfx embeddings of 44.1 kHz windows: ``aisfx_log_mel`` then aisfx's CNN.
 
@@ -870,7 +851,7 @@ def aisfx_embeddings(wave: Tensor) -> Tensor:
     lead = spec.shape[:-3]
     flat = spec.reshape(-1, 1, AISFX_N_MELS, spec.shape[-1]).float().cpu()  # (N, 1, 96, W)
     with torch.no_grad():
-        emb = _frozen_aisfx()(flat)  # (N, 512)
+        emb = frozen_aisfx()(flat)  # (N, 512)
     return emb.reshape(*lead, 1, AISFX_EMBED_DIM, 1).to(wave.device if isinstance(wave, Tensor) else "cpu")
 
 # --- EZ-VSL log-STFT -----------------------------------------------------------------------------

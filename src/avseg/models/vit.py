@@ -128,7 +128,7 @@ def vit_state_dict_from_file(path: Path | str) -> dict[str, Tensor]:
 
         state: Any = safetensors.torch.load_file(str(path))
     else:
-        from avseg.models.weights import load_state_dict_file
+        from avseg.weights import load_state_dict_file
 
         state = load_state_dict_file(path)
     for key in ("model", "state_dict"):
