@@ -335,6 +335,7 @@ def _counting_writer(monkeypatch: pytest.MonkeyPatch, written: list[Path], fail_
     import avseg.engine.evaluate as predict
 
     original = predict.save_probability_png
+    users = [m for name, m in sys.modules.items() if name.startswith("avseg.") and getattr(m, "save_probability_png", None) is original]
 
     def save(prob: np.ndarray, path: Path) -> None:
         if fail_after is not None and len(written) >= fail_after:
@@ -342,7 +343,8 @@ def _counting_writer(monkeypatch: pytest.MonkeyPatch, written: list[Path], fail_
         original(prob, path)
         written.append(Path(path))
 
-    monkeypatch.setattr(predict, "save_probability_png", save)
+    for module in users:  # every module that imported it
+        monkeypatch.setattr(module, "save_probability_png", save)
 
 
 def test_activation_maps_resume_without_redoing_finished_work(synth16: Path, ws_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -28,6 +28,19 @@ from typing import Any
 
 import numpy as np
 
+from avseg.config import dump_yaml, to_dict
+from avseg.data.avsbench import index_videos, read_mask
+from avseg.engine.evaluate import iterate_outputs
+from avseg.engine.trainer import resolve_device
+from avseg.fileio import write_text_atomic
+from avseg.listening import deaf_ceiling, listen_run
+from avseg.methods import METHODS
+from avseg.methods.common import make_dataset
+from avseg.metrics.binary import BinaryAccumulator
+from avseg.metrics.localization import LocalizationAccumulator
+from avseg.runner import build_config, evaluate_run, load_run, record_classes, run_method, RunError
+from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
+
 log = logging.getLogger("avseg")
 
 # The paper's order (Table 1, weakest first), then ours and the fully supervised reference.
@@ -103,8 +116,6 @@ class BenchRow:
 def resolve_methods(spec: str) -> list[str]:
     """``all`` -> every registered method (the paper's order first; PCAS's semantic masks are scored as their
     union, its binary output on S4 / MS3); else a comma list."""
-    from avseg.methods import METHODS
-    from avseg.runner import RunError
 
     if spec.strip() == "all":
         names = [m for m in BENCH_ORDER if m in METHODS]
@@ -121,8 +132,6 @@ def resolve_methods(spec: str) -> list[str]:
 
 def split_overrides(items: list[str] | None, methods: list[str]) -> dict[str, list[str]]:
     """``KEY=VALUE`` applies to every method, ``METHOD:KEY=VALUE`` to one -> {method: [overrides]}."""
-    from avseg.methods import METHODS
-    from avseg.runner import RunError
 
     out: dict[str, list[str]] = {m: [] for m in methods}
     for item in items or []:
@@ -146,9 +155,6 @@ def _same_config(run_dir: Path, method: str, cfg: Any) -> bool:
     config class, so a setting added to the code since (absent from the file) counts at its default."""
     import yaml
 
-    from avseg.config import dump_yaml, to_dict
-    from avseg.runner import RunError, load_run
-
     try:
         spec, saved = load_run(run_dir)
     except (RunError, ValueError, TypeError):
@@ -166,12 +172,6 @@ def heatmap_scores(run_dir: Path, device: str = "auto", split: str = "test") -> 
 
     Returns None for methods without heat maps. Writes ``eval/{split}-heatmap.json`` in the run.
     """
-    from avseg.fileio import write_text_atomic
-    from avseg.engine.trainer import resolve_device
-    from avseg.engine.evaluate import iterate_outputs
-    from avseg.methods.common import make_dataset
-    from avseg.metrics.localization import LocalizationAccumulator
-    from avseg.runner import load_run
 
     spec, cfg = load_run(run_dir)
     dev = resolve_device(device)
@@ -193,8 +193,6 @@ def trivial_baselines(root: Path, layout: str, split: str = "test", batch_frames
     """Scores of the constant predictions "all foreground" and "all background" on a split (read from the
     ground-truth files in canonical order): the floor every method must clear. Empty-GT frames reward an
     empty prediction in both protocols, and large objects reward "all foreground"."""
-    from avseg.data.avsbench import index_videos, read_mask
-    from avseg.metrics.binary import BinaryAccumulator
 
     accs = {name: {p: BinaryAccumulator(p, batch_frames) for p in ("clean", "avsbench")} for name in ("all foreground", "all background")}
     for record in index_videos(Path(root), layout, split):
@@ -218,7 +216,6 @@ def grid_keys(root: Path, layout: str, rows: int, split: str = "test") -> list[t
     """(video id, frame number) of ``rows`` test frames with non-empty ground truth: one per video from
     evenly spaced videos (the frame position rotates from row to row), more per video when the split has
     fewer videos than rows. The same for every method."""
-    from avseg.data.avsbench import index_videos, read_mask
 
     records = index_videos(Path(root), layout, split)
     if not records or rows < 1:
@@ -270,9 +267,6 @@ def run_bench(
     Returns:
         One BenchRow per method, in ``methods`` order.
     """
-    from avseg.listening import deaf_ceiling, listen_run
-    from avseg.methods import METHODS
-    from avseg.runner import RunError, build_config, evaluate_run, record_classes, run_method
 
     if layout not in ("s4", "ms3"):
         raise RunError(f"bench scores binary masks: layout must be s4 or ms3, got {layout!r}")
@@ -345,7 +339,6 @@ def run_bench(
             if phase == "train" and cfg is not None:
                 pending = [s.name for s in METHODS[method].stages(cfg) if not s.is_done(run_dir)]
                 row.failed_stage = f"train/{pending[0]}" if pending else "train"
-            from avseg.fileio import write_text_atomic
 
             write_text_atomic(run_dir / "bench-error.txt", traceback.format_exc())
             log.error("bench [%d/%d] %s: FAILED in %s: %s (traceback in %s)", i, len(methods), method, row.failed_stage, row.error, run_dir / "bench-error.txt")
@@ -404,7 +397,6 @@ def write_results(
 ) -> None:
     """results.csv / .json / .md. ``deaf``: the deaf ceiling of synthetic data (``listening.deaf_ceiling``),
     shown beside the constant baselines in results.md and kept in results.json."""
-    from avseg.fileio import write_text_atomic
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -507,8 +499,6 @@ def write_chart(path: Path, rows: list[BenchRow], title: str = "", floor: float 
     "all foreground" mIoU (``floor``); PIL only."""
     from PIL import Image, ImageDraw
 
-    from avseg.visualize import save_image_atomic
-
     series = [("mIoU", "miou_clean", (66, 114, 196)), ("F", "fscore_clean", (237, 125, 49))]
     group_w, bar_w, left, top, plot_h = 120, 44, 60, 50, 300
     width = left + max(1, len(rows)) * group_w + 30
@@ -548,7 +538,6 @@ def write_chart(path: Path, rows: list[BenchRow], title: str = "", floor: float 
 
 def write_grid(path: Path, rows: list[BenchRow], pictures: dict[str, dict], keys: list[tuple[str, int]]) -> None:
     """Rows = test frames; columns = frame, ground truth, each method's binary mask (red overlay)."""
-    from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
     keys = [k for k in keys if any(k in p for p in pictures.values())]
     if not keys:

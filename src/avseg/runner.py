@@ -11,14 +11,18 @@ from typing import Any
 
 import torch
 
-from avseg.config import apply_overrides, from_dict, load_yaml, to_dict
+from avseg.config import apply_overrides, from_dict, load_yaml, to_dict, TrainSettings
+from avseg.data.avsbench import class_names
 from avseg.data.layout import LAYOUTS, metadata_path
 from avseg.engine import distributed as dist
-from avseg.fileio import remove_stale_temporaries
+from avseg.engine.checkpoint import LAST, read_metadata
+from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
+from avseg.engine.tracking import prepare_run_dir, setup_logging
 from avseg.engine.trainer import resolve_device, seed_everything
-from avseg.config import TrainSettings
+from avseg.fileio import remove_stale_temporaries, write_text_atomic
 from avseg.methods import METHODS
-from avseg.methods.base import MethodSpec, StageContext, read_marker, write_marker
+from avseg.methods.base import MethodSpec, read_marker, StageContext, write_marker
+from avseg.methods.common import make_dataset
 
 log = logging.getLogger("avseg")
 
@@ -115,7 +119,6 @@ def record_classes(spec: MethodSpec, cfg: Any) -> Any:
     A vocabulary already recorded (a resumed run, or one set by hand) must equal the dataset's: class
     index k of the trained heads means the same class only then.
     """
-    from avseg.data.avsbench import class_names
 
     found = class_names(Path(cfg.data.root), cfg.data.layout)
     if cfg.data.classes is None:
@@ -156,7 +159,6 @@ def run_method(
     stage it stops early gets a marker with ``"truncated": true``, and a later call without it (e.g.
     ``avseg train --out RUN --resume``) continues that stage from its checkpoint to the end.
     """
-    from avseg.engine.tracking import prepare_run_dir, setup_logging
 
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
@@ -239,7 +241,6 @@ def _finished(marker: dict[str, Any], max_steps: int | None) -> bool:
 
 def _stopped_early(stage: Any, run_dir: Path) -> bool:
     """True when a training stage's last checkpoint is short of its epochs (stopped by max_steps)."""
-    from avseg.engine.checkpoint import LAST, read_metadata
 
     for rel in stage.outputs:
         last = run_dir / rel / LAST
@@ -298,9 +299,6 @@ def evaluate_run(
     keep: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a run's final model on a split; writes ``eval/{split}-{protocol}.json`` in the run."""
-    from avseg.fileio import write_text_atomic
-    from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
-    from avseg.methods.common import make_dataset
 
     spec, cfg = load_run(run_dir)
     if data_root is not None:

@@ -27,9 +27,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from avseg.audio import compute_features, fit_length, frame_windows, FRONTENDS, load_audio, rms
 from avseg.data import layout as L
 from avseg.data.errors import DataError
-from avseg.types import IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS, AVBatch
+from avseg.data.safe_pickle import load_tensor_pickle
+from avseg.types import AVBatch, IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS
 
 SOUNDING = "sounding"
 MAX_NAME_BYTES = 200  # ids become file names with suffixes such as ".mp4_5.png"; file systems stop at 255
@@ -496,7 +498,6 @@ class AVSBenchDataset(Dataset):
                 raise ValueError(f"sample_frames must be in 1..{shortest} (frames of the shortest video), got {sample_frames}")
             self.pad_to = sample_frames
         if audio_frontend not in (None, "pkl"):
-            from avseg.audio import FRONTENDS
 
             if audio_frontend not in FRONTENDS:
                 raise ValueError(f"unknown audio front-end {audio_frontend!r}; expected one of {sorted(FRONTENDS)} or 'pkl'")
@@ -538,7 +539,6 @@ class AVSBenchDataset(Dataset):
         if self.audio_frontend == "pkl":
             if record.pkl_path is None:
                 raise DataError(record.audio_path, "this layout ships no .pkl features; use a wav front-end")
-            from avseg.data.safe_pickle import load_tensor_pickle
 
             feats = load_tensor_pickle(record.pkl_path)
             # Shape first, then only the T rows used are converted: a crafted file with zero strides can
@@ -554,7 +554,6 @@ class AVSBenchDataset(Dataset):
             if self.return_waveform:
                 waveform = self._waveforms(record, t)
             return audio, waveform
-        from avseg.audio import FRONTENDS, compute_features
 
         audio = None
         if self.audio_frontend is not None:
@@ -582,7 +581,6 @@ class AVSBenchDataset(Dataset):
         would only grow memory). DataLoader workers each keep their own memo, lost when they exit: with
         ``workers > 0`` use ``avseg data cache`` for features computed once.
         """
-        from avseg.audio import FRONTENDS
 
         if self.audio_transform is not None or not FRONTENDS[self.audio_frontend].memoise or negative[0] == "noise":
             return None
@@ -591,7 +589,6 @@ class AVSBenchDataset(Dataset):
 
     def _decode_audio(self, record: VideoRecord, sample_rate: int) -> tuple[np.ndarray, int]:
         """The video's waveform (S,) at ``sample_rate``, through ``audio_transform`` when one is set."""
-        from avseg.audio import load_audio
 
         wave, sr = load_audio(record.audio_path, sample_rate)
         if self.audio_transform is not None:
@@ -633,7 +630,6 @@ class AVSBenchDataset(Dataset):
         """The negative soundtrack replacing ``wave`` (S,), same length."""
         if kind == "silence":
             return np.zeros_like(wave)
-        from avseg.audio import fit_length, rms
 
         if kind == "noise":
             rng = np.random.default_rng(helper)
@@ -642,7 +638,6 @@ class AVSBenchDataset(Dataset):
         return fit_length(other, wave.shape[0])  # looped or cut to this clip's length
 
     def _waveforms(self, record: VideoRecord, t: int, negative: tuple[str, int] = ("", -1)) -> torch.Tensor:
-        from avseg.audio import frame_windows
 
         wave, sr = self._decode_audio(record, self.waveform_rate)
         if negative[0]:

@@ -41,19 +41,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from avseg.data import layout as L
 from avseg.data.avsbench import (
-    AVSBenchDataset,
-    VideoRecord,
-    VideoSample,
     _pad,
     apply_geometry,
     augment_geometry,
+    AVSBenchDataset,
     collate_videos,
     read_probability_png,
     sample_frame_indices,
+    VideoRecord,
+    VideoSample,
 )
 from avseg.data.errors import DataError
-from avseg.fileio import file_sha256
-from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
+from avseg.fileio import file_sha256, write_text_atomic
+from avseg.types import AVBatch, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CACHE_FORMAT",
@@ -225,7 +225,6 @@ def build_cache(
             "source_sizes": sorted(list(s) for s in source_sizes),
         }  # fmt: skip
     index["seconds"] = round(time.perf_counter() - started, 3)
-    from avseg.fileio import write_text_atomic
 
     write_text_atomic(out / INDEX, json.dumps(index))
     return index

@@ -51,9 +51,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from avseg.data import layout as L
-from avseg.data.errors import DataError
-from avseg.fileio import file_sha256, write_text_atomic
 from avseg.data.synthetic import (  # shared with the synthetic generator, so both behave alike
     _HEADERS,
     _csv_text,
@@ -65,6 +62,10 @@ from avseg.data.synthetic import (  # shared with the synthetic generator, so bo
     split_counts,
     write_plan_files,
 )
+from avseg.audio.frontends import AudioError, load_audio, resample
+from avseg.data import layout as L
+from avseg.data.errors import DataError
+from avseg.fileio import file_sha256, write_text_atomic
 
 __all__ = [
     "SAMPLE_RATE",
@@ -423,8 +424,6 @@ def _decode_image(path: Path) -> np.ndarray:
 def _decode_sound(path: Path) -> np.ndarray:
     """(S,) float32 at SAMPLE_RATE, silence at both ends trimmed, 5 ms fades; raises _Unusable."""
     import torch
-
-    from avseg.audio.frontends import AudioError, load_audio, resample
 
     try:
         audio, rate = load_audio(path, warn_silent=False)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import torch
 
+from avseg.config import dump_yaml
 from avseg.engine import distributed
 from avseg.fileio import write_text_atomic
 
@@ -72,8 +73,6 @@ def prepare_run_dir(out: Path, config: Any) -> Path:
     """
     out = Path(out)
     if distributed.is_main():
-        from avseg.config import dump_yaml  # lazy: avseg.config imports the engine
-
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(config, out / "config.yaml")
         write_text_atomic(out / "git.txt", git_revision() + "\n", durable=True)

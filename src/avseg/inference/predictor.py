@@ -32,8 +32,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from avseg.inference.video import AudioTrack, SampledFrame, VideoError, VideoInfo, iter_frames, probe_video
-from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
+from avseg.audio.frontends import cut_windows, FRONTENDS, resample
+from avseg.config import from_dict, load_yaml
+from avseg.data.avsbench import avss_classes
+from avseg.engine.checkpoint import load_model_weights
+from avseg.engine.trainer import resolve_device
+from avseg.inference.video import AudioTrack, iter_frames, probe_video, SampledFrame, VideoError, VideoInfo
+from avseg.methods import METHODS
+from avseg.runner import load_run, recipe_path, RunError
+from avseg.types import AVBatch, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("avseg")
 
@@ -64,7 +71,6 @@ class AudioSettings:
 
         The official ``pkl`` features are VGGish examples: the ``vggish`` front-end computes the same.
         """
-        from avseg.audio.frontends import FRONTENDS
 
         if frontend is None:
             return cls(None)
@@ -86,7 +92,6 @@ class AudioSettings:
         """(T, S_w) windows at ``sample_rate`` -> (T, 1, F, W_a) features (None for visual-only models)."""
         if self.frontend is None:
             return None
-        from avseg.audio.frontends import FRONTENDS
 
         return FRONTENDS[self.frontend].fn(windows.float())
 
@@ -124,7 +129,6 @@ def sounding_probability(probs: np.ndarray) -> np.ndarray:
 def _resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
-    from avseg.engine.trainer import resolve_device
 
     return resolve_device(device)
 
@@ -149,7 +153,6 @@ def resolve_run_dir(path: str | Path) -> Path:
         avseg.runner.RunError: ``path`` holds several runs (the message lists them and the ``--run`` to
             pass), or neither is a run nor holds one.
     """
-    from avseg.runner import RunError
 
     path = Path(path)
     if (path / "config.yaml").is_file():
@@ -217,7 +220,6 @@ class Predictor:
         A folder of runs (e.g. ``runs/demo``, holding ``ws-avs/`` and ``supervised/``) is accepted when it
         holds exactly one run; see :func:`resolve_run_dir`.
         """
-        from avseg.runner import load_run
 
         run_dir = resolve_run_dir(run_dir)
         spec, cfg = load_run(run_dir)
@@ -240,9 +242,6 @@ class Predictor:
             config: a run's ``config.yaml`` or a recipe (file or shipped name such as ``ws-avs/demo``)
                 with a ``method:`` key; None looks for ``config.yaml`` in the checkpoint's run folder.
         """
-        from avseg.config import from_dict, load_yaml
-        from avseg.methods import METHODS
-        from avseg.runner import RunError, recipe_path
 
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
@@ -294,7 +293,6 @@ class Predictor:
             sample_rate: rate of ``audio``.
             frame_times: T times in seconds from the first audio sample.
         """
-        from avseg.audio.frontends import cut_windows, resample
 
         n = self.audio.window_samples
         times = [float(t) for t in frame_times]
@@ -454,7 +452,6 @@ def _dataset_class_names(root: Path, layout: str) -> list[str] | None:
     if layout != "avss":
         return None
     try:
-        from avseg.data.avsbench import avss_classes
 
         return avss_classes(root)
     except Exception as exc:  # names are cosmetic: fall back to class numbers, but say so
@@ -474,7 +471,6 @@ def _load_weights_file(spec: Any, cfg: Any, checkpoint: Path, device: torch.devi
     """
     build = getattr(spec, "build_model", None)
     if build is not None:
-        from avseg.engine.checkpoint import load_model_weights
 
         model = build(cfg)
         load_model_weights(model, checkpoint)

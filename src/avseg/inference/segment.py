@@ -30,8 +30,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from avseg.data.imageio import save_png_atomic
+from avseg.data.layout import voc_palette
+from avseg.engine.evaluate import save_probability_png
+from avseg.fileio import atomic_write_bytes, write_text_atomic
 from avseg.inference.predictor import FramePrediction, Predictor
-from avseg.inference.video import VideoError, VideoInfo, probe_video
+from avseg.inference.video import probe_video, VideoError, VideoInfo
+from avseg.visualize import contact_sheet, mask_image, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")
 
@@ -253,7 +258,6 @@ def _frame_record(fp: FramePrediction, predictor: Predictor, mask_name: str) -> 
 
 
 def _overlay_image(fp: FramePrediction) -> np.ndarray:
-    from avseg.visualize import overlay
 
     return overlay(fp.image, fp.sounding)
 
@@ -274,12 +278,6 @@ def segment_video(
             and its audio track have been opened and checked.
     """
     from tqdm import tqdm
-
-    from avseg.data.imageio import save_png_atomic
-    from avseg.fileio import write_text_atomic
-    from avseg.data.layout import voc_palette
-    from avseg.engine.evaluate import save_probability_png
-    from avseg.visualize import contact_sheet, mask_image, save_image_atomic
 
     start = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
@@ -354,7 +352,6 @@ def segment_video(
 
 def _write_gif(path: Path, items: list[tuple[int, Any]], fps: float) -> str | None:
     """A small looping GIF of the kept overlay thumbnails (PIL, adaptive palette per frame)."""
-    from avseg.fileio import atomic_write_bytes
 
     if not items:
         return None
@@ -396,7 +393,6 @@ def segment_videos(
     A video that fails (missing, corrupt, no audio track without ``allow_silent``) does not stop the
     others; afterwards SegmentError lists every failure (exit status 2 on the command line).
     """
-    from avseg.fileio import write_text_atomic
 
     if fps < 0 or not math.isfinite(fps):
         raise ValueError(f"--fps must be >= 0 (0 = every frame), got {fps}")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor, nn
 
+from avseg.fileio import write_text_atomic
 from avseg.types import AVBatch
 
 log = logging.getLogger("avseg")
@@ -76,7 +77,6 @@ class MethodSpec:
 
 
 def write_marker(stage: Stage, run_dir: Path, summary: dict[str, Any]) -> None:
-    from avseg.fileio import write_text_atomic
 
     write_text_atomic(stage.marker(run_dir), json.dumps(summary, indent=2, default=str))
 

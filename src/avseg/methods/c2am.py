@@ -30,9 +30,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.config import TrainSettings
-from avseg.methods.base import MethodSpec, Stage, StageContext, read_marker
+from avseg.config import DataConfig, load_yaml, to_dict, TrainSettings
+from avseg.engine import distributed as dist
+from avseg.engine.checkpoint import load_model_weights
+from avseg.methods.base import MethodSpec, read_marker, Stage, StageContext
 from avseg.methods.cam import calibrate, check_threshold
 from avseg.methods.ws_avs import C2AMNet, stage_activation_maps, stage_c2am
 from avseg.models.zoo import VISUAL_ENCODERS
@@ -105,7 +106,6 @@ _IGNORED_DATA_KEYS = ("workers", "classes")  # workers change nothing a stage co
 
 def reuse_problem(source: Path, stage: str, cfg: Any) -> str | None:
     """Why stage ``stage`` of run ``source`` cannot stand in for this config's (None: it can)."""
-    from avseg.config import load_yaml, to_dict
 
     marker = read_marker(stage, source)
     if marker is None:
@@ -158,7 +158,6 @@ def reusable(name: str, run: Callable[[StageContext], dict[str, Any]]) -> Callab
             source_dir = Path(source)
             problem = reuse_problem(source_dir, name, ctx.config)
             if problem is None:
-                from avseg.engine import distributed as dist
 
                 if dist.is_main():
                     for rel in REUSE_OUTPUTS[name]:
@@ -187,7 +186,6 @@ def stages(cfg: C2AMConfig) -> list[Stage]:
 
 
 def load_predictor(cfg: C2AMConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
 
     marker = read_marker("activation-maps", Path(run_dir))
     if marker is None:

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.config import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
+from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.heads import ClassifierHead
 from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.types import AVBatch
@@ -178,8 +179,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: CAMConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
-    from avseg.methods.ws_avs import final_checkpoint
 
     net = build_net(cfg, weights="none")
     load_model_weights(net, final_checkpoint(run_dir, "classifier"))

@@ -9,9 +9,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.data.avsbench import AVSBenchDataset
-from avseg.config import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.data.avsbench import AVSBenchDataset, class_names, collate_videos
+from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
+from avseg.engine.trainer import fit
 from avseg.fileio import unwrap_model
 from avseg.types import AVBatch
 
@@ -22,7 +23,6 @@ def num_classes_of(data: DataConfig) -> int:
     """K, the number of video-level classes: the run's recorded vocabulary, else the dataset's."""
     if data.classes is not None:
         return len(data.classes)
-    from avseg.data.avsbench import class_names
 
     return len(class_names(Path(data.root), data.layout))
 
@@ -67,8 +67,6 @@ def train_stage(
     A last, smaller batch is dropped only when the split holds at least one full batch, so tiny datasets
     (tests, demos) still train.
     """
-    from avseg.data.avsbench import collate_videos
-    from avseg.engine.trainer import fit
 
     result = fit(
         model, dataset, settings, out_dir, collate_fn=collate_videos, evaluate=evaluate, best_key=best_key,
@@ -84,7 +82,6 @@ def train_stage(
 
 def binary_validator(data: DataConfig, device: torch.device, audio: bool, split: str = "val", batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
     """A callable scoring ``model.predict`` on a split with the clean protocol: {"val_miou", "val_fscore"}."""
-    from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
 
     dataset = make_dataset(data, split, audio=audio)
 

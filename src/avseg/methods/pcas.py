@@ -34,21 +34,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.config import TrainSettings
+from avseg.pseudo.crf import dense_crf_multi  # re-exported: PCAS inference and its tests use it from here
+from avseg.audio.frontends import FRONTENDS
+from avseg.config import DataConfig, TrainSettings
+from avseg.data.avsbench import collate_videos
+from avseg.engine import distributed as dist
+from avseg.engine.checkpoint import load_model_weights
+from avseg.engine.evaluate import evaluate_outputs, iterate_outputs, save_class_png
+from avseg.engine.trainer import fit
+from avseg.fileio import unwrap_model, write_text_atomic
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss
 from avseg.losses.segmentation import ce_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import make_dataset, num_classes_of
+from avseg.metrics.binary import BinaryAccumulator
+from avseg.metrics.semantic import SemanticAccumulator
 from avseg.models.ast import AST_CONFIGS, build_ast, frame_segments
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import AttentionPool, ProjectionHead
 from avseg.models.visual import group_norm
-from avseg.models.vit import VIT_CONFIGS, build_vit
+from avseg.models.vit import build_vit, VIT_CONFIGS
 from avseg.models.zoo import VISUAL_ENCODERS, VISUAL_WEIGHT_CHOICES
-from avseg.pseudo.crf import dense_crf_multi  # re-exported: PCAS inference and its tests use it from here
-from avseg.fileio import unwrap_model
 from avseg.types import AVBatch
+from avseg.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
 
 log = logging.getLogger("avseg")
 
@@ -343,7 +351,6 @@ class PCASNet(nn.Module):
         return Encoded(vis.cls, v_sem, vis.patches, vis.pyramid, a.flatten(0, 1)[valid], x, labels, valid)
 
     def _window_seconds(self) -> float:
-        from avseg.audio.frontends import FRONTENDS
 
         return FRONTENDS[self.cfg.data.audio_frontend].window_seconds
 
@@ -539,7 +546,6 @@ class PCASNet(nn.Module):
 
 
 def _crf_batch(frames: Tensor, probs: Tensor, iterations: int) -> Tensor:
-    from avseg.visualize import denormalize
 
     out = [torch.from_numpy(dense_crf_multi(denormalize(f.cpu().numpy()), p.cpu().numpy(), iterations=iterations)) for f, p in zip(frames, probs)]
     return torch.stack(out).to(probs)
@@ -573,8 +579,6 @@ def param_groups(cfg: PCASConfig):
 
 def _fit(model: nn.Module, dataset: Any, settings: TrainSettings, out_dir: Path, cfg: PCASConfig, resume: bool, desc: str, evaluate=None, best_key=None) -> dict:
     """``methods.common.train_stage`` plus the two parameter groups (train_stage has no param_groups)."""
-    from avseg.data.avsbench import collate_videos
-    from avseg.engine.trainer import fit
 
     result = fit(
         model, dataset, settings, out_dir, collate_fn=collate_videos, evaluate=evaluate, best_key=best_key, resume=resume,
@@ -588,7 +592,6 @@ def _fit(model: nn.Module, dataset: Any, settings: TrainSettings, out_dir: Path,
 
 def validator(cfg: PCASConfig, device: torch.device, split: str = "val"):
     """A callable scoring ``model.predict`` on a split (clean protocol): {"val_miou", "val_fscore"}."""
-    from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
 
     dataset = make_dataset(cfg.data, split)
 
@@ -637,8 +640,6 @@ def audio_classification_report(model: PCASNet, cfg: PCASConfig, split: str, dev
     """
     from torch.utils.data import DataLoader
 
-    from avseg.data.avsbench import collate_videos
-
     dataset = make_dataset(cfg.data, split)
     loader = DataLoader(dataset, batch_size=4, shuffle=False, collate_fn=collate_videos)
     model.eval()
@@ -668,7 +669,6 @@ def audio_classification_report(model: PCASNet, cfg: PCASConfig, split: str, dev
 
 
 def _load(cfg: PCASConfig, path: Path, device: torch.device) -> PCASNet:
-    from avseg.engine.checkpoint import load_model_weights
 
     model = PCASNet(cfg, num_classes(cfg), visual_weights=False)
     load_model_weights(model, path)
@@ -683,10 +683,8 @@ def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
     model.mode = "look-listen"
     train = make_dataset(cfg.data, "train", augment=True, sample_frames=cfg.train_frames, seed=s.seed)
     summary = _fit(model, train, s, ctx.path("look-listen"), cfg, ctx.resume, "look-listen")
-    from avseg.engine import distributed as dist
 
     if cfg.audio_report_split and dist.is_main():  # the stage runs on every torchrun process; report once
-        from avseg.fileio import write_text_atomic
 
         trained = _load(cfg, ctx.path("look-listen", "last.safetensors"), ctx.device)
         report = audio_classification_report(trained, cfg, cfg.audio_report_split, ctx.device)
@@ -698,11 +696,6 @@ def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
 
 def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
     """CAM pseudo labels of every training frame -> pseudo/labels (class-index PNGs), quality, contact sheet."""
-    from avseg.fileio import write_text_atomic
-    from avseg.engine.evaluate import iterate_outputs, save_class_png
-    from avseg.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
-    from avseg.metrics.binary import BinaryAccumulator
-    from avseg.metrics.semantic import SemanticAccumulator
 
     cfg: PCASConfig = ctx.config
     model = _load(cfg, ctx.path("look-listen", "last.safetensors"), ctx.device)
@@ -759,7 +752,6 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
 
 
 def stage_segment(ctx: StageContext) -> dict[str, Any]:
-    from avseg.engine.checkpoint import load_model_weights
 
     cfg: PCASConfig = ctx.config
     s = cfg.segment_train

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from avseg.config import DataConfig
-from avseg.config import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, train_stage
-from avseg.methods.ws_avs import WSAVSNet, _no_download, build_segmenter, final_checkpoint
+from avseg.methods.ws_avs import _no_download, build_segmenter, final_checkpoint, WSAVSNet
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 
 
@@ -61,7 +61,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: SupervisedConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
 
     net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
     load_model_weights(net, final_checkpoint(run_dir))

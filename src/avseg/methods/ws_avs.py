@@ -24,18 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.config import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
+from avseg.engine.evaluate import iterate_outputs, save_probability_png
+from avseg.fileio import file_sha256, remove_stale_temporaries, write_text_atomic
 from avseg.losses.c2am import c2am_losses
 from avseg.losses.contrastive import m2icl_per_second
-from avseg.losses.segmentation import bce_loss
+from avseg.losses.segmentation import bce_loss, iou_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.pseudo.crf import dense_crf
+from avseg.pseudo.writer import frame_relpaths, PseudoMaskWriter
 from avseg.types import AVBatch
+from avseg.visualize import denormalize
 
 log = logging.getLogger("avseg")
 
@@ -175,7 +180,6 @@ class WSAVSNet(nn.Module):
         self.mask_source = mask_source
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
-        from avseg.losses.segmentation import iou_loss
 
         b, t = batch.frames.shape[:2]
         out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
@@ -224,7 +228,6 @@ def stage_c2am(ctx: StageContext) -> dict[str, Any]:
 
 
 def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> tuple[C2AMNet, bool]:
-    from avseg.engine.checkpoint import load_model_weights
 
     model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level)
     load_model_weights(model, run_dir / "c2am" / "last.safetensors")
@@ -269,12 +272,6 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     """
     import json
     import shutil
-
-    from avseg.fileio import file_sha256, write_text_atomic
-    from avseg.engine.evaluate import iterate_outputs, save_probability_png
-    from avseg.pseudo.crf import dense_crf
-    from avseg.fileio import remove_stale_temporaries
-    from avseg.pseudo.writer import frame_relpaths
 
     cfg: WSAVSConfig = ctx.config
     layout = cfg.data.layout
@@ -336,7 +333,6 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
             if not (init_dir / rel).is_file():
                 mask = (a > cfg.c2am_threshold).astype(np.float32)
                 if cfg.crf:
-                    from avseg.visualize import denormalize
 
                     mask = dense_crf(denormalize(o.frame), a, cfg.c2am_threshold)
                 save_probability_png(mask, init_dir / rel)
@@ -368,8 +364,6 @@ def eq6_mask(activation: Tensor, saliency: Tensor, floor: float = 0.0) -> Tensor
 
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     """Paper Eq. 6 (or the official shortcut) -> pseudo/masks + manifest + contact sheet + quality."""
-    from avseg.engine.checkpoint import load_model_weights
-    from avseg.pseudo.writer import PseudoMaskWriter
 
     cfg: WSAVSConfig = ctx.config
     data = cfg.data
@@ -433,7 +427,6 @@ def final_checkpoint(run_dir: Path, stage: str = "segmenter") -> Path:
 
 
 def load_predictor(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
 
     net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
     load_model_weights(net, final_checkpoint(run_dir))
