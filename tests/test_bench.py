@@ -17,7 +17,6 @@ from avseg.runner import RunError
 
 SIZE = 32
 TINY = [
-    "data.workers=0",
     "cam:visual=tiny", "cam:visual_weights=none", "cam:level=2",
     "c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2",
     "ez-vsl:visual=tiny", "ez-vsl:visual_weights=none", "ez-vsl:audio=tiny", "ez-vsl:audio_weights=none",
@@ -140,7 +139,7 @@ AV_TINY = ["av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audi
 def test_bench_shares_ws_avs_stages(tiny_s4: Path, tmp_path: Path) -> None:
     """c2am and ws-avs-av take C2AM (and saliency) from the bench's ws-avs run: trained once, identical."""
     out = tmp_path / "bench"
-    overrides = ["data.workers=0", "c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2"]
+    overrides = ["c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2"]
     overrides += [f"ws-avs:{o}" for o in WS_TINY] + [f"ws-avs-av:{o}" for o in WS_TINY + AV_TINY]
     rows = run_bench(tiny_s4, "s4", ["c2am", "ws-avs-av", "ws-avs"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=2)
     assert [r.method for r in rows] == ["c2am", "ws-avs-av", "ws-avs"]  # table order = the order asked for
@@ -163,9 +162,9 @@ def test_reuse_refuses_other_settings(tiny_s4: Path, tmp_path: Path) -> None:
     from avseg.runner import build_config, run_method
 
     ws_dir = tmp_path / "ws-avs"
-    spec, cfg = build_config("ws-avs", "ws-avs/demo", str(tiny_s4), "s4", QUICK, SIZE, ["data.workers=0"] + WS_TINY)
+    spec, cfg = build_config("ws-avs", "ws-avs/demo", str(tiny_s4), "s4", QUICK, SIZE, WS_TINY)
     run_method(spec, cfg, ws_dir, only=["c2am"])
-    base = ["data.workers=0", "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", f"reuse_run={ws_dir}"]
+    base = ["c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", f"reuse_run={ws_dir}"]
     _, same = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base)
     assert reuse_problem(ws_dir, "c2am", same) is None
     assert "activation-maps" in reuse_problem(ws_dir, "activation-maps", same)  # not finished there

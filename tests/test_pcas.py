@@ -24,7 +24,7 @@ from avseg.runner import RECIPES, build_config, evaluate_run, run_method
 
 TINY_TRAIN = {"epochs": 1, "batch_size": 2, "max_steps": 2, "log_every": 1, "workers": 0}
 TINY = [f"{stage}.{k}={v}" for stage in ("look_listen_train", "segment_train") for k, v in TINY_TRAIN.items()]
-TINY += ["visual=vit_cpu", "visual_weights=none", "audio=ast_cpu", "embed_dim=16", "seg_channels=16", "cmcc_crops=2", "data.workers=0", "train_frames=null"]
+TINY += ["visual=vit_cpu", "visual_weights=none", "audio=ast_cpu", "embed_dim=16", "seg_channels=16", "cmcc_crops=2", "train_frames=null"]
 
 
 @pytest.fixture(scope="module")

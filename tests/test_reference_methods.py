@@ -46,7 +46,7 @@ def tiny_s4(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_tiny(method: str, root: Path, run_dir: Path, layout: str = "s4") -> dict:
-    spec, cfg = build_config(method, f"{method}/demo", str(root), layout, QUICK, SIZE, ["data.workers=0"] + TINY[method])
+    spec, cfg = build_config(method, f"{method}/demo", str(root), layout, QUICK, SIZE, TINY[method])
     return run_method(spec, cfg, run_dir)
 
 

@@ -7,22 +7,23 @@ overrides become plain dicts first, and :func:`from_dict` is the one place they 
     cfg = from_dict(MyMethodConfig, raw, source="configs/ws_avs/s4.yaml")
     dump_yaml(cfg, run_dir / "config.yaml")
 
-Method configs nest :class:`DataConfig` and :class:`TrainSettings` the way
-:class:`RunConfig` does, and add their own sections.
+Method configs nest :class:`DataConfig` and one :class:`TrainSettings` per training stage, and add
+their own sections.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import dataclasses
 import difflib
 import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import torch
 import yaml
@@ -31,6 +32,8 @@ from avseg.fileio import write_text_atomic
 from avseg.types import NEGATIVE_KINDS
 
 T = TypeVar("T")
+
+log = logging.getLogger("avseg")
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
 
@@ -122,10 +125,15 @@ def from_dict(cls: type[T], d: Mapping[str, Any], *, source: str | Path | None =
     ``configs/x.yaml: train.lr: expected float, got str 'fast'``.
     """
     prefix = f"{source}: " if source is not None else ""
+    del _IGNORED[:]
     try:
         return _build(cls, d, "")
     except ConfigError as exc:
         raise ConfigError(prefix + str(exc)) from None
+    finally:
+        for note in _IGNORED:
+            log.warning("%s%s", prefix, note)
+        del _IGNORED[:]
 
 
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> T:
@@ -137,12 +145,18 @@ def _where(path: str) -> str:
     return path if path else "<top level>"
 
 
+_IGNORED: list[str] = []  # removed keys met by the current from_dict call (REMOVED_KEYS)
+
+
 def _build(cls: type, d: Any, path: str) -> Any:
     if not isinstance(d, Mapping):
         raise ConfigError(f"{_where(path)}: expected a mapping for {cls.__name__}, got {type(d).__name__} {d!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in d if k not in fields]
+    removed: dict[str, str] = getattr(cls, "REMOVED_KEYS", {})
+    for key in [k for k in d if k in removed and k not in fields]:
+        _IGNORED.append(f"{_join(path, str(key))} is no longer used and was ignored ({removed[key]})")
+    unknown = [k for k in d if k not in fields and k not in removed]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -360,13 +374,17 @@ class DataConfig:
     image_size: int = 224
     audio_frontend: str = "wsavs-logmel"
     audio_window: Literal["centred", "clip"] = "centred"  # audio around each frame, or the whole clip
-    window_seconds: float = 3.0
-    workers: int = 4  # data-loading processes outside training (evaluation, pseudo-masks)
     max_videos: int | None = None  # only the first N videos of each split (smoke runs, demos)
     # The label vocabulary (index = position in the video-level label vector; AVSS: class id - 1). Left
     # empty in recipes: a run fills it from its dataset when it starts and keeps it in config.yaml, so
     # that the trained model loads, and names its classes, without the dataset.
     classes: list[str] | None = None
+    # Keys of earlier versions that nothing read; run folders' config.yaml files written then still hold
+    # them: accepted and ignored with a warning naming the file.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "window_seconds": "the audio window length comes from the front-end (audio.FRONTENDS)",
+        "workers": "evaluation and pseudo-mask loaders never read it (training uses train.workers)",
+    }
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -377,20 +395,7 @@ class DataConfig:
             raise ValueError(f"image_size must be >= 1 (got {self.image_size})")
         if self.audio_window not in ("centred", "clip"):
             raise ValueError(f"audio_window must be centred or clip (got {self.audio_window!r})")
-        if self.window_seconds <= 0:
-            raise ValueError(f"window_seconds must be > 0 (got {self.window_seconds})")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (got {self.workers})")
         if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
             raise ValueError(f"classes must be a non-empty list of distinct names or null (got {self.classes})")
         if self.max_videos is not None and self.max_videos < 1:
             raise ValueError(f"max_videos must be >= 1 or None (got {self.max_videos})")
-
-
-@dataclass
-class RunConfig:
-    """The pattern every method config follows: data + train sections (+ the method's own)."""
-
-    data: DataConfig
-    train: TrainSettings = field(default_factory=TrainSettings)
-    out: str = "runs/default"

@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from avseg.audio.frontends import cut_windows, FRONTENDS, resample
 from avseg.config import from_dict, load_yaml
 from avseg.data.avsbench import avss_classes
-from avseg.engine.checkpoint import load_model_weights
 from avseg.engine.trainer import resolve_device
 from avseg.inference.video import AudioTrack, iter_frames, probe_video, SampledFrame, VideoError, VideoInfo
 from avseg.methods import METHODS
@@ -464,17 +463,10 @@ def _load_weights_file(spec: Any, cfg: Any, checkpoint: Path, device: torch.devi
 
     Methods load their final model from a run folder (``spec.load_predictor(cfg, run_dir, device)``
     reads ``<stage folder>/best|last.safetensors``; the folder differs per method: ``segmenter``,
-    ``segment``, ``classifier``, ...). When a method offers ``build_model(cfg)`` it is used directly;
-    otherwise the checkpoint is presented as ``last.safetensors`` in every stage folder of a temporary
-    run folder (symlinks, nothing copied). Methods whose final model needs more than one file or a stage
+    ``segment``, ``classifier``, ...). The checkpoint is presented as ``last.safetensors`` in every stage
+    folder of a temporary run folder (symlinks, nothing copied). Methods whose final model needs more than one file or a stage
     marker (e.g. ``c2am``'s polarity) cannot be loaded from a bare checkpoint: use ``--run``.
     """
-    build = getattr(spec, "build_model", None)
-    if build is not None:
-
-        model = build(cfg)
-        load_model_weights(model, checkpoint)
-        return model.to(device).eval()
     stages = spec.stages(cfg)
     folders = {s.name for s in stages} | {o for s in stages for o in s.outputs if "/" not in o}
     with tempfile.TemporaryDirectory(prefix="avseg-ckpt-") as tmp:

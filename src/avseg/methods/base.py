@@ -11,13 +11,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from avseg.fileio import write_text_atomic
-from avseg.types import AVBatch
 
 log = logging.getLogger("avseg")
 
@@ -51,16 +50,6 @@ class Stage:
 
     def is_done(self, run_dir: Path) -> bool:
         return self.marker(run_dir).is_file()
-
-
-class Predictor(Protocol):
-    """A trained model ready for inference."""
-
-    output: str  # "binary" (probabilities) or "semantic" (class scores)
-
-    def predict(self, batch: AVBatch) -> Tensor:
-        """binary: (B, T, H, W) probabilities in [0, 1]; semantic: (B, T, C, H, W) class scores."""
-        ...
 
 
 @dataclass(frozen=True)

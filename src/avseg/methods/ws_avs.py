@@ -227,11 +227,10 @@ def stage_c2am(ctx: StageContext) -> dict[str, Any]:
     return train_stage(model, train, s, ctx.path("c2am"), resume=ctx.resume, desc="c2am")
 
 
-def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> tuple[C2AMNet, bool]:
-
+def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> C2AMNet:
     model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level)
     load_model_weights(model, run_dir / "c2am" / "last.safetensors")
-    return model.to(device).eval(), False
+    return model.to(device).eval()
 
 
 def _border_excess(amap: np.ndarray, skip: int = 0, width: int | None = None) -> float:
@@ -276,7 +275,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     cfg: WSAVSConfig = ctx.config
     layout = cfg.data.layout
     checkpoint = ctx.path("c2am", "last.safetensors")
-    model, _ = _load_c2am(cfg, ctx.run_dir, ctx.device)
+    model = _load_c2am(cfg, ctx.run_dir, ctx.device)
     train = make_dataset(cfg.data, "train", audio=False)
     maps_dir, init_dir = ctx.path("pseudo", "maps"), ctx.path("pseudo", "initial")
     polarity_path = maps_dir / POLARITY_FILE
