@@ -216,7 +216,6 @@ def _fmt(x: Any) -> str:
 
 
 def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlays: list[str], data_root: Path, demo: dict, listening: dict | None = None) -> None:
-
     methods = [m for m in KNOWN_METHODS if m in results]
     weak = [m for m in methods if m in WEAK_METHODS]
     sup = results["supervised"]

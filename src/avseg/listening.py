@@ -251,12 +251,10 @@ class Soundtracks:
         return np.clip(rng.standard_normal(len(wave)) * rms(wave), -1.0, 1.0).astype(np.float32)
 
     def other(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
-
         other = self.dataset.records[self.others[self.position[record.video_id]]]
         return fit_length(load_audio(other.audio_path, sr, warn_silent=False)[0], len(wave))
 
     def swap(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
-
         if self.synth is None:
             raise ValueError("the swap condition needs synthetic data (synth_info.json)")
         video = self.synth[record.video_id]
@@ -380,7 +378,6 @@ def listen(
 
 
 def _class_name(cls: int) -> str:
-
     return SYNTH_CLASSES[cls]
 
 

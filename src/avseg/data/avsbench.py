@@ -498,7 +498,6 @@ class AVSBenchDataset(Dataset):
                 raise ValueError(f"sample_frames must be in 1..{shortest} (frames of the shortest video), got {sample_frames}")
             self.pad_to = sample_frames
         if audio_frontend not in (None, "pkl"):
-
             if audio_frontend not in FRONTENDS:
                 raise ValueError(f"unknown audio front-end {audio_frontend!r}; expected one of {sorted(FRONTENDS)} or 'pkl'")
 
@@ -638,7 +637,6 @@ class AVSBenchDataset(Dataset):
         return fit_length(other, wave.shape[0])  # looped or cut to this clip's length
 
     def _waveforms(self, record: VideoRecord, t: int, negative: tuple[str, int] = ("", -1)) -> torch.Tensor:
-
         wave, sr = self._decode_audio(record, self.waveform_rate)
         if negative[0]:
             wave = self._negative_wave(negative[0], negative[1], wave, sr)

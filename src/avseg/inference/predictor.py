@@ -451,7 +451,6 @@ def _dataset_class_names(root: Path, layout: str) -> list[str] | None:
     if layout != "avss":
         return None
     try:
-
         return avss_classes(root)
     except Exception as exc:  # names are cosmetic: fall back to class numbers, but say so
         log.warning("class names unavailable (%s); classes are reported by index", exc)

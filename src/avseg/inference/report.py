@@ -81,7 +81,6 @@ class Pictures:
         return np.clip(output, 0.0, 1.0)
 
     def __call__(self, fo: Any) -> None:
-
         rgb = None
         pred = self._foreground(fo.output)
         vid = fo.record.video_id

@@ -258,7 +258,6 @@ def _frame_record(fp: FramePrediction, predictor: Predictor, mask_name: str) -> 
 
 
 def _overlay_image(fp: FramePrediction) -> np.ndarray:
-
     return overlay(fp.image, fp.sounding)
 
 

@@ -157,7 +157,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: AVSWeakConfig, run_dir: Path, device: torch.device) -> nn.Module:
-
     net = build_net(cfg, pretrained=False)
     load_model_weights(net, final_checkpoint(run_dir))
     return net.to(device).eval()

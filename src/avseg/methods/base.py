@@ -66,7 +66,6 @@ class MethodSpec:
 
 
 def write_marker(stage: Stage, run_dir: Path, summary: dict[str, Any]) -> None:
-
     write_text_atomic(stage.marker(run_dir), json.dumps(summary, indent=2, default=str))
 
 

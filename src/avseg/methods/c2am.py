@@ -158,7 +158,6 @@ def reusable(name: str, run: Callable[[StageContext], dict[str, Any]]) -> Callab
             source_dir = Path(source)
             problem = reuse_problem(source_dir, name, ctx.config)
             if problem is None:
-
                 if dist.is_main():
                     for rel in REUSE_OUTPUTS[name]:
                         if (source_dir / rel).exists():
@@ -186,7 +185,6 @@ def stages(cfg: C2AMConfig) -> list[Stage]:
 
 
 def load_predictor(cfg: C2AMConfig, run_dir: Path, device: torch.device) -> nn.Module:
-
     marker = read_marker("activation-maps", Path(run_dir))
     if marker is None:
         raise FileNotFoundError(f"{run_dir}/stages/activation-maps.json is missing: the polarity of the C2AM map is decided there; run the stage first")

@@ -179,7 +179,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: CAMConfig, run_dir: Path, device: torch.device) -> nn.Module:
-
     net = build_net(cfg, weights="none")
     load_model_weights(net, final_checkpoint(run_dir, "classifier"))
     return net.to(device).eval()

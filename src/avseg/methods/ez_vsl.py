@@ -207,7 +207,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: EZVSLConfig, run_dir: Path, device: torch.device) -> nn.Module:
-
     net = build_net(cfg, pretrained=False)
     load_model_weights(net, final_checkpoint(run_dir, "ez-vsl"))
     if cfg.ogl:

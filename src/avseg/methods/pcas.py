@@ -351,7 +351,6 @@ class PCASNet(nn.Module):
         return Encoded(vis.cls, v_sem, vis.patches, vis.pyramid, a.flatten(0, 1)[valid], x, labels, valid)
 
     def _window_seconds(self) -> float:
-
         return FRONTENDS[self.cfg.data.audio_frontend].window_seconds
 
     def audio_probs(self, enc: Encoded) -> Tensor:
@@ -546,7 +545,6 @@ class PCASNet(nn.Module):
 
 
 def _crf_batch(frames: Tensor, probs: Tensor, iterations: int) -> Tensor:
-
     out = [torch.from_numpy(dense_crf_multi(denormalize(f.cpu().numpy()), p.cpu().numpy(), iterations=iterations)) for f, p in zip(frames, probs)]
     return torch.stack(out).to(probs)
 
@@ -669,7 +667,6 @@ def audio_classification_report(model: PCASNet, cfg: PCASConfig, split: str, dev
 
 
 def _load(cfg: PCASConfig, path: Path, device: torch.device) -> PCASNet:
-
     model = PCASNet(cfg, num_classes(cfg), visual_weights=False)
     load_model_weights(model, path)
     return model.to(device).eval()
@@ -752,7 +749,6 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
 
 
 def stage_segment(ctx: StageContext) -> dict[str, Any]:
-
     cfg: PCASConfig = ctx.config
     s = cfg.segment_train
     model = PCASNet(cfg, num_classes(cfg), visual_weights=False)

@@ -61,7 +61,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: SupervisedConfig, run_dir: Path, device: torch.device) -> nn.Module:
-
     net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
     load_model_weights(net, final_checkpoint(run_dir))
     return net.to(device).eval()

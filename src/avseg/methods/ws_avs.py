@@ -180,7 +180,6 @@ class WSAVSNet(nn.Module):
         self.mask_source = mask_source
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
-
         b, t = batch.frames.shape[:2]
         out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
         logits = out.logits[:, 0]  # (N, H, W)
@@ -332,7 +331,6 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
             if not (init_dir / rel).is_file():
                 mask = (a > cfg.c2am_threshold).astype(np.float32)
                 if cfg.crf:
-
                     mask = dense_crf(denormalize(o.frame), a, cfg.c2am_threshold)
                 save_probability_png(mask, init_dir / rel)
             if not (maps_dir / rel).is_file():
@@ -426,7 +424,6 @@ def final_checkpoint(run_dir: Path, stage: str = "segmenter") -> Path:
 
 
 def load_predictor(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> nn.Module:
-
     net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
     load_model_weights(net, final_checkpoint(run_dir))
     return net.to(device).eval()

@@ -181,7 +181,6 @@ def build_ast(name: str, prompt_dim: int | None, weights_path: Path | str | None
         raise ValueError(f"unknown AST {name!r}; expected one of {sorted(AST_CONFIGS)}")
     model = ASTEncoder(AST_CONFIGS[name], prompt_dim=prompt_dim, spec_norm=spec_norm, drop_path_rate=drop_path_rate)
     if weights_path is not None:
-
         state = vit_state_dict_from_file(weights_path)
         if weights_format == "vit":
             load_vit_into_ast(model, state)

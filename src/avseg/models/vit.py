@@ -129,7 +129,6 @@ def vit_state_dict_from_file(path: Path | str) -> dict[str, Tensor]:
 
         state: Any = safetensors.torch.load_file(str(path))
     else:
-
         state = load_state_dict_file(path)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

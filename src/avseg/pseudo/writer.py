@@ -137,5 +137,4 @@ class PseudoMaskWriter:
         }  # fmt: skip
 
     def write_manifest(self, summary: dict[str, Any]) -> None:
-
         write_text_atomic(self.folder / "manifest.json", json.dumps(summary, indent=2, default=str))
