@@ -13,15 +13,11 @@ from PIL import Image
 
 from avseg.bench import resolve_methods, run_bench, split_overrides
 from avseg.cli import build_parser
+from avseg.methods import METHODS
 from avseg.runner import RunError
 
 SIZE = 32
-TINY = [
-    "cam:visual=tiny", "cam:visual_weights=none", "cam:level=2",
-    "c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2",
-    "ez-vsl:visual=tiny", "ez-vsl:visual_weights=none", "ez-vsl:audio=tiny", "ez-vsl:audio_weights=none",
-    "ez-vsl:embed_dim=16", "ez-vsl:level=2",
-]  # fmt: skip
+TINY = [f"{name}:{o}" for name, spec in METHODS.items() for o in spec.tiny]  # every method's tiny models
 if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
     TINY.append("ez-vsl:ogl=false")
 QUICK = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
@@ -129,18 +125,13 @@ def test_resolve_methods_and_overrides() -> None:
         split_overrides(["nope:b=2"], ["cam"])
 
 
-WS_TINY = [
-    "visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8",
-    "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none",
-]  # fmt: skip
-AV_TINY = ["av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audio_weights=none", "av_embed_dim=16", "av_levels=[2]"]
+WS_TINY = list(METHODS["ws-avs"].tiny)
 
 
 def test_bench_shares_ws_avs_stages(tiny_s4: Path, tmp_path: Path) -> None:
     """c2am and ws-avs-av take C2AM (and saliency) from the bench's ws-avs run: trained once, identical."""
     out = tmp_path / "bench"
-    overrides = ["c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2"]
-    overrides += [f"ws-avs:{o}" for o in WS_TINY] + [f"ws-avs-av:{o}" for o in WS_TINY + AV_TINY]
+    overrides = [f"{name}:{o}" for name in ("c2am", "ws-avs", "ws-avs-av") for o in METHODS[name].tiny]
     rows = run_bench(tiny_s4, "s4", ["c2am", "ws-avs-av", "ws-avs"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=2)
     assert [r.method for r in rows] == ["c2am", "ws-avs-av", "ws-avs"]  # table order = the order asked for
     row = {r.method: r for r in rows}

@@ -43,24 +43,6 @@ from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atom
 
 log = logging.getLogger("avseg")
 
-# The paper's order (Table 1, weakest first), then ours and the fully supervised reference.
-BENCH_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs", "ws-avs-av", "pcas", "supervised")
-PAPER_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs")
-DISPLAY = {
-    "avs-ws": "AVS (ws)", "cam": "CAM", "ez-vsl": "EZ-VSL", "c2am": "C2AM", "ws-avs": "WS-AVS",
-    "ws-avs-av": "WS-AVS-AV (ours)", "supervised": "supervised (GT)", "pcas": "PCAS",
-}  # fmt: skip
-# Reported numbers (mIoU, F) in % on AVSBench, WS-AVS paper Table 1 (its F is the per-frame-max protocol).
-PAPER = {
-    "avs-ws": {"s4": (12.63, 24.99), "ms3": (8.76, 15.72)},
-    "cam": {"s4": (19.26, 27.88), "ms3": (12.65, 19.83)},
-    "ez-vsl": {"s4": (29.40, 35.70), "ms3": (23.58, 27.31)},
-    "c2am": {"s4": (30.87, 36.55), "ms3": (25.33, 29.58)},
-    "ws-avs": {"s4": (34.13, 51.76), "ms3": (30.85, 46.87)},
-}
-# Methods whose first stages are identical to ws-avs's: with reuse on, they take them from the bench's
-# ws-avs run (trained once; the rows then differ only in what follows), and ws-avs runs before them.
-REUSE_SOURCES = {"c2am": "ws-avs", "ws-avs-av": "ws-avs"}
 CSV_COLUMNS = (
     "method", "display", "supervision", "status", "error", "failed_stage",
     "miou_clean", "fscore_clean", "fscore_at_0.5_clean", "miou_avsbench", "fscore_avsbench",
@@ -118,9 +100,7 @@ def resolve_methods(spec: str) -> list[str]:
     union, its binary output on S4 / MS3); else a comma list."""
 
     if spec.strip() == "all":
-        names = [m for m in BENCH_ORDER if m in METHODS]
-        names += [m for m in METHODS if m not in names]
-        return names
+        return list(METHODS)  # the registry's order
     names = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
@@ -262,7 +242,7 @@ def run_bench(
         grid_rows: test frames in the qualitative grid.
         command: the command line, recorded in results.md.
         reuse: let c2am and ws-avs-av take their C2AM / saliency stages from this bench's ws-avs run
-            when the settings are identical (``REUSE_SOURCES``); their training time still counts them.
+            when the settings are identical (``MethodSpec.reuses``); their training time still counts them.
 
     Returns:
         One BenchRow per method, in ``methods`` order.
@@ -279,8 +259,8 @@ def run_bench(
     started = time.time()
     for i, method in enumerate(execution_order(methods) if reuse else methods, 1):
         spec = METHODS[method]
-        paper = PAPER.get(method, {}).get(layout)
-        row = BenchRow(method=method, display=DISPLAY.get(method, method), supervision=spec.supervision,
+        paper = spec.paper.get(layout)
+        row = BenchRow(method=method, display=spec.display or method, supervision=spec.supervision,
                        run_dir=str(out / method), paper_miou=paper[0] / 100 if paper else None,
                        paper_fscore=paper[1] / 100 if paper else None)  # fmt: skip
         by_method[method] = row
@@ -289,7 +269,7 @@ def run_bench(
         log.info("bench [%d/%d] %s: start (recipe %s/%s)", i, len(methods), method, method, recipe)
         try:
             extra = list(per_method[method])
-            source = REUSE_SOURCES.get(method)
+            source = spec.reuses
             if reuse and source in by_method and by_method[source].status == "ok" and not any(o.startswith("reuse_run=") for o in extra):
                 extra.append(f"reuse_run={json.dumps(str((out / source).resolve()))}")
             spec, cfg = build_config(method, f"{method}/{recipe}", str(data), layout, quick, image_size, extra)
@@ -355,7 +335,7 @@ def execution_order(methods: list[str]) -> list[str]:
     """``methods`` with every reuse source moved before the first method that reuses it."""
     order: list[str] = []
     for m in methods:
-        source = REUSE_SOURCES.get(m)
+        source = METHODS[m].reuses if m in METHODS else None
         if source in methods and source not in order:
             order.append(source)
         if m not in order:
@@ -370,17 +350,18 @@ def _pct(x: float | None) -> str:
 
 def order_notes(rows: list[BenchRow]) -> list[str]:
     """Lines comparing the measured clean-mIoU order of the paper's methods with the paper's order."""
-    ok = {r.method: r for r in rows if r.status == "ok" and r.method in PAPER_ORDER}
+    paper_order = [m for m, spec in METHODS.items() if spec.paper]  # Table 1's order, weakest first
+    ok = {r.method: r for r in rows if r.status == "ok" and r.method in paper_order}
     if len(ok) < 2:
         return []
     measured = sorted(ok, key=lambda m: ok[m].miou_clean or 0.0)
-    expected = [m for m in PAPER_ORDER if m in ok]
+    expected = [m for m in paper_order if m in ok]
     lines = [
-        "Order by clean mIoU, weakest first: " + " < ".join(DISPLAY[m] for m in measured) + ".",
-        "Paper (Table 1): " + " < ".join(DISPLAY[m] for m in expected) + ".",
+        "Order by clean mIoU, weakest first: " + " < ".join(METHODS[m].display for m in measured) + ".",
+        "Paper (Table 1): " + " < ".join(METHODS[m].display for m in expected) + ".",
     ]
     swapped = [
-        f"{DISPLAY[a]} ({_pct(ok[a].miou_clean)}) >= {DISPLAY[b]} ({_pct(ok[b].miou_clean)})"
+        f"{METHODS[a].display} ({_pct(ok[a].miou_clean)}) >= {METHODS[b].display} ({_pct(ok[b].miou_clean)})"
         for n, a in enumerate(expected) for b in expected[n + 1:] if (ok[a].miou_clean or 0.0) >= (ok[b].miou_clean or 0.0)
     ]  # fmt: skip
     lines.append("Pairs ordered differently from the paper: " + ("; ".join(swapped) if swapped else "none") + ".")

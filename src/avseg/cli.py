@@ -152,8 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_pseudo(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     spec, cfg = load_run(run_dir)
-    names = [s.name for s in spec.stages(cfg)]
-    pseudo = names[:-1]  # every stage before the final training produces the pseudo masks
+    pseudo = spec.pseudo_stages(cfg)  # every stage before the final model's
     if not pseudo:
         raise RunError(f"method {spec.name} has no pseudo-mask stages")
     if args.from_stage is not None and args.from_stage not in pseudo:

@@ -194,7 +194,9 @@ def load_predictor(cfg: C2AMConfig, run_dir: Path, device: torch.device) -> nn.M
 
 
 SPEC = MethodSpec(
-    name="c2am", config_cls=C2AMConfig, stages=stages, load_predictor=load_predictor, output="binary",
-    supervision="none (class-agnostic), image only",
+    name="c2am", config_cls=C2AMConfig, stages=stages, final_stage="activation-maps", load_predictor=load_predictor,
+    output="binary", supervision="none (class-agnostic), image only",
     description="C2AM (CVPR 2022): class-agnostic activation map, min-max normalised, > 0.3 -> mask; no audio",
+    display="C2AM", paper={"s4": (30.87, 36.55), "ms3": (25.33, 29.58)}, reuses="ws-avs",
+    tiny=("c2am_visual=tiny", "c2am_weights=none", "c2am_level=2"),
 )  # fmt: skip

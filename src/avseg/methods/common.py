@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -113,3 +114,12 @@ def heard_videos(batch: AVBatch) -> Tensor:
     if negative is None:
         return torch.ones(batch.batch_size, dtype=torch.bool, device=batch.frames.device)
     return ~negative.to(device=batch.frames.device, dtype=torch.bool)
+
+
+def without_pretrained_weights(cfg: Any) -> Any:
+    """A copy of the config whose encoders start from random init (the checkpoint overwrites them)."""
+    c = copy.copy(cfg)
+    for name in ("visual_weights", "audio_weights"):
+        if hasattr(c, name):
+            object.__setattr__(c, name, "none")
+    return c

@@ -784,6 +784,8 @@ def load_predictor(cfg: PCASConfig, run_dir: Path, device: torch.device) -> nn.M
 
 
 SPEC = MethodSpec(
-    name="pcas", config_cls=PCASConfig, stages=stages, load_predictor=load_predictor, output="semantic",
+    name="pcas", config_cls=PCASConfig, stages=stages, final_stage="segment", load_predictor=load_predictor, output="semantic",
     supervision="video labels", description="PCAS: looking-before-listening (TVP) + progressive contrast (CMC/CMPC/CMCC) + CAM pseudo labels (ICASSP 2026)",
+    display="PCAS",
+    tiny=("visual=vit_cpu", "visual_weights=none", "audio=ast_cpu", "embed_dim=16", "seg_channels=16", "cmcc_crops=2"),
 )  # fmt: skip

@@ -165,6 +165,8 @@ def load_predictor(cfg: AVSWeakConfig, run_dir: Path, device: torch.device) -> n
 SPEC = MethodSpec(
     name="avs-ws", config_cls=AVSWeakConfig,
     stages=lambda cfg: [Stage("segmenter", stage_train, "train the AVS segmenter with multiple-instance BCE on video labels", all_ranks=True, outputs=("segmenter",))],
-    load_predictor=load_predictor, output="binary", supervision="video labels",
+    final_stage="segmenter", load_predictor=load_predictor, output="binary", supervision="video labels",
     description="AVS (ws): AVS segmenter, masks replaced by MIL BCE on class scores pooled from class mask logits",
+    display="AVS (ws)", paper={"s4": (12.63, 24.99), "ms3": (8.76, 15.72)},
+    tiny=("visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8"),
 )  # fmt: skip

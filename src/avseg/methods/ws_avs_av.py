@@ -278,7 +278,9 @@ def stages(cfg: WSAVSAudioConfig) -> list[Stage]:
 
 
 SPEC = MethodSpec(
-    name="ws-avs-av", config_cls=WSAVSAudioConfig, stages=stages, load_predictor=ws_avs.load_predictor, output="binary",
-    supervision="video labels",
+    name="ws-avs-av", config_cls=WSAVSAudioConfig, stages=stages, final_stage="segmenter", load_predictor=ws_avs.load_predictor,
+    output="binary", supervision="video labels",
     description="WS-AVS with audio-conditioned pseudo masks: Eq. 6 regions kept where an audio-visual map selects them (ours)",
+    display="WS-AVS-AV (ours)", reuses="ws-avs",
+    tiny=ws_avs.SPEC.tiny + ("av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audio_weights=none", "av_embed_dim=16", "av_levels=[2]"),
 )  # fmt: skip
