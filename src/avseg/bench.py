@@ -38,7 +38,7 @@ from avseg.methods import METHODS
 from avseg.methods.common import make_dataset
 from avseg.metrics.binary import BinaryAccumulator
 from avseg.metrics.localization import LocalizationAccumulator
-from avseg.runner import build_config, evaluate_run, load_run, record_classes, run_method, RunError
+from avseg.runner import RunError, build_config, evaluate_run, load_run, record_classes, run_method
 from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")

@@ -14,9 +14,9 @@ their own sections.
 from __future__ import annotations
 
 import copy
-import logging
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -216,7 +216,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             if value == allowed and type(value) is type(allowed):
                 return value
         raise ConfigError(f"{key}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -28,7 +28,7 @@ from avseg.inference.preview import preview_sheet
 from avseg.listening import listen_run
 from avseg.methods.common import make_dataset
 from avseg.metrics.listening import format_table
-from avseg.runner import build_config, evaluate_run, load_run, run_method, RunError
+from avseg.runner import RunError, build_config, evaluate_run, load_run, run_method
 from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")

@@ -42,22 +42,22 @@ from tqdm import tqdm
 
 from avseg.audio import fit_length, load_audio, rms
 from avseg.data.avsbench import (
+    AVSBenchDataset,
+    VideoRecord,
     apply_geometry,
     augment_geometry,
-    AVSBenchDataset,
     avss_classes,
     collate_videos,
     index_videos,
     read_mask,
-    VideoRecord,
 )
 from avseg.data.imageio import write_wav_atomic
-from avseg.data.synthetic import plan_video, render_video, SAMPLE_RATE, synth_audio, SYNTH_CLASSES, SynthConfig
+from avseg.data.synthetic import SAMPLE_RATE, SYNTH_CLASSES, SynthConfig, plan_video, render_video, synth_audio
 from avseg.engine.trainer import resolve_device
 from avseg.fileio import remove_stale_temporaries, write_text_atomic
 from avseg.methods.common import make_dataset
 from avseg.metrics.binary import BinaryAccumulator
-from avseg.metrics.listening import CONDITIONS, foreground_probs, format_table, ListeningAccumulator, SUMMARY_KEYS
+from avseg.metrics.listening import CONDITIONS, SUMMARY_KEYS, ListeningAccumulator, foreground_probs, format_table
 from avseg.runner import _warn_unfinished, check_data, load_run
 from avseg.types import AVBatch
 from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
@@ -391,7 +391,7 @@ def listen_sheet(examples: list[ListenExample], path: Path, tile: int = 160) -> 
 
     def up(a: np.ndarray) -> np.ndarray:  # nearest upscaling, so outlines stay thin on small frames
         img = Image.fromarray(a if a.dtype == np.uint8 else (np.clip(a, 0, 1) * 255).astype(np.uint8))
-        out = np.asarray(img.resize((tile, tile), Image.NEAREST))
+        out = np.asarray(img.resize((tile, tile), Image.Resampling.NEAREST))
         return out if a.dtype == np.uint8 else out.astype(np.float32) / 255.0
 
     def outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:

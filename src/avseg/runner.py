@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from avseg.config import apply_overrides, from_dict, load_yaml, to_dict, TrainSettings
+from avseg.config import TrainSettings, apply_overrides, from_dict, load_yaml, to_dict
 from avseg.data.avsbench import class_names
 from avseg.data.layout import LAYOUTS, metadata_path
 from avseg.engine import distributed as dist
@@ -21,7 +21,7 @@ from avseg.engine.tracking import prepare_run_dir, setup_logging
 from avseg.engine.trainer import resolve_device, seed_everything
 from avseg.fileio import remove_stale_temporaries, write_text_atomic
 from avseg.methods import METHODS
-from avseg.methods.base import MethodSpec, read_marker, StageContext, write_marker
+from avseg.methods.base import MethodSpec, StageContext, read_marker, write_marker
 from avseg.methods.common import make_dataset
 
 log = logging.getLogger("avseg")
@@ -86,7 +86,7 @@ def build_config(
         raise RunError("no dataset given: pass --data ROOT (and --layout)")
     if "layout" not in raw["data"]:
         raise RunError(f"no dataset layout given: pass --layout ({', '.join(LAYOUTS)})")
-    cfg = from_dict(spec.config_cls, raw, source=source)
+    cfg: Any = from_dict(spec.config_cls, raw, source=source)
     return spec, reconfigure(spec, cfg, quick, overrides, source=source)
 
 

@@ -69,7 +69,7 @@ def spectrogram_image(spec: np.ndarray, height: int, width: int) -> np.ndarray:
     lo, hi = np.percentile(s, 2), np.percentile(s, 98)
     s = (s - lo) / (hi - lo + 1e-8)
     img = Image.fromarray(colormap(s[::-1]))
-    return np.asarray(img.resize((width, height), Image.BILINEAR))
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
 
 
 def contact_sheet(rows: list[list[np.ndarray]], row_labels: list[str] | None = None, col_labels: list[str] | None = None, pad: int = 4, tile: int | None = None) -> Image.Image:
@@ -77,7 +77,7 @@ def contact_sheet(rows: list[list[np.ndarray]], row_labels: list[str] | None = N
     if not rows or not rows[0]:
         raise ValueError("contact_sheet needs at least one tile")
     if tile is not None:
-        rows = [[np.asarray(Image.fromarray(t).resize((tile, tile), Image.NEAREST)) for t in r] for r in rows]
+        rows = [[np.asarray(Image.fromarray(t).resize((tile, tile), Image.Resampling.NEAREST)) for t in r] for r in rows]
     th = max(t.shape[0] for r in rows for t in r)
     tw = max(t.shape[1] for r in rows for t in r)
     ncol = max(len(r) for r in rows)

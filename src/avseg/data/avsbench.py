@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from avseg.audio import compute_features, fit_length, frame_windows, FRONTENDS, load_audio, rms
+from avseg.audio import FRONTENDS, compute_features, fit_length, frame_windows, load_audio, rms
 from avseg.data import layout as L
 from avseg.data.errors import DataError
 from avseg.data.safe_pickle import load_tensor_pickle
-from avseg.types import AVBatch, IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS
+from avseg.types import IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS, AVBatch
 
 SOUNDING = "sounding"
 MAX_NAME_BYTES = 200  # ids become file names with suffixes such as ".mp4_5.png"; file systems stop at 255
@@ -357,7 +357,7 @@ class VideoSample:
 
 def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     img = Image.fromarray(arr)
-    return np.asarray(img.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
+    return np.asarray(img.resize((size, size), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR))
 
 
 def crop_size(size: int) -> int:

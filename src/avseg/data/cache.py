@@ -41,19 +41,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from avseg.data import layout as L
 from avseg.data.avsbench import (
+    AVSBenchDataset,
+    VideoRecord,
+    VideoSample,
     _pad,
     apply_geometry,
     augment_geometry,
-    AVSBenchDataset,
     collate_videos,
     read_probability_png,
     sample_frame_indices,
-    VideoRecord,
-    VideoSample,
 )
 from avseg.data.errors import DataError
 from avseg.fileio import file_sha256, write_text_atomic
-from avseg.types import AVBatch, IMAGENET_MEAN, IMAGENET_STD
+from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 __all__ = [
     "CACHE_FORMAT",

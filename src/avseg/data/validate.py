@@ -13,7 +13,7 @@ from PIL import Image
 
 from avseg.audio.frontends import AudioError, load_audio
 from avseg.data import layout as L
-from avseg.data.avsbench import avss_classes, index_videos, read_frame, read_mask, scan_metadata, VideoRecord
+from avseg.data.avsbench import VideoRecord, avss_classes, index_videos, read_frame, read_mask, scan_metadata
 from avseg.data.errors import DataError
 from avseg.data.safe_pickle import load_tensor_pickle
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from avseg.data.avsbench import AVSBenchDataset, collate_videos, VideoRecord
+from avseg.data.avsbench import AVSBenchDataset, VideoRecord, collate_videos
 from avseg.data.imageio import save_png_atomic
 from avseg.data.layout import prediction_relpath
 from avseg.metrics.binary import BinaryAccumulator
@@ -106,7 +106,7 @@ def evaluate_outputs(
     if semantic:
         if num_classes is None:
             raise ValueError("semantic evaluation needs num_classes")
-        acc = SemanticAccumulator(num_classes=num_classes, protocol=protocol)
+        acc: SemanticAccumulator | BinaryAccumulator = SemanticAccumulator(num_classes=num_classes, protocol=protocol)
     else:
         acc = BinaryAccumulator(protocol=protocol, batch_frames=batch_frames)
     for fo in outputs:

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from avseg.config import TrainSettings
 from avseg.engine import distributed
 from avseg.engine.checkpoint import BEST, LAST, STATE, capture_rng_state, load_training_state, restore_rng_state, rng_isolated, save_model_weights, save_training_state
-from avseg.fileio import remove_stale_temporaries
 from avseg.engine.tracking import JsonlWriter, truncate_jsonl
-from avseg.config import TrainSettings
+from avseg.fileio import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from avseg.audio.frontends import cut_windows, FRONTENDS, resample
+from avseg.audio.frontends import FRONTENDS, cut_windows, resample
 from avseg.config import from_dict, load_yaml
 from avseg.data.avsbench import avss_classes
 from avseg.engine.trainer import resolve_device
-from avseg.inference.video import AudioTrack, iter_frames, probe_video, SampledFrame, VideoError, VideoInfo
+from avseg.inference.video import AudioTrack, SampledFrame, VideoError, VideoInfo, iter_frames, probe_video
 from avseg.methods import METHODS
-from avseg.runner import load_run, recipe_path, RunError
-from avseg.types import AVBatch, IMAGENET_MEAN, IMAGENET_STD
+from avseg.runner import RunError, load_run, recipe_path
+from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 log = logging.getLogger("avseg")
 
@@ -280,7 +280,7 @@ class Predictor:
         """(H, W, 3) uint8 -> (3, S, S) float32 normalised, resized as the dataset resizes frames."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        resized = np.asarray(Image.fromarray(image).resize((self.image_size, self.image_size), Image.BILINEAR))
+        resized = np.asarray(Image.fromarray(image).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR))
         x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div_(255.0)
         return (x - self._mean) / self._std
 

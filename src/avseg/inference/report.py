@@ -54,7 +54,7 @@ def png_data_uri(image: np.ndarray | Image.Image) -> str:
 def _tile(image: np.ndarray, size: int = TILE) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 class Pictures:

@@ -35,7 +35,7 @@ from avseg.data.layout import voc_palette
 from avseg.engine.evaluate import save_probability_png
 from avseg.fileio import atomic_write_bytes, write_text_atomic
 from avseg.inference.predictor import FramePrediction, Predictor
-from avseg.inference.video import probe_video, VideoError, VideoInfo
+from avseg.inference.video import VideoError, VideoInfo, probe_video
 from avseg.visualize import contact_sheet, mask_image, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")
@@ -176,7 +176,7 @@ class OverlayWriter:
         per-frame durations, so variable frame rates and 1-fps samples play at their true times).
         """
         if image.shape[1] != self.width or image.shape[0] != self.height:
-            image = np.asarray(Image.fromarray(image).resize((self.width, self.height), Image.BILINEAR))
+            image = np.asarray(Image.fromarray(image).resize((self.width, self.height), Image.Resampling.BILINEAR))
         pts = max(round(start * 1000), self._last_pts + 1)
         if self._held is not None:
             self._encode(*self._held, duration=pts - self._held[1])
@@ -233,7 +233,7 @@ def _small(image: np.ndarray, side: int) -> np.ndarray:
     scale = side / max(h, w)
     if scale >= 1:
         return image
-    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
 
 
 def _frame_record(fp: FramePrediction, predictor: Predictor, mask_name: str) -> dict[str, Any]:
@@ -356,7 +356,7 @@ def _write_gif(path: Path, items: list[tuple[int, Any]], fps: float) -> str | No
         return None
     import io
 
-    images = [Image.fromarray(img).convert("P", palette=Image.ADAPTIVE, colors=128) for _, (img, _) in items]
+    images = [Image.fromarray(img).convert("P", palette=Image.Palette.ADAPTIVE, colors=128) for _, (img, _) in items]
     times = [t for _, (_, t) in items]
     gaps = np.diff(times) if len(times) > 1 else np.array([1.0 / fps if fps > 0 else 0.2])
     # Play at least 2 frames per second and at most 20, whatever the sampling rate.

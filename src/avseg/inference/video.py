@@ -33,8 +33,8 @@ import numpy as np
 
 from avseg.audio.frontends import (
     _SOUNDFILE_SUFFIXES,
-    _StreamingResampler,
     AudioError,
+    _StreamingResampler,
     container_truncation,
     decode_audio_stream,
 )

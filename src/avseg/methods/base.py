@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from avseg.fileio import write_text_atomic
 
@@ -78,7 +77,7 @@ class MethodSpec:
     config_cls: type
     stages: Callable[[Any], list[Stage]]
     final_stage: str
-    load_predictor: Callable[[Any, Path, torch.device], nn.Module]
+    load_predictor: Callable[[Any, Path, torch.device], Any]  # an eval-mode nn.Module with predict(batch)
     output: str  # "binary" | "semantic"
     supervision: str
     description: str = ""

@@ -30,10 +30,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from avseg.config import DataConfig, load_yaml, to_dict, TrainSettings
+from avseg.config import DataConfig, TrainSettings, load_yaml, to_dict
 from avseg.engine import distributed as dist
 from avseg.engine.checkpoint import load_model_weights
-from avseg.methods.base import MethodSpec, read_marker, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, read_marker
 from avseg.methods.cam import calibrate, check_threshold
 from avseg.methods.ws_avs import C2AMNet, stage_activation_maps, stage_c2am
 from avseg.models.zoo import VISUAL_ENCODERS

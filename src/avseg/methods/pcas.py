@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.pseudo.crf import dense_crf_multi  # re-exported: PCAS inference and its tests use it from here
 from avseg.audio.frontends import FRONTENDS
 from avseg.config import DataConfig, TrainSettings
 from avseg.data.avsbench import collate_videos
@@ -53,8 +52,9 @@ from avseg.models.ast import AST_CONFIGS, build_ast, frame_segments
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import AttentionPool, ProjectionHead
 from avseg.models.visual import group_norm
-from avseg.models.vit import build_vit, VIT_CONFIGS
+from avseg.models.vit import VIT_CONFIGS, build_vit
 from avseg.models.zoo import VISUAL_ENCODERS, VISUAL_WEIGHT_CHOICES
+from avseg.pseudo.crf import dense_crf_multi  # re-exported: PCAS inference and its tests use it from here
 from avseg.types import AVBatch
 from avseg.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
 

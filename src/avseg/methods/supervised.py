@@ -17,7 +17,7 @@ from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, train_stage, without_pretrained_weights
-from avseg.methods.ws_avs import build_segmenter, final_checkpoint, WSAVSNet
+from avseg.methods.ws_avs import WSAVSNet, build_segmenter, final_checkpoint
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 
 

@@ -38,7 +38,7 @@ from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.pseudo.crf import dense_crf
-from avseg.pseudo.writer import frame_relpaths, PseudoMaskWriter
+from avseg.pseudo.writer import PseudoMaskWriter, frame_relpaths
 from avseg.types import AVBatch
 from avseg.visualize import denormalize
 

@@ -47,7 +47,7 @@ from avseg.engine.evaluate import iterate_outputs, save_probability_png
 from avseg.fileio import write_text_atomic
 from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.c2am import reusable, REUSE_KEYS
+from avseg.methods.c2am import REUSE_KEYS, reusable
 from avseg.methods.cam import check_threshold
 from avseg.methods.common import make_dataset, train_stage
 from avseg.methods.ez_vsl import EZVSLNet

@@ -14,7 +14,6 @@ from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.fusion import AVFusion
 from avseg.models.heads import ProjectionHead
 
-
 AUDIO_NORMS = ("batch", "none")
 
 
