@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from avseg.audio.frontends import AudioError, decode_audio_stream, load_audio
+from avseg.audio.decode import AudioError, decode_audio_stream, load_audio
 from avseg.data import layout as L
 from avseg.data.avsbench import avss_classes, index_videos, read_frame, read_mask, read_metadata, read_probability_png
 from avseg.data.errors import DataError

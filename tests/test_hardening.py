@@ -33,14 +33,15 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from avseg.audio.frontends import AudioError, load_audio
+from avseg.audio.decode import AudioError, load_audio
 from avseg.cli import main
 from avseg.data import layout as L
 from avseg.data.avsbench import AVSBenchDataset, avss_classes, index_videos, read_metadata
 from avseg.data.errors import DataError
 from avseg.data.synthetic import generate
 from avseg.data.validate import validate_dataset
-from avseg.engine.checkpoint import STATE, CheckpointError, load_model_weights, load_training_state, read_metadata as read_weights_metadata
+from avseg.engine.checkpoint import STATE, CheckpointError, load_model_weights, load_training_state
+from avseg.engine.checkpoint import read_metadata as read_weights_metadata
 
 SR = 16000
 TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--device", "cpu"]
@@ -169,8 +170,8 @@ def _evil_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["zip", "raw"])
 def test_malicious_pth_given_as_weights_is_refused(kind: str, tmp_path: Path) -> None:
-    from avseg.weights import UnsafeCheckpointError, load_state_dict_file
     from avseg.models.zoo import VISUAL_ENCODERS
+    from avseg.weights import UnsafeCheckpointError, load_state_dict_file
 
     marker = tmp_path / "PWNED"
     path = _evil_checkpoints(tmp_path / "ckpt", marker)[kind]
@@ -253,9 +254,9 @@ def test_pickle_in_place_of_safetensors_weights(ws_run: Path, tmp_path: Path, ca
 # --- 2. crash safety ------------------------------------------------------------------------------------
 def _writers(tmp: Path) -> dict[str, tuple[Path, Callable[[], None]]]:
     from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_wav_atomic
-    from avseg.fileio import write_text_atomic
     from avseg.engine.checkpoint import save_model_weights, save_training_state
     from avseg.engine.evaluate import save_probability_png
+    from avseg.fileio import write_text_atomic
     from avseg.visualize import save_image_atomic
 
     img = np.zeros((8, 8, 3), np.uint8)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from avseg.audio.frontends import AudioError
+from avseg.audio.decode import AudioError
 from avseg.bench import resolve_methods, run_bench
 from avseg.data.cache import build_cache
 from avseg.data.composite import build_composite

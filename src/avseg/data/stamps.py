@@ -51,7 +51,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from avseg.audio.frontends import AudioError, load_audio, resample
+from avseg.audio.decode import AudioError, load_audio
+from avseg.audio.resample import resample
 from avseg.data import layout as L
 from avseg.data.errors import DataError
 from avseg.data.synthetic import (  # shared with the synthetic generator, so both behave alike

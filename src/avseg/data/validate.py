@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from avseg.audio.frontends import AudioError, load_audio
+from avseg.audio.decode import AudioError, load_audio
 from avseg.data import layout as L
 from avseg.data.avsbench import VideoRecord, avss_classes, index_videos, read_frame, read_mask, scan_metadata
 from avseg.data.errors import DataError

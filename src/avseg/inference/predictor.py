@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from avseg.audio.frontends import FRONTENDS, cut_windows, resample
+from avseg.audio.frontends import FRONTENDS, cut_windows
+from avseg.audio.resample import resample
 from avseg.config import from_dict, load_yaml
 from avseg.data.avsbench import avss_classes
 from avseg.engine.trainer import resolve_device

@@ -31,13 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avseg.audio.frontends import (
-    _SOUNDFILE_SUFFIXES,
-    AudioError,
-    _StreamingResampler,
-    container_truncation,
-    decode_audio_stream,
-)
+from avseg.audio.decode import SOUNDFILE_SUFFIXES, AudioError, container_truncation, decode_audio_stream
+from avseg.audio.resample import StreamingResampler
 
 log = logging.getLogger("avseg")
 
@@ -429,7 +424,7 @@ class AudioTrack:
         if native == self.sample_rate:
             yield from chunks
             return
-        resampler = _StreamingResampler(native, self.sample_rate)
+        resampler = StreamingResampler(native, self.sample_rate)
         for chunk in chunks:
             out = resampler.push(chunk)
             if out.size:
@@ -443,7 +438,7 @@ class AudioTrack:
         if self._rate_hint:
             return self._rate_hint
 
-        if self.path.suffix.lower() in _SOUNDFILE_SUFFIXES:
+        if self.path.suffix.lower() in SOUNDFILE_SUFFIXES:
             import soundfile as sf
 
             try:
