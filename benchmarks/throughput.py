@@ -697,7 +697,7 @@ class Pipeline:
             self.add(Row("pipeline", "pseudo-mask stages", "fp32", note=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
             return
         ctx = StageContext(run_dir=run_dir, config=cfg, device=dev)
-        from avseg.data.avsbench import index_videos
+        from avseg.data.index import index_videos
 
         frames = sum(len(r.frame_paths) for r in index_videos(Path(self.args.data), self.args.layout, "train"))
         for name, fn in (("stage activation-maps (C2AM maps + PNGs)", stage_activation_maps), ("stage pseudo-masks (saliency + Eq. 6 + PNGs)", stage_pseudo_masks)):

@@ -96,7 +96,8 @@ def test_bench_cli(tiny_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture)
 def test_trivial_baselines(tiny_s4: Path) -> None:
     """Hand-checkable: all background scores IoU 1 exactly on empty-GT frames, all foreground the GT area."""
     from avseg.bench import trivial_baselines
-    from avseg.data.avsbench import index_videos, read_mask
+    from avseg.data.avsbench import read_mask
+    from avseg.data.index import index_videos
 
     masks = [read_mask(p, "s4") for r in index_videos(tiny_s4, "s4", "test") for p in r.mask_paths if p is not None]
     fg, bg = trivial_baselines(tiny_s4, "s4")

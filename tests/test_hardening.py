@@ -36,7 +36,8 @@ from PIL import Image
 from avseg.audio.decode import AudioError, load_audio
 from avseg.cli import main
 from avseg.data import layout as L
-from avseg.data.avsbench import AVSBenchDataset, avss_classes, index_videos, read_metadata
+from avseg.data.avsbench import AVSBenchDataset
+from avseg.data.index import avss_classes, index_videos, read_metadata
 from avseg.data.errors import DataError
 from avseg.data.synthetic import generate
 from avseg.data.validate import validate_dataset

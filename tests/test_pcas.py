@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from avseg.data import layout as L
-from avseg.data.avsbench import collate_videos, index_videos
+from avseg.data.avsbench import collate_videos
+from avseg.data.index import index_videos
 from avseg.data.synthetic import generate
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss, cmpc_targets
 from avseg.methods.pcas import IGNORE, PCASNet, average_precision, dense_crf_multi, num_classes

@@ -89,7 +89,8 @@ def test_method_trains_and_predicts(method: str, tiny_s4: Path, tmp_path: Path) 
 
 
 def test_ws_avs_av_pseudo_masks_are_audio_selected(tiny_s4: Path, tmp_path: Path) -> None:
-    from avseg.data.avsbench import index_videos, read_probability_png
+    from avseg.data.avsbench import read_probability_png
+    from avseg.data.index import index_videos
     from avseg.data.layout import prediction_relpath
 
     run_dir = tmp_path / "ws-avs-av"

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from avseg.config import dump_yaml, to_dict
-from avseg.data.avsbench import index_videos, read_mask
+from avseg.data.avsbench import read_mask
+from avseg.data.index import index_videos
 from avseg.engine.evaluate import iterate_outputs
 from avseg.engine.trainer import resolve_device
 from avseg.fileio import write_text_atomic

@@ -41,17 +41,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from avseg.audio import fit_length, load_audio, rms
-from avseg.data.avsbench import (
-    AVSBenchDataset,
-    VideoRecord,
-    apply_geometry,
-    augment_geometry,
-    avss_classes,
-    collate_videos,
-    index_videos,
-    read_mask,
-)
+from avseg.data.avsbench import AVSBenchDataset, apply_geometry, augment_geometry, collate_videos, read_mask
 from avseg.data.imageio import write_wav_atomic
+from avseg.data.index import VideoRecord, avss_classes, index_videos
 from avseg.data.synthetic import SAMPLE_RATE, SYNTH_CLASSES, SynthConfig, plan_video, render_video, synth_audio
 from avseg.engine.trainer import resolve_device
 from avseg.fileio import remove_stale_temporaries, write_text_atomic

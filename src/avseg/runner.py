@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from avseg.config import TrainSettings, apply_overrides, from_dict, load_yaml, to_dict
-from avseg.data.avsbench import class_names
+from avseg.data.index import class_names
 from avseg.data.layout import LAYOUTS, metadata_path
 from avseg.engine import distributed as dist
 from avseg.engine.checkpoint import LAST, read_metadata

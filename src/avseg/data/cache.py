@@ -40,18 +40,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from avseg.data import layout as L
-from avseg.data.avsbench import (
-    AVSBenchDataset,
-    VideoRecord,
-    VideoSample,
-    _pad,
-    apply_geometry,
-    augment_geometry,
-    collate_videos,
-    read_probability_png,
-    sample_frame_indices,
-)
+from avseg.data.avsbench import AVSBenchDataset, VideoSample, _pad, apply_geometry, augment_geometry, collate_videos, read_probability_png, sample_frame_indices
 from avseg.data.errors import DataError
+from avseg.data.index import VideoRecord
 from avseg.fileio import file_sha256, write_text_atomic
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 

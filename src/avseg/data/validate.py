@@ -13,8 +13,9 @@ from PIL import Image
 
 from avseg.audio.decode import AudioError, load_audio
 from avseg.data import layout as L
-from avseg.data.avsbench import VideoRecord, avss_classes, index_videos, read_frame, read_mask, scan_metadata
+from avseg.data.avsbench import read_frame, read_mask
 from avseg.data.errors import DataError
+from avseg.data.index import VideoRecord, avss_classes, index_videos, scan_metadata
 from avseg.data.safe_pickle import load_tensor_pickle
 
 # What a file's name promises, by suffix, against what PIL finds in it.

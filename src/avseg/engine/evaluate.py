@@ -19,8 +19,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from avseg.data.avsbench import AVSBenchDataset, VideoRecord, collate_videos
+from avseg.data.avsbench import AVSBenchDataset, collate_videos
 from avseg.data.imageio import save_png_atomic
+from avseg.data.index import VideoRecord
 from avseg.data.layout import prediction_relpath
 from avseg.metrics.binary import BinaryAccumulator
 from avseg.metrics.semantic import SemanticAccumulator

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from avseg.audio.frontends import FRONTENDS, cut_windows
 from avseg.audio.resample import resample
 from avseg.config import from_dict, load_yaml
-from avseg.data.avsbench import avss_classes
+from avseg.data.index import avss_classes
 from avseg.engine.trainer import resolve_device
 from avseg.inference.video import AudioTrack, SampledFrame, VideoError, VideoInfo, iter_frames, probe_video
 from avseg.methods import METHODS

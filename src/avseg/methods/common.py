@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from avseg.config import DataConfig, TrainSettings
-from avseg.data.avsbench import AVSBenchDataset, class_names, collate_videos
+from avseg.data.avsbench import AVSBenchDataset, collate_videos
+from avseg.data.index import class_names
 from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
 from avseg.engine.trainer import fit
 from avseg.fileio import unwrap_model

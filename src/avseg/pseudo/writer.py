@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avseg.data.avsbench import AVSBenchDataset, VideoRecord, read_probability_png
+from avseg.data.avsbench import AVSBenchDataset, read_probability_png
+from avseg.data.index import VideoRecord
 from avseg.data.layout import prediction_relpath
 from avseg.engine.evaluate import iterate_outputs, save_probability_png
 from avseg.fileio import remove_stale_temporaries, write_text_atomic
