@@ -33,7 +33,8 @@ import torch.nn.functional as F
 def probe(run: Path, split: str, device: torch.device, batch_size: int = 4) -> dict[str, Any]:
     from avseg.data.avsbench import collate_videos
     from avseg.methods.common import make_dataset
-    from avseg.methods.pcas import _load, classification_scores
+    from avseg.methods.pcas import _load
+    from avseg.metrics.classification import classification_scores
     from avseg.runner import load_run
 
     spec, cfg = load_run(run)

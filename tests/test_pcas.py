@@ -18,7 +18,8 @@ from avseg.data.avsbench import collate_videos
 from avseg.data.index import index_videos
 from avseg.data.synthetic import generate
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss, cmpc_targets
-from avseg.methods.pcas import IGNORE, PCASNet, average_precision, dense_crf_multi, num_classes
+from avseg.methods.pcas import IGNORE, PCASNet, dense_crf_multi, num_classes
+from avseg.metrics.classification import average_precision
 from avseg.models.ast import AST_CONFIGS, ASTConfig, ASTEncoder, build_ast, frame_segments, sequence_layout
 from avseg.models.vit import VIT_CONFIGS, build_vit
 from avseg.runner import RECIPES, build_config, evaluate_run, run_method

@@ -47,6 +47,7 @@ from avseg.losses.segmentation import ce_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import make_dataset, num_classes_of
 from avseg.metrics.binary import BinaryAccumulator
+from avseg.metrics.classification import classification_scores
 from avseg.metrics.semantic import SemanticAccumulator
 from avseg.models.ast import AST_CONFIGS, build_ast, frame_segments
 from avseg.models.decoders import PanopticFPNDecoder
@@ -605,27 +606,6 @@ def validator(cfg: PCASConfig, device: torch.device, split: str = "val"):
         return {f"{split}_miou": float(result["miou"]), f"{split}_fscore": float(result["fscore"])}
 
     return evaluate
-
-
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """AP of one class: mean precision at the rank of each positive (scores descending)."""
-    order = np.argsort(-scores, kind="stable")
-    hits = targets[order] > 0
-    if not hits.any():
-        return float("nan")
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
-
-
-def classification_scores(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
-    """mAP (classes with a positive), micro F1 at ``threshold`` and exact-match accuracy of (N, K) predictions."""
-    aps = [average_precision(probs[:, k], targets[:, k]) for k in range(targets.shape[1])]
-    aps = [a for a in aps if not np.isnan(a)]
-    pred = probs > threshold
-    tp = float((pred & (targets > 0)).sum())
-    f1 = 2 * tp / max(1.0, float(pred.sum() + (targets > 0).sum()))
-    exact = float((pred == (targets > 0)).all(axis=1).mean()) if len(targets) else float("nan")
-    return {"map": float(np.mean(aps)) if aps else float("nan"), "f1": f1, "exact_match": exact, "frames": int(len(targets))}
 
 
 @torch.no_grad()
