@@ -185,8 +185,7 @@ class WSAVSNet(nn.Module):
         logits = out.logits[:, 0]  # (N, H, W)
         losses: dict[str, Tensor] = {}
         if self.mask_source == "pseudo":
-            keep = (batch.valid & batch.has_pseudo).flatten()
-            losses["bce"] = bce_loss(logits[keep], batch.pseudo_masks.flatten(0, 1)[keep])
+            losses["bce"] = self.pseudo_mask_loss(logits, batch)
             total = losses["bce"]
         else:
             keep = (batch.valid & batch.has_mask).flatten()
@@ -199,6 +198,11 @@ class WSAVSNet(nn.Module):
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses
+
+    def pseudo_mask_loss(self, logits: Tensor, batch: AVBatch) -> Tensor:
+        """BCE of ``logits`` (B*T, H, W) against the pseudo masks of the valid frames that have one."""
+        keep = (batch.valid & batch.has_pseudo).flatten()
+        return bce_loss(logits[keep], batch.pseudo_masks.flatten(0, 1)[keep])
 
     @torch.no_grad()
     def predict(self, batch: AVBatch) -> Tensor:
