@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +48,10 @@ class AVSWeakConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9
-    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
+    audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     fusion_stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     decoder_channels: int = 128
-    pool: str = "topk"  # class score from its mask logits: "topk" mean, "max" or "lse"
+    pool: Literal["topk", "max", "lse"] = "topk"  # class score from its mask logits: "topk" mean, "max" or "lse"
     topk_fraction: float = 0.1  # fraction of pixels averaged by "topk"
     lse_r: float = 5.0  # sharpness of "lse"
     m2icl_weight: float = 0.0  # AVS has no contrastive term; > 0 adds M2ICL on the projected tokens

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,7 @@ class CAMConfig:
     level: int = 3  # pyramid level of the classifier (3 = stride 32)
     train_frames: int | None = None  # frames per video and step; None = all (image only: every frame has the label)
     threshold: float = 0.5  # mask = normalised CAM > threshold
-    cam_class: str = "predicted"  # "predicted" (scores > 0.5, else top-1) | "labelled" (oracle: test labels)
+    cam_class: Literal["predicted", "labelled"] = "predicted"  # "predicted" (scores > 0.5, else top-1) | "labelled" (oracle: test labels)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=16, optimizer="adam", schedule="constant"))
     select_best: bool = True  # keep the checkpoint with the best validation mIoU (as ws-avs does)
 

@@ -27,7 +27,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -80,16 +80,16 @@ class PCASConfig:
     visual: str = "vit_b16"  # a VIT_CONFIGS name (timm ViT) or a VISUAL_ENCODERS name (CNN + attention pool)
     visual_weights: str = "none"  # ViT: "none" | "file" (visual_weights_path); CNN: its VISUAL_WEIGHT_CHOICES
     visual_weights_path: str | None = None
-    visual_input_norm: str = "imagenet"  # ViT: "half" for weights trained on (x - 0.5) / 0.5
+    visual_input_norm: Literal["imagenet", "half"] = "imagenet"  # ViT: "half" for weights trained on (x - 0.5) / 0.5
     visual_level: int = 3  # CNN: pyramid level whose positions are the patch tokens (2 = stride 16)
     drop_path: float = 0.0
     # --- audio encoder (AST) ---
     audio: str = "ast_base"
     audio_weights_path: str | None = None
-    audio_weights_format: str = "vit"  # "vit": a timm ViT checkpoint (AST's ImageNet start); "ast": our own
-    audio_segment: str = "centre"  # "centre": frame t's own second of its window; "window": the whole window
+    audio_weights_format: Literal["vit", "ast"] = "vit"  # "vit": a timm ViT checkpoint (AST's ImageNet start); "ast": our own
+    audio_segment: Literal["centre", "window"] = "centre"  # "centre": frame t's own second of its window; "window": the whole window
     segment_seconds: float = 1.0
-    spec_norm: str = "clip"
+    spec_norm: Literal["clip", "none"] = "clip"
     tvp: bool = True  # temporal visual prompts; False = plain AST (the ablation)
     tvp_detach: bool = False  # True: prompts carry no gradient into the visual encoder
     # --- Looking-before-Listening: classification ---
@@ -119,14 +119,14 @@ class PCASConfig:
     fine_losses_after: int = 0  # optimizer steps before CMPC / CMCC start (their targets need trained CAMs)
     # --- pseudo labels ---
     audio_threshold: float = 0.5  # a class sounds in frame t when sigmoid(audio head) > this
-    empty_audio: str = "background"  # frame where no labelled class sounds: "background" or "top1"
-    cam_source: str = "sem"  # CAM from the v_sem head ("sem") or the v_cls head ("cls") weights
+    empty_audio: Literal["background", "top1"] = "background"  # frame where no labelled class sounds: "background" or "top1"
+    cam_source: Literal["sem", "cls"] = "sem"  # CAM from the v_sem head ("sem") or the v_cls head ("cls") weights
     cam_high: float = 0.7  # normalised CAM >= high -> that class
     cam_low: float = 0.25  # < low -> background; in between -> ignored (255)
     cam_flip: bool = True  # average the CAM of the frame and its mirror image
-    cam_norm: str = "max"  # "max": ReLU / max (ToCo); "minmax": (cam - min) / (max - min)
+    cam_norm: Literal["max", "minmax"] = "max"  # "max": ReLU / max (ToCo); "minmax": (cam - min) / (max - min)
     # --- segmentation ---
-    seg_head: str = "auto"  # "fpn" (CNN pyramid), "conv" (on the patch map), "auto": fpn for CNNs, conv for ViTs
+    seg_head: Literal["auto", "fpn", "conv"] = "auto"  # "fpn" (CNN pyramid), "conv" (on the patch map), "auto": fpn for CNNs, conv for ViTs
     seg_channels: int = 128
     seg_weight: float = 0.1  # ToCo segmentation weight
     segment_joint: bool = True  # keep training encoders with the look-listen losses; False: only the head
@@ -134,14 +134,14 @@ class PCASConfig:
     # detached) to class c's logits, in training and at inference. The pseudo labels mark a class only where
     # it sounds, and a silent distractor of the same class looks the same: without the audio the target
     # cannot be read from the image and the head learns a blur of both. "none": the image-only head.
-    segment_audio: str = "bias"
+    segment_audio: Literal["bias", "none"] = "bias"
     flip_augment: bool = True  # horizontal flips of frames + pseudo labels inside the model (exact for ids)
     # The segment stage's data augmentation (resize to 246/224, random crop, flip; pseudo labels resized with
     # nearest neighbour so class ids are not blended). Off in the session-2 benchmark recipes; see
     # docs/results/pcas/README.md for what it changes.
     segment_crop_augment: bool = False
     # --- inference ---
-    audio_gate: str = "soft"  # "soft" | "hard" | "none": classes the audio says are silent go to background
+    audio_gate: Literal["soft", "hard", "none"] = "soft"  # "soft" | "hard" | "none": classes the audio says are silent go to background
     crf: bool = False
     crf_iterations: int = 5
     # --- optimisation ---

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ class SupervisedConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9
-    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
+    audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     tau: float = 0.03
     m2icl_scale_by_tau: bool = True
     m2icl_weight: float = 0.0  # plain BCE + IoU; set > 0 to add the M2ICL term

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class WSAVSConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9  # official code
-    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
+    audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     tau: float = 0.03
     m2icl_scale_by_tau: bool = True  # the official code multiplies the loss by tau
     m2icl_weight: float = 1.0
