@@ -335,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_evaluation_flags(p: argparse.ArgumentParser) -> None:
+    """The split, device and data location of the commands that evaluate a trained run (eval, listen, report)."""
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help="dataset root, if it moved since training")
+
+
 def _add_training_flags(p: argparse.ArgumentParser, device_help: str) -> None:
     """The TRAINING_FLAGS of ``train`` and ``bench``; unset (None) unless given."""
     p.add_argument("--epochs", type=int)
@@ -388,11 +395,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="evaluate a run's final model on a split")
     e.add_argument("--run", required=True)
-    e.add_argument("--split", choices=SPLITS, default="test")
+    _add_evaluation_flags(e)
     e.add_argument("--protocol", choices=("clean", "avsbench", "per-frame-max"), default="clean")
     e.add_argument("--batch-frames", type=int, default=20, dest="batch_frames")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--data", help="dataset root, if it moved since training")
     e.add_argument("--save-pred", dest="save_pred", help="also write prediction PNGs here (readable by avseg score)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--listen", action="store_true", help="also run the listening evaluation (as `avseg listen`)")
@@ -401,11 +406,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     li = sub.add_parser("listen", help="does the model listen? masks under own / silent / noise / other / swapped sound")
     li.add_argument("--run", required=True)
-    li.add_argument("--split", choices=SPLITS, default="test")
+    _add_evaluation_flags(li)
     li.add_argument("--seed", type=int, default=0, help="fixes the 'other' video, the noise and the swap objects")
-    li.add_argument("--device", default="auto")
     li.add_argument("--max-videos", type=int, dest="max_videos", help="only the first N videos of the split")
-    li.add_argument("--data", help="dataset root, if it moved since training")
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=cmd_listen)
 
@@ -460,10 +463,8 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("report", help="self-contained HTML report of a run: metrics, overlays, best/worst frames, pseudo masks")
     r.add_argument("run", metavar="RUN", help="trained run folder")
-    r.add_argument("--split", choices=("train", "val", "test"), default="test")
+    _add_evaluation_flags(r)
     r.add_argument("--out", help="HTML file (default RUN/report.html)")
-    r.add_argument("--device", default="auto")
-    r.add_argument("--data", help="dataset root, if it moved since training")
     r.set_defaults(func=cmd_report)
 
 
