@@ -18,7 +18,10 @@ from avseg.data.avsbench import collate_videos
 from avseg.data.index import index_videos
 from avseg.data.synthetic import generate
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss, cmpc_targets
-from avseg.methods.pcas import IGNORE, PCASNet, dense_crf_multi, num_classes
+from avseg.methods.pcas.config import IGNORE
+from avseg.methods.pcas.model import PCASNet
+from avseg.methods.pcas.stages import num_classes
+from avseg.pseudo.crf import dense_crf_multi
 from avseg.metrics.classification import average_precision
 from avseg.models.ast import AST_CONFIGS, ASTConfig, ASTEncoder, build_ast, frame_segments, sequence_layout
 from avseg.models.vit import VIT_CONFIGS, build_vit

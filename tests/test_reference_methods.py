@@ -48,7 +48,8 @@ def test_registry_contract(name: str, tiny_s4: Path) -> None:
 
     spec = METHODS[name]
     assert spec.name == name and spec.output in ("binary", "semantic") and spec.display and spec.tiny
-    assert (Path(methods_package.__file__).parent / f"{name.replace('-', '_')}.py").is_file()
+    module = Path(methods_package.__file__).parent / name.replace("-", "_")
+    assert module.with_suffix(".py").is_file() or (module / "__init__.py").is_file()  # a module or a package
     assert spec.reuses is None or spec.reuses in METHODS
     assert all(layout in ("s4", "ms3") and len(figures) == 2 for layout, figures in spec.paper.items())
     layout = "s4" if spec.output == "binary" else "avss"
