@@ -24,7 +24,10 @@ venv: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/avseg demo --out runs/demo
 
+# Lint and type-check (configured in pyproject.toml), then the tests.
 test: $(BIN)/.installed
+	$(BIN)/ruff check src
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

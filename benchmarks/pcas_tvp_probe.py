@@ -3,7 +3,7 @@
     python benchmarks/pcas_tvp_probe.py --runs RUN [RUN ...] [--split test] [--out probe.json]
 
 For each trained PCAS run (its ``look-listen`` checkpoint: the stage that trains the audio head), the
-audio classification report of ``methods.pcas.audio_classification_report`` (mAP over classes and micro
+audio classification report of ``methods.pcas.stages.audio_classification_report`` (mAP over classes and micro
 F1, per frame against the video labels and against the classes sounding in that frame) is computed three
 times on the same audio:
 
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 def probe(run: Path, split: str, device: torch.device, batch_size: int = 4) -> dict[str, Any]:
     from avseg.data.avsbench import collate_videos
     from avseg.methods.common import make_dataset
-    from avseg.methods.pcas import _load, classification_scores
+    from avseg.methods.pcas.stages import _load
+    from avseg.metrics.classification import classification_scores
     from avseg.runner import load_run
 
     spec, cfg = load_run(run)

@@ -50,8 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from avseg.audio import feature_shape
-from avseg.engine.trainer import TrainSettings, build_optimizer
-from avseg.losses.contrastive import m2icl_per_second
+from avseg.engine.trainer import build_optimizer
+from avseg.config import TrainSettings
 from avseg.losses.segmentation import bce_loss
 from avseg.methods.ws_avs import C2AMNet, SaliencyNet, WSAVSNet, build_segmenter
 from avseg.models.zoo import VISUAL_ENCODERS
@@ -242,17 +242,9 @@ class MaskedLossWSAVS(WSAVSNet):
     """PROPOSAL, measured only: WSAVSNet's pseudo-mask loss with a weight mask instead of boolean
     indexing (``logits[keep]`` needs the number of kept frames on the host: a device sync per step)."""
 
-    def forward(self, batch: AVBatch) -> dict[str, Tensor]:
-        b, t = batch.frames.shape[:2]
-        out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
+    def pseudo_mask_loss(self, logits: Tensor, batch: AVBatch) -> Tensor:
         keep = (batch.valid & batch.has_pseudo).flatten()
-        losses = {"bce": bce_loss(out.logits[:, 0], batch.pseudo_masks.flatten(0, 1), weight_mask=keep)}
-        total = losses["bce"]
-        if self.m2icl_weight > 0 and out.visual_embeds:
-            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau)
-            total = total + self.m2icl_weight * losses["m2icl"]
-        losses["loss"] = total
-        return losses
+        return bce_loss(logits, batch.pseudo_masks.flatten(0, 1), weight_mask=keep)
 
 
 def _release() -> None:
@@ -696,7 +688,7 @@ class Pipeline:
             self.add(Row("pipeline", "pseudo-mask stages", "fp32", note=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
             return
         ctx = StageContext(run_dir=run_dir, config=cfg, device=dev)
-        from avseg.data.avsbench import index_videos
+        from avseg.data.index import index_videos
 
         frames = sum(len(r.frame_paths) for r in index_videos(Path(self.args.data), self.args.layout, "train"))
         for name, fn in (("stage activation-maps (C2AM maps + PNGs)", stage_activation_maps), ("stage pseudo-masks (saliency + Eq. 6 + PNGs)", stage_pseudo_masks)):

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from avseg.engine import TrainSettings, fit
+from avseg.engine import fit
+from avseg.config import TrainSettings
 from avseg.engine import distributed
 from avseg.types import AVBatch
 

@@ -475,7 +475,7 @@ def test_aisfx_log_mel_matches_essentia_transcription() -> None:
 
 @pytest.mark.skipif(not HAS_AISFX, reason="aisfx not installed")
 def test_aisfx_embed_frontend_is_the_frozen_pretrained_encoder_on_aisfx_log_mel() -> None:
-    from avseg.audio.frontends import _frozen_aisfx
+    from avseg.audio.aisfx import frozen_aisfx
     from avseg.models.zoo import AUDIO_ENCODERS
 
     wave = _sweep(16000, 3.0, 4000).astype(np.float32)
@@ -487,5 +487,5 @@ def test_aisfx_embed_frontend_is_the_frozen_pretrained_encoder_on_aisfx_log_mel(
         expected = model(compute_features("aisfx-logmel", wave, 16000, 3))
     torch.testing.assert_close(emb[:, 0, :, 0], expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(compute_features("aisfx-embed", wave, 16000, 3), emb)  # deterministic
-    assert _frozen_aisfx() is _frozen_aisfx()  # loaded once per process
-    assert not any(p.requires_grad for p in _frozen_aisfx().parameters())
+    assert frozen_aisfx() is frozen_aisfx()  # loaded once per process
+    assert not any(p.requires_grad for p in frozen_aisfx().parameters())

@@ -3,7 +3,6 @@ table (status, stage, error), not a crash and not a hole."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 from pathlib import Path
@@ -12,17 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avseg.bench import add_bench_command, resolve_methods, run_bench, split_overrides
+from avseg.bench import resolve_methods, run_bench, split_overrides
+from avseg.cli import build_parser
+from avseg.methods import METHODS
 from avseg.runner import RunError
 
 SIZE = 32
-TINY = [
-    "data.workers=0",
-    "cam:visual=tiny", "cam:visual_weights=none", "cam:level=2",
-    "c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2",
-    "ez-vsl:visual=tiny", "ez-vsl:visual_weights=none", "ez-vsl:audio=tiny", "ez-vsl:audio_weights=none",
-    "ez-vsl:embed_dim=16", "ez-vsl:level=2",
-]  # fmt: skip
+TINY = [f"{name}:{o}" for name, spec in METHODS.items() for o in spec.tiny]  # every method's tiny models
 if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
     TINY.append("ez-vsl:ogl=false")
 QUICK = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
@@ -85,8 +80,7 @@ def test_bench_writes_table_chart_grid_and_reports_failures(tiny_s4: Path, tmp_p
 
 
 def test_bench_cli(tiny_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    parser = argparse.ArgumentParser(prog="avseg")
-    add_bench_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     out = tmp_path / "cli"
     argv = ["bench", "--data", str(tiny_s4), "--layout", "s4", "--methods", "cam", "--out", str(out), "--quick",
             "--batch-size", "2", "--image-size", str(SIZE), "--device", "cpu", "--grid-rows", "2"]  # fmt: skip
@@ -102,7 +96,8 @@ def test_bench_cli(tiny_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture)
 def test_trivial_baselines(tiny_s4: Path) -> None:
     """Hand-checkable: all background scores IoU 1 exactly on empty-GT frames, all foreground the GT area."""
     from avseg.bench import trivial_baselines
-    from avseg.data.avsbench import index_videos, read_mask
+    from avseg.data.avsbench import read_mask
+    from avseg.data.index import index_videos
 
     masks = [read_mask(p, "s4") for r in index_videos(tiny_s4, "s4", "test") for p in r.mask_paths if p is not None]
     fg, bg = trivial_baselines(tiny_s4, "s4")
@@ -131,18 +126,13 @@ def test_resolve_methods_and_overrides() -> None:
         split_overrides(["nope:b=2"], ["cam"])
 
 
-WS_TINY = [
-    "visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8",
-    "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none",
-]  # fmt: skip
-AV_TINY = ["av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audio_weights=none", "av_embed_dim=16", "av_levels=[2]"]
+WS_TINY = list(METHODS["ws-avs"].tiny)
 
 
 def test_bench_shares_ws_avs_stages(tiny_s4: Path, tmp_path: Path) -> None:
     """c2am and ws-avs-av take C2AM (and saliency) from the bench's ws-avs run: trained once, identical."""
     out = tmp_path / "bench"
-    overrides = ["data.workers=0", "c2am:c2am_visual=tiny", "c2am:c2am_weights=none", "c2am:c2am_level=2"]
-    overrides += [f"ws-avs:{o}" for o in WS_TINY] + [f"ws-avs-av:{o}" for o in WS_TINY + AV_TINY]
+    overrides = [f"{name}:{o}" for name in ("c2am", "ws-avs", "ws-avs-av") for o in METHODS[name].tiny]
     rows = run_bench(tiny_s4, "s4", ["c2am", "ws-avs-av", "ws-avs"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=2)
     assert [r.method for r in rows] == ["c2am", "ws-avs-av", "ws-avs"]  # table order = the order asked for
     row = {r.method: r for r in rows}
@@ -164,9 +154,9 @@ def test_reuse_refuses_other_settings(tiny_s4: Path, tmp_path: Path) -> None:
     from avseg.runner import build_config, run_method
 
     ws_dir = tmp_path / "ws-avs"
-    spec, cfg = build_config("ws-avs", "ws-avs/demo", str(tiny_s4), "s4", QUICK, SIZE, ["data.workers=0"] + WS_TINY)
+    spec, cfg = build_config("ws-avs", "ws-avs/demo", str(tiny_s4), "s4", QUICK, SIZE, WS_TINY)
     run_method(spec, cfg, ws_dir, only=["c2am"])
-    base = ["data.workers=0", "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", f"reuse_run={ws_dir}"]
+    base = ["c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", f"reuse_run={ws_dir}"]
     _, same = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base)
     assert reuse_problem(ws_dir, "c2am", same) is None
     assert "activation-maps" in reuse_problem(ws_dir, "activation-maps", same)  # not finished there

@@ -13,7 +13,7 @@ from PIL import Image
 
 from avseg.cli import build_parser, main
 from avseg.data import layout as L
-from avseg.data.avsbench import index_videos
+from avseg.data.index import index_videos
 
 LAYOUTS = ("s4", "ms3", "avss")
 

@@ -11,7 +11,6 @@ import pytest
 from avseg.config import (
     ConfigError,
     DataConfig,
-    RunConfig,
     apply_overrides,
     dump_yaml,
     from_dict,
@@ -19,7 +18,16 @@ from avseg.config import (
     load_yaml,
     to_dict,
 )
-from avseg.engine import TrainSettings
+from avseg.config import TrainSettings
+
+
+@dataclass
+class RunConfig:
+    """The pattern every method config follows: data + train sections (+ the method's own)."""
+
+    data: DataConfig
+    train: TrainSettings = field(default_factory=TrainSettings)
+    out: str = "runs/default"
 
 RECIPE = """\
 data:
@@ -106,8 +114,20 @@ def test_post_init_errors_are_prefixed_with_the_section(recipe: Path):
         load_config(RunConfig, recipe, ["train.lr=0"])
     with pytest.raises(ConfigError, match=r"train: amp=fp16 needs a CUDA device"):
         load_config(RunConfig, recipe, ["train.amp=fp16", "train.device=cpu"])
-    with pytest.raises(ConfigError, match=r"data: window_seconds must be > 0"):
-        load_config(RunConfig, recipe, ["data.window_seconds=0"])
+    with pytest.raises(ConfigError, match=r"data: image_size must be >= 1"):
+        load_config(RunConfig, recipe, ["data.image_size=0"])
+
+
+def test_removed_keys_of_old_run_configs_are_ignored_with_a_warning(recipe: Path, caplog: pytest.LogCaptureFixture):
+    # config.yaml files of runs made before data.window_seconds / data.workers were removed hold both.
+    with caplog.at_level("WARNING", logger="avseg"):
+        cfg = load_config(RunConfig, recipe, ["data.window_seconds=3.0", "data.workers=4"])
+    assert cfg.data.layout == "s4" and not hasattr(cfg.data, "workers")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{recipe}: data.window_seconds is no longer used") for m in warnings), warnings
+    assert any(m.startswith(f"{recipe}: data.workers is no longer used") for m in warnings), warnings
+    with pytest.raises(ConfigError, match=r"train\.window_seconds: unknown key"):  # only where it was removed
+        load_config(RunConfig, recipe, ["train.window_seconds=3.0"])
 
 
 def test_unknown_and_missing_keys_are_rejected(recipe: Path):

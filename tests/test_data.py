@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from avseg.data import layout as L
-from avseg.data.avsbench import (
-    AVSBenchDataset,
-    class_names,
-    collate_videos,
-    index_videos,
-    read_mask,
-    read_metadata,
-)
+from avseg.data.avsbench import AVSBenchDataset, collate_videos, read_mask
+from avseg.data.index import class_names, index_videos, read_metadata
 from avseg.data.errors import DataError
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.data.validate import validate_dataset

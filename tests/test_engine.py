@@ -20,18 +20,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from avseg.engine import (
-    NonFiniteLossError,
-    TrainSettings,
-    fit,
-    load_model_weights,
-    prepare_run_dir,
-    read_jsonl,
-    read_metadata,
-    save_model_weights,
-    setup_logging,
-)
-from avseg.engine.checkpoint import STATE, atomic_path, load_training_state
+from avseg.engine import NonFiniteLossError, fit, load_model_weights, prepare_run_dir, read_jsonl, read_metadata, save_model_weights, setup_logging
+from avseg.config import TrainSettings
+from avseg.engine.checkpoint import STATE, load_training_state
+from avseg.fileio import atomic_path
 from avseg.engine.distributed import EpochSampler
 from avseg.engine.tracking import git_revision
 from avseg.engine.trainer import lr_factor

@@ -33,14 +33,16 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from avseg.audio.frontends import AudioError, load_audio
+from avseg.audio.decode import AudioError, load_audio
 from avseg.cli import main
 from avseg.data import layout as L
-from avseg.data.avsbench import AVSBenchDataset, avss_classes, index_videos, read_metadata
+from avseg.data.avsbench import AVSBenchDataset
+from avseg.data.index import avss_classes, index_videos, read_metadata
 from avseg.data.errors import DataError
 from avseg.data.synthetic import generate
 from avseg.data.validate import validate_dataset
-from avseg.engine.checkpoint import STATE, CheckpointError, load_model_weights, load_training_state, read_metadata as read_weights_metadata
+from avseg.engine.checkpoint import STATE, CheckpointError, load_model_weights, load_training_state
+from avseg.engine.checkpoint import read_metadata as read_weights_metadata
 
 SR = 16000
 TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--device", "cpu"]
@@ -169,8 +171,8 @@ def _evil_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["zip", "raw"])
 def test_malicious_pth_given_as_weights_is_refused(kind: str, tmp_path: Path) -> None:
-    from avseg.models.weights import UnsafeCheckpointError, load_state_dict_file
     from avseg.models.zoo import VISUAL_ENCODERS
+    from avseg.weights import UnsafeCheckpointError, load_state_dict_file
 
     marker = tmp_path / "PWNED"
     path = _evil_checkpoints(tmp_path / "ckpt", marker)[kind]
@@ -252,10 +254,11 @@ def test_pickle_in_place_of_safetensors_weights(ws_run: Path, tmp_path: Path, ca
 
 # --- 2. crash safety ------------------------------------------------------------------------------------
 def _writers(tmp: Path) -> dict[str, tuple[Path, Callable[[], None]]]:
-    from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_text_atomic, write_wav_atomic
-    from avseg.engine.checkpoint import atomic_write_text, save_model_weights, save_training_state
-    from avseg.inference.predict import save_probability_png
-    from avseg.inference.visualize import save_image_atomic
+    from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_wav_atomic
+    from avseg.engine.checkpoint import save_model_weights, save_training_state
+    from avseg.engine.evaluate import save_probability_png
+    from avseg.fileio import write_text_atomic
+    from avseg.visualize import save_image_atomic
 
     img = np.zeros((8, 8, 3), np.uint8)
     return {
@@ -267,7 +270,7 @@ def _writers(tmp: Path) -> dict[str, tuple[Path, Callable[[], None]]]:
         "save_image_atomic (contact sheets, overlays)": (tmp / "s.png", lambda: save_image_atomic(Image.fromarray(img), tmp / "s.png")),
         "save_model_weights (checkpoints)": (tmp / "w.safetensors", lambda: save_model_weights(torch.nn.Linear(2, 2), tmp / "w.safetensors")),
         "save_training_state (resume state)": (tmp / STATE, lambda: save_training_state(tmp / STATE, {"x": torch.zeros(2)})),
-        "atomic_write_text (config, git, env, metrics.jsonl rewrite)": (tmp / "c.yaml", lambda: atomic_write_text(tmp / "c.yaml", "a: 1\n")),
+        "write_text_atomic durable (config, git, env, metrics.jsonl rewrite)": (tmp / "c.yaml", lambda: write_text_atomic(tmp / "c.yaml", "a: 1\n", durable=True)),
     }
 
 
@@ -298,8 +301,8 @@ def test_every_writer_is_atomic(name: str, tmp_path: Path, monkeypatch: pytest.M
 # JSON-lines log whose torn last line is dropped on resume, and writers that fill a temporary file that
 # is renamed into place).
 WRITE_ALLOWED = {
-    "data/imageio.py": "atomic_write_bytes itself",
-    "engine/checkpoint.py": "atomic_path itself",
+    "fileio.py": "atomic_path / atomic_write_bytes themselves",
+    "engine/checkpoint.py": "torch.save / safetensors into the temporary file of fileio.atomic_path",
     "engine/tracking.py": "JsonlWriter appends; a torn last line is ignored and truncated on resume",
     "inference/segment.py": "the overlay MP4 is muxed into a temporary file renamed on close",
     "data/cache.py": "arrays are written under temporary names and renamed; index.json last",
@@ -318,7 +321,7 @@ def test_no_direct_file_writes_outside_the_atomic_writers() -> None:
             code = line.split("#", 1)[0]
             if WRITE_PATTERN.search(code):
                 offenders.append(f"{rel}:{i}: {line.strip()}")
-    assert not offenders, "write through avseg.data.imageio / avseg.engine.checkpoint atomic helpers:\n" + "\n".join(offenders)
+    assert not offenders, "write through the avseg.fileio / avseg.data.imageio atomic helpers:\n" + "\n".join(offenders)
 
 
 def _png_files(folder: Path) -> dict[str, bytes]:
@@ -331,9 +334,10 @@ class Interrupted(Exception):
 
 def _counting_writer(monkeypatch: pytest.MonkeyPatch, written: list[Path], fail_after: int | None = None) -> None:
     """Wrap save_probability_png: record every path written, raise after ``fail_after`` files."""
-    import avseg.inference.predict as predict
+    import avseg.engine.evaluate as predict
 
     original = predict.save_probability_png
+    users = [m for name, m in sys.modules.items() if name.startswith("avseg.") and getattr(m, "save_probability_png", None) is original]
 
     def save(prob: np.ndarray, path: Path) -> None:
         if fail_after is not None and len(written) >= fail_after:
@@ -341,7 +345,8 @@ def _counting_writer(monkeypatch: pytest.MonkeyPatch, written: list[Path], fail_
         original(prob, path)
         written.append(Path(path))
 
-    monkeypatch.setattr(predict, "save_probability_png", save)
+    for module in users:  # every module that imported it
+        monkeypatch.setattr(module, "save_probability_png", save)
 
 
 def test_activation_maps_resume_without_redoing_finished_work(synth16: Path, ws_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -132,7 +132,7 @@ def test_negative_audio_kinds_and_other_soundtrack(fake_s4: Path) -> None:
 def test_negative_audio_refused_without_wav_audio(fake_s4: Path) -> None:
     with pytest.raises(ValueError, match="wav front-end"):
         AVSBenchDataset(fake_s4, "s4", "train", image_size=32, audio_frontend=None, negative_audio=0.3)
-    from avseg.engine.trainer import TrainSettings
+    from avseg.config import TrainSettings
 
     with pytest.raises(ValueError, match="negative_audio"):
         TrainSettings(negative_audio=1.0)
@@ -173,7 +173,8 @@ def test_the_engine_turns_negative_audio_on_for_any_stage(fake_s4: Path, tmp_pat
     """negative_audio is a setting of the one training loop: whatever the method's own fit wrapper (PCAS has
     one), the loop turns it on in the dataset; a stage without wav audio is refused with its name."""
     from avseg.data.avsbench import collate_videos
-    from avseg.engine.trainer import TrainSettings, fit
+    from avseg.engine.trainer import fit
+    from avseg.config import TrainSettings
 
     class Probe(torch.nn.Module):
         def __init__(self) -> None:

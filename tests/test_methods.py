@@ -24,7 +24,7 @@ from avseg import runner
 from avseg.cli import main
 from avseg.config import ConfigError
 from avseg.data import layout as L
-from avseg.data.avsbench import index_videos
+from avseg.data.index import index_videos
 from avseg.data.synthetic import generate
 
 RECIPES = sorted(runner.RECIPES.glob("*/*.yaml"))
@@ -365,7 +365,7 @@ def test_border_band_skips_the_padding_ring_of_the_feature_map() -> None:
 
 
 def test_a_run_records_its_class_vocabulary_and_refuses_another(s4_data: Path, tmp_path: Path) -> None:
-    from avseg.data.avsbench import class_names
+    from avseg.data.index import class_names
 
     spec, cfg = runner.build_config("cam", "cam/demo", str(s4_data), "s4")
     assert cfg.data.classes is None and Path(cfg.data.root).is_absolute()

@@ -25,7 +25,7 @@ from avseg.models import (
     UnsafeCheckpointError,
     WeightsNotFoundError,
 )
-from avseg.models import weights as W
+import avseg.weights as W
 from avseg.models.zoo import build_audio_resnet18, build_visual_resnet18, build_visual_tiny
 
 HAS_EFFICIENTNET = all(

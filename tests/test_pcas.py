@@ -14,17 +14,22 @@ import torch
 from PIL import Image
 
 from avseg.data import layout as L
-from avseg.data.avsbench import collate_videos, index_videos
+from avseg.data.avsbench import collate_videos
+from avseg.data.index import index_videos
 from avseg.data.synthetic import generate
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss, cmpc_targets
-from avseg.methods.pcas import IGNORE, PCASNet, average_precision, dense_crf_multi, num_classes
+from avseg.methods.pcas.config import IGNORE
+from avseg.methods.pcas.model import PCASNet
+from avseg.methods.pcas.stages import num_classes
+from avseg.pseudo.crf import dense_crf_multi
+from avseg.metrics.classification import average_precision
 from avseg.models.ast import AST_CONFIGS, ASTConfig, ASTEncoder, build_ast, frame_segments, sequence_layout
 from avseg.models.vit import VIT_CONFIGS, build_vit
 from avseg.runner import RECIPES, build_config, evaluate_run, run_method
 
 TINY_TRAIN = {"epochs": 1, "batch_size": 2, "max_steps": 2, "log_every": 1, "workers": 0}
 TINY = [f"{stage}.{k}={v}" for stage in ("look_listen_train", "segment_train") for k, v in TINY_TRAIN.items()]
-TINY += ["visual=vit_cpu", "visual_weights=none", "audio=ast_cpu", "embed_dim=16", "seg_channels=16", "cmcc_crops=2", "data.workers=0", "train_frames=null"]
+TINY += ["visual=vit_cpu", "visual_weights=none", "audio=ast_cpu", "embed_dim=16", "seg_channels=16", "cmcc_crops=2", "train_frames=null"]
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ from PIL import Image
 
 from avseg.data import layout as L
 from avseg.data.avsbench import AVSBenchDataset, collate_videos
-from avseg.data.cache import CachedDataset, add_cache_command, build_cache, collate_cached, read_index
+from avseg.cli import build_parser
+from avseg.data.cache import CachedDataset, build_cache, collate_cached, read_index
 from avseg.data.errors import DataError
 from avseg.data.gpu_augment import _bilinear_crop, _nearest_crop, augment_batch, crop_size
 from avseg.methods.ws_avs import WSAVSNet, build_segmenter
@@ -326,12 +327,9 @@ def test_cache_rebuild_replaces_and_leaves_no_temporaries(fake_s4: Path, tmp_pat
 
 
 def test_cache_command(fake_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_cache_command(parser.add_subparsers(dest="cmd"))
+    parser = build_parser()
     out = tmp_path / "c"
-    args = parser.parse_args(["cache", str(fake_s4), "--layout", "s4", "--image-size", "32", "--audio-frontend", "wsavs-logmel",
+    args = parser.parse_args(["data", "cache", str(fake_s4), "--layout", "s4", "--image-size", "32", "--audio-frontend", "wsavs-logmel",
                               "--out", str(out), "--splits", "train", "test", "--json"])  # fmt: skip
     assert args.func(args) == 0
     assert '"train"' in capsys.readouterr().out

@@ -16,22 +16,12 @@ from avseg.config import load_yaml
 from avseg.methods import METHODS
 from avseg.runner import RECIPES, build_config, evaluate_run, load_run, run_method
 
-NEW_METHODS = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs-av")
 SIZE = 32
 HAVE_EFFICIENTNET = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
 
-TINY_SEGMENTER = ["visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8"]
-TINY_PSEUDO = ["c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none"]
-TINY = {
-    "avs-ws": TINY_SEGMENTER,
-    "cam": ["visual=tiny", "visual_weights=none", "level=2"],
-    "ez-vsl": ["visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "level=2"]
-    + ([] if HAVE_EFFICIENTNET else ["ogl=false"]),
-    "c2am": ["c2am_visual=tiny", "c2am_weights=none", "c2am_level=2"],
-    "ws-avs-av": TINY_SEGMENTER + TINY_PSEUDO + [
-        "av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audio_weights=none", "av_embed_dim=16", "av_levels=[2]",
-    ],
-}  # fmt: skip
+# Every binary-mask method of the registry (PCAS, semantic, has tests/test_pcas.py), with its tiny models.
+BINARY_METHODS = [name for name, spec in METHODS.items() if spec.output == "binary"]
+TINY = {name: list(spec.tiny) + (["ogl=false"] if name == "ez-vsl" and not HAVE_EFFICIENTNET else []) for name, spec in METHODS.items()}
 QUICK = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
 HEATMAP_METHODS = {"cam", "ez-vsl", "c2am"}
 
@@ -46,16 +36,29 @@ def tiny_s4(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_tiny(method: str, root: Path, run_dir: Path, layout: str = "s4") -> dict:
-    spec, cfg = build_config(method, f"{method}/demo", str(root), layout, QUICK, SIZE, ["data.workers=0"] + TINY[method])
+    spec, cfg = build_config(method, f"{method}/demo", str(root), layout, QUICK, SIZE, TINY[method])
     return run_method(spec, cfg, run_dir)
 
 
-def test_registered() -> None:
-    for name in NEW_METHODS:
-        assert name in METHODS and METHODS[name].name == name and METHODS[name].output == "binary"
+@pytest.mark.parametrize("name", list(METHODS))
+def test_registry_contract(name: str, tiny_s4: Path) -> None:
+    """What every MethodSpec promises: its file is named as its key, its final stage is one of its stages,
+    its reuse source is registered, and its tiny overrides (and its shipped recipes) build a valid config."""
+    import avseg.methods as methods_package
+
+    spec = METHODS[name]
+    assert spec.name == name and spec.output in ("binary", "semantic") and spec.display and spec.tiny
+    module = Path(methods_package.__file__).parent / name.replace("-", "_")
+    assert module.with_suffix(".py").is_file() or (module / "__init__.py").is_file()  # a module or a package
+    assert spec.reuses is None or spec.reuses in METHODS
+    assert all(layout in ("s4", "ms3") and len(figures) == 2 for layout, figures in spec.paper.items())
+    layout = "s4" if spec.output == "binary" else "avss"
+    _, cfg = build_config(name, f"{name}/demo", str(tiny_s4), layout, QUICK, SIZE, TINY[name])
+    stages = [s.name for s in spec.stages(cfg)]
+    assert spec.final_stage in stages and spec.pseudo_stages(cfg) == stages[: stages.index(spec.final_stage)]
 
 
-@pytest.mark.parametrize("method", NEW_METHODS)
+@pytest.mark.parametrize("method", BINARY_METHODS)
 def test_method_trains_and_predicts(method: str, tiny_s4: Path, tmp_path: Path) -> None:
     from avseg.methods.common import make_dataset
     from avseg.data.avsbench import collate_videos
@@ -87,7 +90,8 @@ def test_method_trains_and_predicts(method: str, tiny_s4: Path, tmp_path: Path) 
 
 
 def test_ws_avs_av_pseudo_masks_are_audio_selected(tiny_s4: Path, tmp_path: Path) -> None:
-    from avseg.data.avsbench import index_videos, read_probability_png
+    from avseg.data.avsbench import read_probability_png
+    from avseg.data.index import index_videos
     from avseg.data.layout import prediction_relpath
 
     run_dir = tmp_path / "ws-avs-av"
@@ -150,7 +154,7 @@ def test_minmax_normalize() -> None:
 
 
 def test_pool_scores() -> None:
-    from avseg.methods.avs_weak import pool_scores
+    from avseg.methods.avs_ws import pool_scores
 
     logits = torch.arange(10.0).view(1, 1, 2, 5)  # values 0..9
     assert pool_scores(logits, "max").item() == 9.0
@@ -173,7 +177,7 @@ def test_cam_selected_classes_never_empty() -> None:
 
 
 def test_connected_components_and_selection() -> None:
-    from avseg.methods.ws_avs_audio import connected_components, select_by_audio
+    from avseg.methods.ws_avs_av import connected_components, select_by_audio
 
     masks = torch.zeros(2, 6, 6, dtype=torch.bool)
     masks[0, 0:2, 0:2] = True  # component a (silent)
@@ -221,7 +225,7 @@ def test_connected_components_and_selection() -> None:
 
 
 # --- recipes --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", NEW_METHODS)
+@pytest.mark.parametrize("method", BINARY_METHODS)
 @pytest.mark.parametrize("recipe", ["demo", "s4", "ms3"])
 def test_recipes_validate(method: str, recipe: str) -> None:
     spec, cfg = build_config(method, f"{method}/{recipe}", "/nonexistent/data")
@@ -254,7 +258,7 @@ def test_recipes_in_sync_with_ws_avs(recipe: str) -> None:
 
 def test_heat_maps_threshold_mask_matches_metrics(tiny_s4: Path, tmp_path: Path) -> None:
     """Binary metrics on predict() equal the metrics of the documented mask (heat map > threshold)."""
-    from avseg.inference.predict import iterate_outputs
+    from avseg.engine.evaluate import iterate_outputs
     from avseg.methods.common import make_dataset
     from avseg.metrics.binary import BinaryAccumulator
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from avseg.cli import main
 from avseg.data import layout as L
-from avseg.data.avsbench import index_videos, read_mask
+from avseg.data.avsbench import read_mask
+from avseg.data.index import index_videos
 from avseg.data.errors import DataError
 from avseg.data.stamps import (
     CURATED_STAMPS,

@@ -16,7 +16,6 @@ columns = frame, ground truth, each method's binary mask; like the paper's Figur
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -29,26 +28,22 @@ from typing import Any
 
 import numpy as np
 
+from avseg.config import dump_yaml, to_dict
+from avseg.data.avsbench import read_mask
+from avseg.data.index import index_videos
+from avseg.engine.evaluate import iterate_outputs
+from avseg.engine.trainer import resolve_device
+from avseg.fileio import write_text_atomic
+from avseg.listening import deaf_ceiling, listen_run
+from avseg.methods import METHODS
+from avseg.methods.common import make_dataset
+from avseg.metrics.binary import BinaryAccumulator
+from avseg.metrics.localization import LocalizationAccumulator
+from avseg.runner import RunError, build_config, evaluate_run, load_run, record_classes, run_method
+from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
+
 log = logging.getLogger("avseg")
 
-# The paper's order (Table 1, weakest first), then ours and the fully supervised reference.
-BENCH_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs", "ws-avs-av", "pcas", "supervised")
-PAPER_ORDER = ("avs-ws", "cam", "ez-vsl", "c2am", "ws-avs")
-DISPLAY = {
-    "avs-ws": "AVS (ws)", "cam": "CAM", "ez-vsl": "EZ-VSL", "c2am": "C2AM", "ws-avs": "WS-AVS",
-    "ws-avs-av": "WS-AVS-AV (ours)", "supervised": "supervised (GT)", "pcas": "PCAS",
-}  # fmt: skip
-# Reported numbers (mIoU, F) in % on AVSBench, WS-AVS paper Table 1 (its F is the per-frame-max protocol).
-PAPER = {
-    "avs-ws": {"s4": (12.63, 24.99), "ms3": (8.76, 15.72)},
-    "cam": {"s4": (19.26, 27.88), "ms3": (12.65, 19.83)},
-    "ez-vsl": {"s4": (29.40, 35.70), "ms3": (23.58, 27.31)},
-    "c2am": {"s4": (30.87, 36.55), "ms3": (25.33, 29.58)},
-    "ws-avs": {"s4": (34.13, 51.76), "ms3": (30.85, 46.87)},
-}
-# Methods whose first stages are identical to ws-avs's: with reuse on, they take them from the bench's
-# ws-avs run (trained once; the rows then differ only in what follows), and ws-avs runs before them.
-REUSE_SOURCES = {"c2am": "ws-avs", "ws-avs-av": "ws-avs"}
 CSV_COLUMNS = (
     "method", "display", "supervision", "status", "error", "failed_stage",
     "miou_clean", "fscore_clean", "fscore_at_0.5_clean", "miou_avsbench", "fscore_avsbench",
@@ -104,13 +99,9 @@ class BenchRow:
 def resolve_methods(spec: str) -> list[str]:
     """``all`` -> every registered method (the paper's order first; PCAS's semantic masks are scored as their
     union, its binary output on S4 / MS3); else a comma list."""
-    from avseg.methods import METHODS
-    from avseg.runner import RunError
 
     if spec.strip() == "all":
-        names = [m for m in BENCH_ORDER if m in METHODS]
-        names += [m for m in METHODS if m not in names]
-        return names
+        return list(METHODS)  # the registry's order
     names = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
@@ -122,8 +113,6 @@ def resolve_methods(spec: str) -> list[str]:
 
 def split_overrides(items: list[str] | None, methods: list[str]) -> dict[str, list[str]]:
     """``KEY=VALUE`` applies to every method, ``METHOD:KEY=VALUE`` to one -> {method: [overrides]}."""
-    from avseg.methods import METHODS
-    from avseg.runner import RunError
 
     out: dict[str, list[str]] = {m: [] for m in methods}
     for item in items or []:
@@ -147,9 +136,6 @@ def _same_config(run_dir: Path, method: str, cfg: Any) -> bool:
     config class, so a setting added to the code since (absent from the file) counts at its default."""
     import yaml
 
-    from avseg.config import dump_yaml, to_dict
-    from avseg.runner import RunError, load_run
-
     try:
         spec, saved = load_run(run_dir)
     except (RunError, ValueError, TypeError):
@@ -167,12 +153,6 @@ def heatmap_scores(run_dir: Path, device: str = "auto", split: str = "test") -> 
 
     Returns None for methods without heat maps. Writes ``eval/{split}-heatmap.json`` in the run.
     """
-    from avseg.data.imageio import write_text_atomic
-    from avseg.engine.trainer import resolve_device
-    from avseg.inference.predict import iterate_outputs
-    from avseg.methods.common import make_dataset
-    from avseg.metrics.localization import LocalizationAccumulator
-    from avseg.runner import load_run
 
     spec, cfg = load_run(run_dir)
     dev = resolve_device(device)
@@ -194,8 +174,6 @@ def trivial_baselines(root: Path, layout: str, split: str = "test", batch_frames
     """Scores of the constant predictions "all foreground" and "all background" on a split (read from the
     ground-truth files in canonical order): the floor every method must clear. Empty-GT frames reward an
     empty prediction in both protocols, and large objects reward "all foreground"."""
-    from avseg.data.avsbench import index_videos, read_mask
-    from avseg.metrics.binary import BinaryAccumulator
 
     accs = {name: {p: BinaryAccumulator(p, batch_frames) for p in ("clean", "avsbench")} for name in ("all foreground", "all background")}
     for record in index_videos(Path(root), layout, split):
@@ -219,7 +197,6 @@ def grid_keys(root: Path, layout: str, rows: int, split: str = "test") -> list[t
     """(video id, frame number) of ``rows`` test frames with non-empty ground truth: one per video from
     evenly spaced videos (the frame position rotates from row to row), more per video when the split has
     fewer videos than rows. The same for every method."""
-    from avseg.data.avsbench import index_videos, read_mask
 
     records = index_videos(Path(root), layout, split)
     if not records or rows < 1:
@@ -266,14 +243,11 @@ def run_bench(
         grid_rows: test frames in the qualitative grid.
         command: the command line, recorded in results.md.
         reuse: let c2am and ws-avs-av take their C2AM / saliency stages from this bench's ws-avs run
-            when the settings are identical (``REUSE_SOURCES``); their training time still counts them.
+            when the settings are identical (``MethodSpec.reuses``); their training time still counts them.
 
     Returns:
         One BenchRow per method, in ``methods`` order.
     """
-    from avseg.listening import deaf_ceiling, listen_run
-    from avseg.methods import METHODS
-    from avseg.runner import RunError, build_config, evaluate_run, record_classes, run_method
 
     if layout not in ("s4", "ms3"):
         raise RunError(f"bench scores binary masks: layout must be s4 or ms3, got {layout!r}")
@@ -286,8 +260,8 @@ def run_bench(
     started = time.time()
     for i, method in enumerate(execution_order(methods) if reuse else methods, 1):
         spec = METHODS[method]
-        paper = PAPER.get(method, {}).get(layout)
-        row = BenchRow(method=method, display=DISPLAY.get(method, method), supervision=spec.supervision,
+        paper = spec.paper.get(layout)
+        row = BenchRow(method=method, display=spec.display or method, supervision=spec.supervision,
                        run_dir=str(out / method), paper_miou=paper[0] / 100 if paper else None,
                        paper_fscore=paper[1] / 100 if paper else None)  # fmt: skip
         by_method[method] = row
@@ -296,7 +270,7 @@ def run_bench(
         log.info("bench [%d/%d] %s: start (recipe %s/%s)", i, len(methods), method, method, recipe)
         try:
             extra = list(per_method[method])
-            source = REUSE_SOURCES.get(method)
+            source = spec.reuses
             if reuse and source in by_method and by_method[source].status == "ok" and not any(o.startswith("reuse_run=") for o in extra):
                 extra.append(f"reuse_run={json.dumps(str((out / source).resolve()))}")
             spec, cfg = build_config(method, f"{method}/{recipe}", str(data), layout, quick, image_size, extra)
@@ -346,7 +320,6 @@ def run_bench(
             if phase == "train" and cfg is not None:
                 pending = [s.name for s in METHODS[method].stages(cfg) if not s.is_done(run_dir)]
                 row.failed_stage = f"train/{pending[0]}" if pending else "train"
-            from avseg.data.imageio import write_text_atomic
 
             write_text_atomic(run_dir / "bench-error.txt", traceback.format_exc())
             log.error("bench [%d/%d] %s: FAILED in %s: %s (traceback in %s)", i, len(methods), method, row.failed_stage, row.error, run_dir / "bench-error.txt")
@@ -363,7 +336,7 @@ def execution_order(methods: list[str]) -> list[str]:
     """``methods`` with every reuse source moved before the first method that reuses it."""
     order: list[str] = []
     for m in methods:
-        source = REUSE_SOURCES.get(m)
+        source = METHODS[m].reuses if m in METHODS else None
         if source in methods and source not in order:
             order.append(source)
         if m not in order:
@@ -378,17 +351,18 @@ def _pct(x: float | None) -> str:
 
 def order_notes(rows: list[BenchRow]) -> list[str]:
     """Lines comparing the measured clean-mIoU order of the paper's methods with the paper's order."""
-    ok = {r.method: r for r in rows if r.status == "ok" and r.method in PAPER_ORDER}
+    paper_order = [m for m, spec in METHODS.items() if spec.paper]  # Table 1's order, weakest first
+    ok = {r.method: r for r in rows if r.status == "ok" and r.method in paper_order}
     if len(ok) < 2:
         return []
     measured = sorted(ok, key=lambda m: ok[m].miou_clean or 0.0)
-    expected = [m for m in PAPER_ORDER if m in ok]
+    expected = [m for m in paper_order if m in ok]
     lines = [
-        "Order by clean mIoU, weakest first: " + " < ".join(DISPLAY[m] for m in measured) + ".",
-        "Paper (Table 1): " + " < ".join(DISPLAY[m] for m in expected) + ".",
+        "Order by clean mIoU, weakest first: " + " < ".join(METHODS[m].display for m in measured) + ".",
+        "Paper (Table 1): " + " < ".join(METHODS[m].display for m in expected) + ".",
     ]
     swapped = [
-        f"{DISPLAY[a]} ({_pct(ok[a].miou_clean)}) >= {DISPLAY[b]} ({_pct(ok[b].miou_clean)})"
+        f"{METHODS[a].display} ({_pct(ok[a].miou_clean)}) >= {METHODS[b].display} ({_pct(ok[b].miou_clean)})"
         for n, a in enumerate(expected) for b in expected[n + 1:] if (ok[a].miou_clean or 0.0) >= (ok[b].miou_clean or 0.0)
     ]  # fmt: skip
     lines.append("Pairs ordered differently from the paper: " + ("; ".join(swapped) if swapped else "none") + ".")
@@ -405,7 +379,6 @@ def write_results(
 ) -> None:
     """results.csv / .json / .md. ``deaf``: the deaf ceiling of synthetic data (``listening.deaf_ceiling``),
     shown beside the constant baselines in results.md and kept in results.json."""
-    from avseg.data.imageio import write_text_atomic
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -508,8 +481,6 @@ def write_chart(path: Path, rows: list[BenchRow], title: str = "", floor: float 
     "all foreground" mIoU (``floor``); PIL only."""
     from PIL import Image, ImageDraw
 
-    from avseg.inference.visualize import save_image_atomic
-
     series = [("mIoU", "miou_clean", (66, 114, 196)), ("F", "fscore_clean", (237, 125, 49))]
     group_w, bar_w, left, top, plot_h = 120, 44, 60, 50, 300
     width = left + max(1, len(rows)) * group_w + 30
@@ -549,7 +520,6 @@ def write_chart(path: Path, rows: list[BenchRow], title: str = "", floor: float 
 
 def write_grid(path: Path, rows: list[BenchRow], pictures: dict[str, dict], keys: list[tuple[str, int]]) -> None:
     """Rows = test frames; columns = frame, ground truth, each method's binary mask (red overlay)."""
-    from avseg.inference.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
     keys = [k for k in keys if any(k in p for p in pictures.values())]
     if not keys:
@@ -571,68 +541,3 @@ def write_grid(path: Path, rows: list[BenchRow], pictures: dict[str, dict], keys
     tile = max(112, grid[0][0].shape[0])
     sheet = contact_sheet(grid, row_labels=labels, col_labels=["frame", "ground truth"] + [r.display for r in rows], tile=tile)
     save_image_atomic(sheet, path)
-
-
-# --- CLI -----------------------------------------------------------------------------------------------
-def _command_line(args: argparse.Namespace) -> str:
-    """The bench command as typed (canonical order), for results.md."""
-    import shlex
-
-    parts = ["avseg", "bench", "--data", str(args.data), "--layout", args.layout, "--methods", args.methods, "--out", str(args.out)]
-    if args.recipe != "demo":
-        parts += ["--recipe", args.recipe]
-    if args.quick:
-        parts.append("--quick")
-    if args.no_reuse:
-        parts.append("--no-reuse")
-    for flag in ("epochs", "batch_size", "max_steps", "image_size", "device", "seed", "workers", "amp"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            parts += [f"--{flag.replace('_', '-')}", str(value)]
-    for item in args.set or []:
-        parts += ["--set", item]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from avseg.runner import QUICK_TRAIN_FLAGS
-
-    methods = resolve_methods(args.methods)
-    quick = {k: getattr(args, k, None) for k in QUICK_TRAIN_FLAGS}
-    if args.quick:  # a smoke run of every stage: one epoch of at most 2 steps each
-        quick["epochs"] = quick["epochs"] or 1
-        quick["max_steps"] = quick["max_steps"] or 2
-    command = _command_line(args)
-    rows = run_bench(
-        Path(args.data), args.layout, methods, Path(args.out), recipe=args.recipe, quick=quick, image_size=args.image_size,
-        overrides=args.set, device=args.device or "auto", grid_rows=args.grid_rows, command=command, reuse=not args.no_reuse,
-    )  # fmt: skip
-    if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    else:
-        print((Path(args.out) / "results.md").read_text())
-    return 0
-
-
-def add_bench_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``avseg bench`` on the CLI's subparsers."""
-    b = sub.add_parser("bench", help="train and evaluate several methods on one dataset: table, bar chart, qualitative grid")
-    b.add_argument("--data", required=True, help="dataset root (the folder holding the metadata CSV)")
-    b.add_argument("--layout", choices=("s4", "ms3"), required=True)
-    b.add_argument("--methods", default="all", help="'all' (every method, PCAS scored on its binary output) or a comma list, e.g. cam,ez-vsl,ws-avs")
-    b.add_argument("--out", required=True, help="bench folder: one run folder per method, results.md/.csv, chart.png, grid.png")
-    b.add_argument("--recipe", default="demo", help="recipe name used for every method: <method>/<recipe>.yaml (demo, s4, ms3)")
-    b.add_argument("--quick", action="store_true", help="smoke run: every training stage 1 epoch of at most 2 steps")
-    b.add_argument("--set", action="append", metavar="[METHOD:]KEY=VALUE", help="override for every method, or one (cam:threshold=0.4); repeatable")
-    b.add_argument("--epochs", type=int)
-    b.add_argument("--batch-size", type=int, dest="batch_size")
-    b.add_argument("--max-steps", type=int, dest="max_steps")
-    b.add_argument("--image-size", type=int, dest="image_size")
-    b.add_argument("--device", help="auto, cpu, cuda or cuda:N (training and evaluation)")
-    b.add_argument("--seed", type=int)
-    b.add_argument("--workers", type=int)
-    b.add_argument("--amp", choices=("off", "bf16", "fp16"))
-    b.add_argument("--no-reuse", action="store_true", dest="no_reuse", help="train c2am / ws-avs-av's C2AM and saliency stages again instead of taking ws-avs's")
-    b.add_argument("--grid-rows", type=int, default=6, dest="grid_rows", help="test frames in grid.png (default 6)")
-    b.add_argument("--json", action="store_true", help="print the rows as JSON instead of the markdown table")
-    b.set_defaults(func=cmd_bench)

@@ -7,8 +7,8 @@ overrides become plain dicts first, and :func:`from_dict` is the one place they 
     cfg = from_dict(MyMethodConfig, raw, source="configs/ws_avs/s4.yaml")
     dump_yaml(cfg, run_dir / "config.yaml")
 
-Method configs nest :class:`DataConfig` and :class:`~avseg.engine.trainer.TrainSettings` the way
-:class:`RunConfig` does, and add their own sections.
+Method configs nest :class:`DataConfig` and one :class:`TrainSettings` per training stage, and add
+their own sections.
 """
 
 from __future__ import annotations
@@ -16,20 +16,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
+import torch
 import yaml
 
-from avseg.engine.checkpoint import atomic_write_text
-from avseg.engine.trainer import TrainSettings
+from avseg.fileio import write_text_atomic
+from avseg.types import NEGATIVE_KINDS
 
 T = TypeVar("T")
+
+log = logging.getLogger("avseg")
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
 
@@ -74,7 +78,7 @@ def dump_yaml(obj: Any, path: str | Path | None = None) -> str:
     """YAML text of a config (dataclass or dict), written atomically to ``path`` when given."""
     text = yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False)
     if path is not None:
-        atomic_write_text(Path(path), text)
+        write_text_atomic(Path(path), text, durable=True)
     return text
 
 
@@ -121,10 +125,15 @@ def from_dict(cls: type[T], d: Mapping[str, Any], *, source: str | Path | None =
     ``configs/x.yaml: train.lr: expected float, got str 'fast'``.
     """
     prefix = f"{source}: " if source is not None else ""
+    del _IGNORED[:]
     try:
         return _build(cls, d, "")
     except ConfigError as exc:
         raise ConfigError(prefix + str(exc)) from None
+    finally:
+        for note in _IGNORED:
+            log.warning("%s%s", prefix, note)
+        del _IGNORED[:]
 
 
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> T:
@@ -136,12 +145,18 @@ def _where(path: str) -> str:
     return path if path else "<top level>"
 
 
+_IGNORED: list[str] = []  # removed keys met by the current from_dict call (REMOVED_KEYS)
+
+
 def _build(cls: type, d: Any, path: str) -> Any:
     if not isinstance(d, Mapping):
         raise ConfigError(f"{_where(path)}: expected a mapping for {cls.__name__}, got {type(d).__name__} {d!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in d if k not in fields]
+    removed: dict[str, str] = getattr(cls, "REMOVED_KEYS", {})
+    for key in [k for k in d if k in removed and k not in fields]:
+        _IGNORED.append(f"{_join(path, str(key))} is no longer used and was ignored ({removed[key]})")
+    unknown = [k for k in d if k not in fields and k not in removed]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -201,7 +216,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             if value == allowed and type(value) is type(allowed):
                 return value
         raise ConfigError(f"{key}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -251,6 +266,105 @@ def _type_name(tp: Any) -> str:
 # ---- shared config sections ----
 
 
+# ---- training settings (read by the one training loop, avseg.engine.trainer.fit) ----
+
+Amp = Literal["off", "bf16", "fp16"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "cosine", "poly"]
+Progress = Literal["auto", "on", "off"]
+
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass
+class TrainSettings:
+    """Everything the training loop needs; validated on construction.
+
+    ``batch_size`` is the GLOBAL batch: each of N processes loads ``batch_size / N`` samples.
+    ``max_steps`` stops training early but does not change the LR schedule, which always spans
+    ``epochs`` (so a run stopped by ``max_steps`` and resumed without it equals an uninterrupted one).
+    ``warmup_steps`` ramps the LR linearly before the schedule; ``min_lr_ratio`` is the floor of the
+    cosine / poly decay as a fraction of ``lr``.
+    """
+
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 8
+    amp: Amp = "off"
+    optimizer: OptimizerName = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw only
+    schedule: Schedule = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    poly_power: float = 0.9
+    grad_clip: float | None = None
+    max_steps: int | None = None
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every_steps: int | None = None
+    log_every: int = 50
+    progress: Progress = "auto"  # tqdm bar: auto = only when stderr is a terminal
+    channels_last: bool = False
+    compile: bool = False
+    fused_optimizer: bool = False  # CUDA only
+    # Negative-audio training (AVSBench-Robust's balanced training): this fraction of the training videos
+    # hears silence, white noise or another video's soundtrack and gets empty targets. Off in the paper
+    # recipes; applied by the dataset, before the audio front-end (``AVSBenchDataset.set_negative_audio``).
+    negative_audio: float = 0.0
+    negative_kinds: tuple[str, ...] = NEGATIVE_KINDS
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
+        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
+        need(self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})")
+        need(self.optimizer in ("adam", "adamw", "sgd"), f"optimizer must be adam, adamw or sgd (got {self.optimizer!r})")
+        need(self.schedule in ("constant", "cosine", "poly"), f"schedule must be constant, cosine or poly (got {self.schedule!r})")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two values in [0, 1) (got {self.betas})")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {self.warmup_steps})")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        need(self.poly_power > 0, f"poly_power must be > 0 (got {self.poly_power})")
+        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None (got {self.grad_clip})")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None (got {self.max_steps})")
+        need(self.seed >= 0, f"seed must be >= 0 (got {self.seed})")
+        need(self.workers >= 0, f"workers must be >= 0 (got {self.workers})")
+        need(bool(_DEVICE_RE.fullmatch(self.device)), f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        need(
+            self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
+            f"checkpoint_every_steps must be >= 1 or None (got {self.checkpoint_every_steps})",
+        )
+        need(self.log_every >= 1, f"log_every must be >= 1 (got {self.log_every})")
+        need(self.progress in ("auto", "on", "off"), f"progress must be auto, on or off (got {self.progress!r})")
+        need(0.0 <= self.negative_audio < 1.0, f"negative_audio must be in [0, 1) (got {self.negative_audio})")
+        self.negative_kinds = tuple(self.negative_kinds)
+        need(
+            bool(self.negative_kinds) and all(k in NEGATIVE_KINDS for k in self.negative_kinds),
+            f"negative_kinds must be a non-empty subset of {', '.join(NEGATIVE_KINDS)} (got {self.negative_kinds})",
+        )
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        # "auto" / "cuda" are checked against the hardware in check_device() when fit() resolves them.
+        if self.device == "cpu":
+            self.check_device(torch.device("cpu"))
+
+    def check_device(self, device: torch.device) -> None:
+        """Reject settings the resolved device cannot run."""
+        if self.amp == "fp16" and device.type != "cuda":
+            raise ValueError(f"amp=fp16 needs a CUDA device (device is {device}); use bf16 on CPU")
+        if self.fused_optimizer and device.type != "cuda":
+            raise ValueError(f"fused_optimizer needs a CUDA device (device is {device})")
+
+
+# ---- data ----
+
+
 @dataclass
 class DataConfig:
     """Where the data is and how samples are made (consumed by the dataset builders)."""
@@ -260,13 +374,17 @@ class DataConfig:
     image_size: int = 224
     audio_frontend: str = "wsavs-logmel"
     audio_window: Literal["centred", "clip"] = "centred"  # audio around each frame, or the whole clip
-    window_seconds: float = 3.0
-    workers: int = 4  # data-loading processes outside training (evaluation, pseudo-masks)
     max_videos: int | None = None  # only the first N videos of each split (smoke runs, demos)
     # The label vocabulary (index = position in the video-level label vector; AVSS: class id - 1). Left
     # empty in recipes: a run fills it from its dataset when it starts and keeps it in config.yaml, so
     # that the trained model loads, and names its classes, without the dataset.
     classes: list[str] | None = None
+    # Keys of earlier versions that nothing read; run folders' config.yaml files written then still hold
+    # them: accepted and ignored with a warning naming the file.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "window_seconds": "the audio window length comes from the front-end (audio.FRONTENDS)",
+        "workers": "evaluation and pseudo-mask loaders never read it (training uses train.workers)",
+    }
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -277,20 +395,7 @@ class DataConfig:
             raise ValueError(f"image_size must be >= 1 (got {self.image_size})")
         if self.audio_window not in ("centred", "clip"):
             raise ValueError(f"audio_window must be centred or clip (got {self.audio_window!r})")
-        if self.window_seconds <= 0:
-            raise ValueError(f"window_seconds must be > 0 (got {self.window_seconds})")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (got {self.workers})")
         if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
             raise ValueError(f"classes must be a non-empty list of distinct names or null (got {self.classes})")
         if self.max_videos is not None and self.max_videos < 1:
             raise ValueError(f"max_videos must be >= 1 or None (got {self.max_videos})")
-
-
-@dataclass
-class RunConfig:
-    """The pattern every method config follows: data + train sections (+ the method's own)."""
-
-    data: DataConfig
-    train: TrainSettings = field(default_factory=TrainSettings)
-    out: str = "runs/default"

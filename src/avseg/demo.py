@@ -17,7 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from avseg.config import to_dict
+from avseg.data.avsbench import read_probability_png
+from avseg.data.synthetic import generate
+from avseg.data.validate import format_report, validate_dataset
+from avseg.engine.evaluate import iterate_outputs
+from avseg.engine.trainer import resolve_device
+from avseg.fileio import atomic_write_bytes, write_text_atomic
+from avseg.inference.preview import preview_sheet
+from avseg.listening import listen_run
+from avseg.methods.common import make_dataset
+from avseg.metrics.listening import format_table
 from avseg.runner import RunError, build_config, evaluate_run, load_run, run_method
+from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")
 
@@ -53,9 +65,6 @@ def run_demo(
     ``quick`` builds the recipes with image_size 32, 1 epoch and batch 4 for smoke tests (the numbers
     mean nothing then). A second call with the same arguments continues an interrupted demo.
     """
-    from avseg.data.imageio import write_text_atomic
-    from avseg.data.validate import format_report, validate_dataset
-    from avseg.inference.preview import preview_sheet
 
     unknown = sorted(set(methods) - set(KNOWN_METHODS))
     methods = tuple(m for m in KNOWN_METHODS if m in set(methods))
@@ -83,8 +92,6 @@ def run_demo(
             spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4", image_size=demo["size"])
         _check_same_run(spec, cfg, run_dir)
         stage_summaries[method] = run_method(spec, cfg, run_dir, resume=True)
-
-    from avseg.listening import listen_run
 
     results: dict[str, dict[str, Any]] = {}
     listening: dict[str, dict[str, Any]] = {}
@@ -117,7 +124,6 @@ def run_demo(
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(out / "listening.json", json.dumps({"split": "test", "seed": seed, **summary}, indent=2))
     overlays = _write_overlays(out, runs, pictures)
-    from avseg.data.imageio import atomic_write_bytes
 
     shown = _shown(methods)
     for method in methods:  # each model under its own sound, a silent object's sound and silence
@@ -133,7 +139,6 @@ def run_demo(
 
 def _ensure_data(data_root: Path, demo: dict[str, Any]) -> None:
     """Generate the synthetic data once; a later call must ask for the same data (else: an error)."""
-    from avseg.data.synthetic import generate
 
     info_path = data_root / "synth_info.json"
     if info_path.is_file():
@@ -150,7 +155,6 @@ def _ensure_data(data_root: Path, demo: dict[str, Any]) -> None:
 
 def _check_same_run(spec: Any, cfg: Any, run_dir: Path) -> None:
     """Continuing a demo run is only right with the settings it started with."""
-    from avseg.config import to_dict
 
     if not (run_dir / "config.yaml").is_file():
         return
@@ -165,10 +169,6 @@ def _check_same_run(spec: Any, cfg: Any, run_dir: Path) -> None:
 
 def _write_overlays(out: Path, runs: dict[str, Path], pictures: dict[str, dict]) -> list[str]:
     """overlays_test.png: frame | GT | each run's mask; overlays_train.png (with WS-AVS): frame | GT | pseudo | WS-AVS."""
-    from avseg.data.avsbench import read_probability_png
-    from avseg.inference.visualize import contact_sheet, denormalize, overlay, save_image_atomic
-    from avseg.methods.common import make_dataset
-    from avseg.runner import load_run
 
     written = []
     methods = list(runs)
@@ -188,8 +188,6 @@ def _write_overlays(out: Path, runs: dict[str, Path], pictures: dict[str, dict])
 
     # Training frames with ground truth (frame 1): the pseudo mask the segmenter learned from, and its output.
     spec, cfg = load_run(runs["ws-avs"])
-    from avseg.engine.trainer import resolve_device
-    from avseg.inference.predict import iterate_outputs
 
     device = resolve_device("cpu")
     predictor = spec.load_predictor(cfg, runs["ws-avs"], device)
@@ -218,8 +216,6 @@ def _fmt(x: Any) -> str:
 
 
 def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlays: list[str], data_root: Path, demo: dict, listening: dict | None = None) -> None:
-    from avseg.data.imageio import write_text_atomic
-
     methods = [m for m in KNOWN_METHODS if m in results]
     weak = [m for m in methods if m in WEAK_METHODS]
     sup = results["supervised"]
@@ -282,7 +278,6 @@ def _shown(methods: list[str] | tuple[str, ...]) -> str:
 
 def _listening_lines(listening: dict, out: Path) -> list[str]:
     """The report's listening section: one table row per run, and the weak model's picture."""
-    from avseg.metrics.listening import format_table
 
     names = DISPLAY
     ws = listening.get(_shown(list(listening)), {})

@@ -40,10 +40,19 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from avseg.audio import fit_length, rms
-from avseg.data.avsbench import AVSBenchDataset, VideoRecord, collate_videos
+from avseg.audio import fit_length, load_audio, rms
+from avseg.data.avsbench import AVSBenchDataset, apply_geometry, augment_geometry, collate_videos, read_mask
+from avseg.data.imageio import write_wav_atomic
+from avseg.data.index import VideoRecord, avss_classes, index_videos
+from avseg.data.synthetic import SAMPLE_RATE, SYNTH_CLASSES, SynthConfig, plan_video, render_video, synth_audio
+from avseg.engine.trainer import resolve_device
+from avseg.fileio import remove_stale_temporaries, write_text_atomic
+from avseg.methods.common import make_dataset
+from avseg.metrics.binary import BinaryAccumulator
 from avseg.metrics.listening import CONDITIONS, SUMMARY_KEYS, ListeningAccumulator, foreground_probs, format_table
+from avseg.runner import _warn_unfinished, check_data, load_run
 from avseg.types import AVBatch
+from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")
 
@@ -129,7 +138,6 @@ def swap_plan(plan: Any, choices: list[int | None]) -> Any:
 
 def _replan(root: Path, layout: str, record: VideoRecord, info: dict) -> Any:
     """The generator's plan of ``record`` (``synth_info.json`` holds seed, size and config)."""
-    from avseg.data.synthetic import SynthConfig, plan_video
 
     m = _SYNTH_NAME.match(record.video_id)
     if m is None or m.group(1) != layout:
@@ -143,8 +151,6 @@ def _replan(root: Path, layout: str, record: VideoRecord, info: dict) -> Any:
 
 def synth_videos(dataset: AVSBenchDataset, info: dict, seed: int) -> dict[str, SynthVideo]:
     """Re-plan every video of ``dataset`` from ``synth_info.json`` -> {video_id: SynthVideo}."""
-    from avseg.data.avsbench import apply_geometry, augment_geometry
-    from avseg.data.synthetic import render_video
 
     out: dict[str, SynthVideo] = {}
     for position, record in enumerate(dataset.records):
@@ -165,9 +171,6 @@ def deaf_ceiling(root: Path, layout: str, split: str = "test") -> dict[str, Any]
     A model that does not listen cannot know which visible object sounds; on scenes with silent
     distractors, marking all of them is the best it can do.
     """
-    from avseg.data.avsbench import avss_classes, index_videos, read_mask
-    from avseg.data.synthetic import render_video
-    from avseg.metrics.binary import BinaryAccumulator
 
     info = synth_info(Path(root), layout)
     if info is None:
@@ -190,7 +193,6 @@ def label_set(dataset: AVSBenchDataset, record: VideoRecord) -> frozenset[str]:
     classes of its ground-truth maps."""
     if record.label_names is not None:
         return frozenset(record.label_names)
-    from avseg.data.avsbench import read_mask
 
     classes: set[str] = set()
     for p in record.mask_paths:
@@ -241,16 +243,10 @@ class Soundtracks:
         return np.clip(rng.standard_normal(len(wave)) * rms(wave), -1.0, 1.0).astype(np.float32)
 
     def other(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
-        from avseg.audio import load_audio
-
         other = self.dataset.records[self.others[self.position[record.video_id]]]
         return fit_length(load_audio(other.audio_path, sr, warn_silent=False)[0], len(wave))
 
     def swap(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
-        from avseg.audio import load_audio
-        from avseg.data.imageio import write_wav_atomic
-        from avseg.data.synthetic import SAMPLE_RATE, synth_audio
-
         if self.synth is None:
             raise ValueError("the swap condition needs synthetic data (synth_info.json)")
         video = self.synth[record.video_id]
@@ -301,7 +297,6 @@ def listen(
     of ``ListeningAccumulator.compute`` plus {"conditions", "seed", "videos", "synthetic", "other_pairs"}
     and up to ``examples`` swap frames for the picture (synthetic data only, one per video).
     """
-    from avseg.inference.visualize import denormalize
 
     probe = dataset_factory()
     if probe.augment or probe.sample_frames is not None:
@@ -375,8 +370,6 @@ def listen(
 
 
 def _class_name(cls: int) -> str:
-    from avseg.data.synthetic import SYNTH_CLASSES
-
     return SYNTH_CLASSES[cls]
 
 
@@ -385,14 +378,12 @@ def listen_sheet(examples: list[ListenExample], path: Path, tile: int = 160) -> 
     silent object (that object outlined in cyan) | silence; predicted masks (p > 0.5) in red."""
     from PIL import Image
 
-    from avseg.inference.visualize import contact_sheet, overlay, save_image_atomic
-
     if not examples:
         raise ValueError("no example frames to draw")
 
     def up(a: np.ndarray) -> np.ndarray:  # nearest upscaling, so outlines stay thin on small frames
         img = Image.fromarray(a if a.dtype == np.uint8 else (np.clip(a, 0, 1) * 255).astype(np.uint8))
-        out = np.asarray(img.resize((tile, tile), Image.NEAREST))
+        out = np.asarray(img.resize((tile, tile), Image.Resampling.NEAREST))
         return out if a.dtype == np.uint8 else out.astype(np.float32) / 255.0
 
     def outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
@@ -436,11 +427,6 @@ def listen_run(
     ``eval/listen-<split>.png`` in the run folder. Keys: see ``ListeningAccumulator.compute`` and
     ``listen``, plus method, split, layout, run, protocol, max_videos, picture, seconds.
     """
-    from avseg.data.imageio import write_text_atomic
-    from avseg.engine.checkpoint import remove_stale_temporaries
-    from avseg.engine.trainer import resolve_device
-    from avseg.methods.common import make_dataset
-    from avseg.runner import _warn_unfinished, check_data, load_run
 
     run_dir = Path(run_dir)
     spec, cfg = load_run(run_dir)

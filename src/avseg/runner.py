@@ -1,11 +1,7 @@
-"""Run methods: build a config from a recipe + flags, run its stages in a run folder, evaluate a run.
-
-Also the ``train`` / ``pseudo`` / ``eval`` / ``demo`` subcommands of the CLI.
-"""
+"""Run methods: build a config from a recipe + flags, run its stages in a run folder, evaluate a run."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -15,13 +11,18 @@ from typing import Any
 
 import torch
 
-from avseg.config import apply_overrides, from_dict, load_yaml, to_dict
-from avseg.data.layout import LAYOUTS, SPLITS, metadata_path
+from avseg.config import TrainSettings, apply_overrides, from_dict, load_yaml, to_dict
+from avseg.data.index import class_names
+from avseg.data.layout import LAYOUTS, metadata_path
 from avseg.engine import distributed as dist
-from avseg.engine.checkpoint import remove_stale_temporaries
-from avseg.engine.trainer import TrainSettings, resolve_device, seed_everything
+from avseg.engine.checkpoint import LAST, read_metadata
+from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
+from avseg.engine.tracking import prepare_run_dir, setup_logging
+from avseg.engine.trainer import resolve_device, seed_everything
+from avseg.fileio import remove_stale_temporaries, write_text_atomic
 from avseg.methods import METHODS
 from avseg.methods.base import MethodSpec, StageContext, read_marker, write_marker
+from avseg.methods.common import make_dataset
 
 log = logging.getLogger("avseg")
 
@@ -85,7 +86,7 @@ def build_config(
         raise RunError("no dataset given: pass --data ROOT (and --layout)")
     if "layout" not in raw["data"]:
         raise RunError(f"no dataset layout given: pass --layout ({', '.join(LAYOUTS)})")
-    cfg = from_dict(spec.config_cls, raw, source=source)
+    cfg: Any = from_dict(spec.config_cls, raw, source=source)
     return spec, reconfigure(spec, cfg, quick, overrides, source=source)
 
 
@@ -118,7 +119,6 @@ def record_classes(spec: MethodSpec, cfg: Any) -> Any:
     A vocabulary already recorded (a resumed run, or one set by hand) must equal the dataset's: class
     index k of the trained heads means the same class only then.
     """
-    from avseg.data.avsbench import class_names
 
     found = class_names(Path(cfg.data.root), cfg.data.layout)
     if cfg.data.classes is None:
@@ -159,7 +159,6 @@ def run_method(
     stage it stops early gets a marker with ``"truncated": true``, and a later call without it (e.g.
     ``avseg train --out RUN --resume``) continues that stage from its checkpoint to the end.
     """
-    from avseg.engine.tracking import prepare_run_dir, setup_logging
 
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
@@ -242,7 +241,6 @@ def _finished(marker: dict[str, Any], max_steps: int | None) -> bool:
 
 def _stopped_early(stage: Any, run_dir: Path) -> bool:
     """True when a training stage's last checkpoint is short of its epochs (stopped by max_steps)."""
-    from avseg.engine.checkpoint import LAST, read_metadata
 
     for rel in stage.outputs:
         last = run_dir / rel / LAST
@@ -301,9 +299,6 @@ def evaluate_run(
     keep: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a run's final model on a split; writes ``eval/{split}-{protocol}.json`` in the run."""
-    from avseg.data.imageio import write_text_atomic
-    from avseg.inference.predict import evaluate_outputs, iterate_outputs
-    from avseg.methods.common import make_dataset
 
     spec, cfg = load_run(run_dir)
     if data_root is not None:
@@ -330,146 +325,4 @@ def _warn_unfinished(spec: MethodSpec, cfg: Any, run_dir: Path) -> None:
             log.warning("%s: stage %s is %s; evaluating what is there (`avseg train --out %s --resume` completes the run)", run_dir, stage.name, state, run_dir)
 
 
-# --- CLI ----------------------------------------------------------------------------------------------
-def _quick(args: argparse.Namespace) -> dict[str, Any]:
-    """The quick training flags given on the command line (max_steps is applied per call, see run_method)."""
-    return {k: getattr(args, k, None) for k in QUICK_TRAIN_FLAGS if k != "max_steps"}
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    run_dir = Path(args.out)
-    # --visual-weights / --audio-weights are shorthands for the config keys of the same names.
-    weights = [f"{key}={json.dumps(value)}" for key, value in (("visual_weights", args.visual_weights), ("audio_weights", args.audio_weights)) if value]
-    args.set = weights + list(args.set or [])
-    dist.init_from_env("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    try:
-        if args.resume and (run_dir / "config.yaml").is_file():
-            # The run's own config; flags given again change only what they name.
-            spec, cfg = load_run(run_dir)
-            if args.method is not None and args.method != spec.name:
-                raise RunError(f"{run_dir} holds a {spec.name} run, not {args.method}")
-            sets = list(args.set or [])
-            sets += [f"data.root={json.dumps(str(args.data))}"] if args.data else []
-            sets += [f"data.image_size={args.image_size}"] if args.image_size else []
-            cfg = reconfigure(spec, cfg, _quick(args), sets, source=str(run_dir / "config.yaml"))
-        else:
-            spec, cfg = build_config(args.method or "ws-avs", args.config, args.data, args.layout, _quick(args), args.image_size, args.set)
-        summaries = run_method(spec, cfg, run_dir, resume=args.resume, max_steps=args.max_steps)
-        if dist.is_main():
-            truncated = [k for k, v in summaries.items() if v.get("truncated")]
-            print(json.dumps({"run": str(run_dir), "stages": {k: v.get("seconds") for k, v in summaries.items()},
-                              **({"truncated": truncated} if truncated else {})}))  # fmt: skip
-    finally:
-        dist.cleanup()
-    return 0
-
-
-def cmd_pseudo(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    spec, cfg = load_run(run_dir)
-    names = [s.name for s in spec.stages(cfg)]
-    pseudo = names[:-1]  # every stage before the final training produces the pseudo masks
-    if not pseudo:
-        raise RunError(f"method {spec.name} has no pseudo-mask stages")
-    if args.from_stage is not None and args.from_stage not in pseudo:
-        raise RunError(f"--from {args.from_stage!r}: the pseudo-mask stages of {spec.name} are {', '.join(pseudo)}")
-    only = pseudo[pseudo.index(args.from_stage):] if args.from_stage else pseudo
-    summaries = run_method(spec, cfg, run_dir, resume=True, only=only, force=args.force or bool(args.from_stage))
-    print(json.dumps({k: v.get("quality", v.get("seconds")) for k, v in summaries.items()}, default=str))
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate_run(Path(args.run), args.split, args.protocol, args.batch_frames, args.device, Path(args.save_pred) if args.save_pred else None, args.data)
-    if args.json and not args.listen:
-        print(json.dumps(result, indent=2, default=float))
-    elif not args.json:
-        print(f"{result['method']} on {result['layout']} {args.split} ({result['frames']} frames, {args.protocol}): mIoU {result['miou']:.4f}  F {result['fscore']:.4f}")
-    if args.listen:
-        from avseg.listening import format_listen, listen_run
-
-        listened = listen_run(Path(args.run), args.split, seed=args.seed, device=args.device, data_root=args.data)
-        print(json.dumps({**result, "listen": listened}, indent=2, default=float) if args.json else "\n" + format_listen(listened))
-    return 0
-
-
-def cmd_listen(args: argparse.Namespace) -> int:
-    """``avseg listen`` (and ``avseg eval --listen``): does the model listen? See avseg.listening."""
-    from avseg.listening import format_listen, listen_run
-
-    result = listen_run(Path(args.run), args.split, seed=args.seed, device=args.device, max_videos=args.max_videos, data_root=args.data)
-    print(json.dumps(result, indent=2, default=float) if args.json else format_listen(result))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from avseg.demo import run_demo
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    metrics = run_demo(Path(args.out), videos=args.videos, size=args.size, seed=args.seed, recipe=args.recipe, quick=args.quick, methods=methods)
-    print(json.dumps(metrics, indent=2))
-    return 0
-
-
-def add_run_commands(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a method (all its stages) into a run folder")
-    t.add_argument("--method", metavar="METHOD", help=f"one of {', '.join(sorted(METHODS))} (default ws-avs; on --resume, the run's)")
-    t.add_argument("--data", help="dataset root (the folder holding the metadata CSV)")
-    t.add_argument("--layout", choices=LAYOUTS)
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--config", help="recipe YAML file or shipped recipe name, e.g. ws-avs/s4 or ws-avs/demo")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. segmenter_train.lr=3e-4 (repeatable)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, dest="batch_size")
-    t.add_argument("--image-size", type=int, dest="image_size")
-    t.add_argument("--max-steps", type=int, dest="max_steps")
-    t.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--workers", type=int)
-    t.add_argument("--amp", choices=("off", "bf16", "fp16"))
-    t.add_argument("--visual-weights", dest="visual_weights", help="none | imagenet (torchvision file in the torch hub cache; the error names it)")
-    t.add_argument("--audio-weights", dest="audio_weights", help="none | imagenet | aisfx (encoder-dependent)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    t.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("pseudo", help="run or rerun the pseudo-mask stages of a run")
-    p.add_argument("--run", required=True)
-    p.add_argument("--from", dest="from_stage", help="rerun from this stage on (e.g. activation-maps)")
-    p.add_argument("--force", action="store_true", help="rerun finished stages")
-    p.set_defaults(func=cmd_pseudo)
-
-    e = sub.add_parser("eval", help="evaluate a run's final model on a split")
-    e.add_argument("--run", required=True)
-    e.add_argument("--split", choices=SPLITS, default="test")
-    e.add_argument("--protocol", choices=("clean", "avsbench", "per-frame-max"), default="clean")
-    e.add_argument("--batch-frames", type=int, default=20, dest="batch_frames")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--data", help="dataset root, if it moved since training")
-    e.add_argument("--save-pred", dest="save_pred", help="also write prediction PNGs here (readable by avseg score)")
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--listen", action="store_true", help="also run the listening evaluation (as `avseg listen`)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the listening evaluation's choices (with --listen)")
-    e.set_defaults(func=cmd_eval)
-
-    li = sub.add_parser("listen", help="does the model listen? masks under own / silent / noise / other / swapped sound")
-    li.add_argument("--run", required=True)
-    li.add_argument("--split", choices=SPLITS, default="test")
-    li.add_argument("--seed", type=int, default=0, help="fixes the 'other' video, the noise and the swap objects")
-    li.add_argument("--device", default="auto")
-    li.add_argument("--max-videos", type=int, dest="max_videos", help="only the first N videos of the split")
-    li.add_argument("--data", help="dataset root, if it moved since training")
-    li.add_argument("--json", action="store_true")
-    li.set_defaults(func=cmd_listen)
-
-    d = sub.add_parser("demo", help="the main job on the embedded synthetic data: PCAS + supervised reference, listening, report")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--videos", type=int, default=None, help="videos to generate (default 300)")
-    d.add_argument("--size", type=int, default=None, help="frame size in pixels (default 96)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--recipe", default="demo", help="recipe name under each method's recipes (<method>/<recipe>.yaml)")
-    d.add_argument("--methods", default="pcas,supervised", help="comma list among ws-avs, pcas, supervised (supervised and a weak one); ws-avs about doubles the time")
-    d.add_argument("--quick", action="store_true", help="smoke test: 32 px, 1 epoch per stage, batch 4 (seconds, meaningless numbers)")
-    d.set_defaults(func=cmd_demo)
-
-
-__all__ = ["build_config", "reconfigure", "run_method", "evaluate_run", "load_run", "add_run_commands", "RunError"]
+__all__ = ["build_config", "reconfigure", "run_method", "evaluate_run", "load_run", "RunError", "QUICK_TRAIN_FLAGS"]

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from avseg.data import layout as L
-from avseg.data.avsbench import avss_classes, index_videos, read_mask
+from avseg.data.avsbench import read_mask
+from avseg.data.index import avss_classes, index_videos
 from avseg.metrics import PROTOCOLS, SEMANTIC_PROTOCOLS, BinaryAccumulator, SemanticAccumulator
 
 MAX_LISTED = 20  # missing files named in the error message

@@ -90,13 +90,3 @@ class AVBatch:
                 value = {k: v.pin_memory() for k, v in value.items()}
             kwargs[f.name] = value
         return AVBatch(**kwargs)
-
-
-def flatten_frames(x: Tensor) -> Tensor:
-    """(B, T, ...) -> (B*T, ...)."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def unflatten_frames(x: Tensor, batch_size: int) -> Tensor:
-    """(B*T, ...) -> (B, T, ...)."""
-    return x.reshape(batch_size, x.shape[0] // batch_size, *x.shape[1:])

@@ -28,7 +28,6 @@ Waveforms (``return_waveform``) are not cached.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -41,19 +40,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from avseg.data import layout as L
-from avseg.data.avsbench import (
-    AVSBenchDataset,
-    VideoRecord,
-    VideoSample,
-    _pad,
-    apply_geometry,
-    augment_geometry,
-    collate_videos,
-    read_probability_png,
-    sample_frame_indices,
-)
+from avseg.data.avsbench import AVSBenchDataset, VideoSample, _pad, apply_geometry, augment_geometry, collate_videos, read_probability_png, sample_frame_indices
 from avseg.data.errors import DataError
-from avseg.data.imageio import file_sha256
+from avseg.data.index import VideoRecord
+from avseg.fileio import file_sha256, write_text_atomic
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 __all__ = [
@@ -63,7 +53,6 @@ __all__ = [
     "CachedDataset",
     "CachedVideoSample",
     "collate_cached",
-    "add_cache_command",
 ]
 
 CACHE_FORMAT = "avseg-frame-cache"
@@ -227,7 +216,6 @@ def build_cache(
             "source_sizes": sorted(list(s) for s in source_sizes),
         }  # fmt: skip
     index["seconds"] = round(time.perf_counter() - started, 3)
-    from avseg.data.imageio import write_text_atomic
 
     write_text_atomic(out / INDEX, json.dumps(index))
     return index
@@ -423,44 +411,3 @@ def collate_cached(samples: list[VideoSample]) -> AVBatch:
     if all(g is not None for g in geometries):
         batch.extras["geometry"] = torch.stack(geometries)  # type: ignore[arg-type]
     return batch
-
-
-# --- CLI ---------------------------------------------------------------------------------------------
-def cmd_data_cache(args: argparse.Namespace) -> int:
-    index = build_cache(
-        Path(args.root), args.layout, Path(args.out), image_size=args.image_size,
-        audio_frontend=None if args.audio_frontend == "none" else args.audio_frontend, audio_window=args.audio_window,
-        splits=tuple(args.splits), workers=args.workers, progress=not args.json,
-    )  # fmt: skip
-    sizes = {p.name: p.stat().st_size for p in Path(args.out).glob("*.npy")}
-    summary = {
-        "out": str(args.out), "seconds": index["seconds"], "megabytes": round(sum(sizes.values()) / 1e6, 1),
-        "splits": {s: {"videos": len(v["videos"]), "frames": v["frames"]} for s, v in index["splits"].items()},
-    }  # fmt: skip
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        splits = ", ".join(f"{s} {v['videos']} videos / {v['frames']} frames" for s, v in summary["splits"].items())
-        print(f"wrote cache {args.out} ({summary['megabytes']} MB in {summary['seconds']:.1f} s): {splits}")
-    return 0
-
-
-def add_cache_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``cache`` on the subparsers of the ``avseg data`` group."""
-    from avseg.data.layout import LAYOUTS, SPLITS
-
-    c = sub.add_parser(
-        "cache", help="decode frames and audio features once into a compact cache that training reads fast",
-        description="Decode every frame (resized to --image-size) and compute every audio feature of a dataset once, "
-        "into uint8 / float16 .npy arrays plus index.json in OUT; CachedDataset reads them as memory maps.",
-    )  # fmt: skip
-    c.add_argument("root", help="dataset root (the folder holding the metadata CSV)")
-    c.add_argument("--layout", choices=LAYOUTS, required=True)
-    c.add_argument("--image-size", type=int, default=224, dest="image_size", help="frame size of the cached frames (default 224)")
-    c.add_argument("--audio-frontend", default="wsavs-logmel", dest="audio_frontend", help="audio front-end, 'pkl', or 'none' (default wsavs-logmel)")
-    c.add_argument("--audio-window", choices=("centred", "clip"), default="centred", dest="audio_window")
-    c.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to cache (default all)")
-    c.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: this process)")
-    c.add_argument("--out", required=True, help="cache folder")
-    c.add_argument("--json", action="store_true", help="print the summary as JSON")
-    c.set_defaults(func=cmd_data_cache)

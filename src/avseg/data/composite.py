@@ -35,8 +35,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from avseg.data import layout as L
-from avseg.data.imageio import save_png_atomic, write_text_atomic, write_wav_atomic
+from avseg.data.imageio import save_png_atomic, write_wav_atomic
 from avseg.data.synthetic import split_counts
+from avseg.fileio import write_text_atomic
 
 __all__ = ["MediaFolder", "read_media", "parse_label_file", "build_composite"]
 
@@ -281,14 +282,14 @@ def build_composite(
             photo = img.convert("RGB")
         polygons = [poly for c, poly in folder.objects[image_id] if c == cls]
         mask = _class_mask(photo.size, polygons)
-        frame = photo.resize((size, size), Image.BILINEAR)  # PIL's resize low-passes: no aliasing
+        frame = photo.resize((size, size), Image.Resampling.BILINEAR)  # PIL's resize low-passes: no aliasing
         sx, sy = photo.size[0] / size, photo.size[1] / size
         mask_frames = L.s4_mask_frames(split)
         for k in range(1, NUM_FRAMES + 1):
             coeffs = _jitter(rng, size)
             save_png_atomic(
                 L.s4_frame(out, split, category, name, k),
-                frame.transform((size, size), Image.AFFINE, coeffs, resample=Image.BILINEAR),
+                frame.transform((size, size), Image.AFFINE, coeffs, resample=Image.Resampling.BILINEAR),
                 compress_level=1,
             )
             if k in mask_frames:
@@ -296,7 +297,7 @@ def build_composite(
                 # so thin parts are not lost to two successive resamplings.
                 a, b, c, d, e, f = coeffs
                 full = (a * sx, b * sx, c * sx, d * sy, e * sy, f * sy)
-                moved = mask.transform((size, size), Image.AFFINE, full, resample=Image.NEAREST)
+                moved = mask.transform((size, size), Image.AFFINE, full, resample=Image.Resampling.NEAREST)
                 if k == 1 and positive and not moved.getbbox():
                     empty_positive += 1
                 save_png_atomic(L.s4_mask(out, split, category, name, k), moved, mode="L", compress_level=1)

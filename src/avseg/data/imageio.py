@@ -1,56 +1,25 @@
-"""Atomic file writers for frames, masks, audio and text.
+"""Atomic file writers for frames, masks and audio.
 
-Every writer encodes in memory, writes a temporary file in the destination folder and renames it over the
-destination with ``os.replace``. A reader (or a crashed, re-run writer) therefore sees either the old
-file or the complete new one, never a truncated PNG: the loaders report 0-byte or undecodable files as
-errors, so partial files must not exist. The temporary file lives in the same folder because a rename
-is only atomic within one file system. Parent folders are created as needed.
+Every writer encodes in memory and writes through :func:`avseg.fileio.atomic_write_bytes` (temporary file
+in the destination folder, then ``os.replace``): readers never see a truncated PNG.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-# mkstemp creates 0600 files; give the final file the permissions a plain open() would have. The umask
-# can only be read by setting it, so read it once at import (before any threads start).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from avseg.fileio import atomic_write_bytes
 
 __all__ = [
-    "atomic_write_bytes",
     "save_png_atomic",
     "save_jpg_atomic",
     "write_wav_atomic",
-    "write_text_atomic",
-    "file_sha256",
 ]
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave the temporary file behind, whatever interrupted us.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _to_image(image: np.ndarray | Image.Image, mode: str | None) -> Image.Image:
@@ -129,17 +98,3 @@ def write_wav_atomic(path: Path | str, wave: np.ndarray, sr: int) -> None:
     # Clip explicitly: libsndfile would otherwise wrap out-of-range floats.
     sf.write(buf, np.clip(wave, -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
     atomic_write_bytes(path, buf.getvalue())
-
-
-def write_text_atomic(path: Path | str, text: str, encoding: str = "utf-8") -> None:
-    """Write text atomically; newlines are written as given (no platform translation)."""
-    atomic_write_bytes(path, text.encode(encoding))
-
-
-def file_sha256(path: Path | str) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -51,9 +51,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from avseg.audio.decode import AudioError, load_audio
+from avseg.audio.resample import resample
 from avseg.data import layout as L
 from avseg.data.errors import DataError
-from avseg.data.imageio import file_sha256, write_text_atomic
 from avseg.data.synthetic import (  # shared with the synthetic generator, so both behave alike
     _HEADERS,
     _csv_text,
@@ -65,6 +66,7 @@ from avseg.data.synthetic import (  # shared with the synthetic generator, so bo
     split_counts,
     write_plan_files,
 )
+from avseg.fileio import file_sha256, write_text_atomic
 
 __all__ = [
     "SAMPLE_RATE",
@@ -424,8 +426,6 @@ def _decode_sound(path: Path) -> np.ndarray:
     """(S,) float32 at SAMPLE_RATE, silence at both ends trimmed, 5 ms fades; raises _Unusable."""
     import torch
 
-    from avseg.audio.frontends import AudioError, load_audio, resample
-
     try:
         audio, rate = load_audio(path, warn_silent=False)
         # Resampled in float64: the float32 result then does not depend on how torch splits the
@@ -729,7 +729,7 @@ def _sized(rgba: np.ndarray, extent: float, flip: bool) -> np.ndarray:
     h0, w0 = rgba.shape[:2]
     k = extent / max(h0, w0)
     w, h = max(1, int(round(w0 * k))), max(1, int(round(h0 * k)))
-    img = Image.fromarray(rgba, "RGBA").convert("RGBa").resize((w, h), Image.BILINEAR)
+    img = Image.fromarray(rgba, "RGBA").convert("RGBa").resize((w, h), Image.Resampling.BILINEAR)
     if flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(img, dtype=np.float32) / 255.0
@@ -920,7 +920,7 @@ def _background_frames(plan: StampVideo, backgrounds: Path | None) -> np.ndarray
         left = min(max((bg["box"][0] + f * bg["pan"][0]) * width, 0.0), width - box_w)
         top = min(max((bg["box"][1] + f * bg["pan"][1]) * height, 0.0), height - box_h)
         box = (left, top, left + box_w, top + box_h)
-        out[t] = np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.float32) / 255.0
+        out[t] = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), np.float32) / 255.0
     return out
 
 

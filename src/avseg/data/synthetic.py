@@ -39,7 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from avseg.data import layout as L
-from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_text_atomic, write_wav_atomic
+from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_wav_atomic
+from avseg.fileio import write_text_atomic
 
 __all__ = [
     "SAMPLE_RATE",

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from avseg.audio.decode import AudioError, load_audio
 from avseg.data import layout as L
-from avseg.data.avsbench import VideoRecord, avss_classes, index_videos, read_frame, read_mask, scan_metadata
+from avseg.data.avsbench import read_frame, read_mask
 from avseg.data.errors import DataError
+from avseg.data.index import VideoRecord, avss_classes, index_videos, scan_metadata
+from avseg.data.safe_pickle import load_tensor_pickle
 
 # What a file's name promises, by suffix, against what PIL finds in it.
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -22,7 +25,6 @@ _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 def _check_audio(path: Path) -> tuple[str | None, str | None]:
     """(problem, warning) of one audio file: a problem when it does not decode to finite, non-empty audio
     (missing, 0 bytes, truncated, corrupt, no samples, NaN/Inf); a warning when it is all zeros."""
-    from avseg.audio.frontends import AudioError, load_audio
 
     if not path.is_file():
         return "audio file not found", None
@@ -43,7 +45,6 @@ def _check_pkl(path: Path | None) -> str | None:
     """The official VGGish feature file, when present: it must load through the tensor-only reader."""
     if path is None or not path.is_file():
         return None  # optional: features are computed from the wav by default
-    from avseg.data.safe_pickle import load_tensor_pickle
 
     try:
         feats = load_tensor_pickle(path)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import Tensor, nn
+
+from avseg.fileio import atomic_path, unwrap_model, write_text_atomic
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -43,72 +43,9 @@ class CheckpointError(RuntimeError, ValueError):
     message names the file. A ValueError too, so command-line entry points report it in one line."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:  # data on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def remove_stale_temporaries(*folders: Path, recursive: bool = False) -> list[Path]:
-    """Delete temporaries of :func:`atomic_path` left by a killed process (``.<name>.*.tmp``) in ``folders``.
-
-    Missing folders are skipped; ``recursive`` also searches their subfolders. Returns the files removed.
-    """
-    stale: list[Path] = []
-    for folder in map(Path, folders):
-        if folder.is_dir():
-            stale += [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if p.is_file()]
-    for p in stale:
-        p.unlink()
-    return stale
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def sidecar_path(path: Path) -> Path:
     """``last.safetensors`` -> ``last.json``."""
     return Path(path).with_suffix(".json")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP and/or torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -153,9 +90,9 @@ def save_model_weights(model: nn.Module, path: Path, metadata: dict | None = Non
         seen.add(value.untyped_storage().data_ptr())
         tensors[key] = value
     meta_json = json.dumps(metadata or {}, default=_json_default, sort_keys=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         safetensors.torch.save_file(tensors, str(tmp), metadata={METADATA_KEY: meta_json})
-    atomic_write_text(sidecar_path(path), json.dumps(metadata or {}, default=_json_default, indent=2) + "\n")
+    write_text_atomic(sidecar_path(path), json.dumps(metadata or {}, default=_json_default, indent=2) + "\n", durable=True)
     return path
 
 
@@ -264,7 +201,7 @@ def rng_isolated() -> Iterator[None]:
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     """Atomically write a training-state dict (tensors and plain containers only)."""
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path), durable=True) as tmp:
         torch.save({"format": STATE_FORMAT, **state}, tmp)
 
 

@@ -19,8 +19,9 @@ from typing import Any, TextIO
 
 import torch
 
+from avseg.config import dump_yaml
 from avseg.engine import distributed
-from avseg.engine.checkpoint import atomic_write_text
+from avseg.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,10 @@ def prepare_run_dir(out: Path, config: Any) -> Path:
     """
     out = Path(out)
     if distributed.is_main():
-        from avseg.config import dump_yaml  # lazy: avseg.config imports the engine
-
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(config, out / "config.yaml")
-        atomic_write_text(out / "git.txt", git_revision() + "\n")
-        atomic_write_text(out / "env.json", json.dumps(environment(), indent=2) + "\n")
+        write_text_atomic(out / "git.txt", git_revision() + "\n", durable=True)
+        write_text_atomic(out / "env.json", json.dumps(environment(), indent=2) + "\n", durable=True)
     return out
 
 
@@ -139,7 +138,7 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= max_step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept), durable=True)
 
 
 class _TqdmHandler(logging.StreamHandler):

@@ -12,13 +12,12 @@ import dataclasses
 import logging
 import math
 import random
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,120 +25,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from avseg.config import TrainSettings
 from avseg.engine import distributed
-from avseg.engine.checkpoint import (
-    BEST,
-    LAST,
-    STATE,
-    capture_rng_state,
-    load_training_state,
-    remove_stale_temporaries,
-    restore_rng_state,
-    rng_isolated,
-    save_model_weights,
-    save_training_state,
-)
+from avseg.engine.checkpoint import BEST, LAST, STATE, capture_rng_state, load_training_state, restore_rng_state, rng_isolated, save_model_weights, save_training_state
 from avseg.engine.tracking import JsonlWriter, truncate_jsonl
-from avseg.types import NEGATIVE_KINDS
+from avseg.fileio import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-Amp = Literal["off", "bf16", "fp16"]
-OptimizerName = Literal["adam", "adamw", "sgd"]
-Schedule = Literal["constant", "cosine", "poly"]
-Progress = Literal["auto", "on", "off"]
-
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Settings that may legitimately change between a run and its resumption.
 # Settings whose effect lives in the optimizer / scheduler state: a resumed run keeps the saved values.
 _FROM_CHECKPOINT = {"lr", "optimizer", "weight_decay", "momentum", "betas", "schedule", "warmup_steps", "min_lr_ratio", "poly_power"}
 _RESUME_MAY_CHANGE = {"epochs", "max_steps", "workers", "log_every", "progress", "checkpoint_every_steps", "device"}
-
-
-@dataclass
-class TrainSettings:
-    """Everything the training loop needs; validated on construction.
-
-    ``batch_size`` is the GLOBAL batch: each of N processes loads ``batch_size / N`` samples.
-    ``max_steps`` stops training early but does not change the LR schedule, which always spans
-    ``epochs`` (so a run stopped by ``max_steps`` and resumed without it equals an uninterrupted one).
-    ``warmup_steps`` ramps the LR linearly before the schedule; ``min_lr_ratio`` is the floor of the
-    cosine / poly decay as a fraction of ``lr``.
-    """
-
-    epochs: int = 1
-    lr: float = 1e-3
-    batch_size: int = 8
-    amp: Amp = "off"
-    optimizer: OptimizerName = "adamw"
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw only
-    schedule: Schedule = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    poly_power: float = 0.9
-    grad_clip: float | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    checkpoint_every_steps: int | None = None
-    log_every: int = 50
-    progress: Progress = "auto"  # tqdm bar: auto = only when stderr is a terminal
-    channels_last: bool = False
-    compile: bool = False
-    fused_optimizer: bool = False  # CUDA only
-    # Negative-audio training (AVSBench-Robust's balanced training): this fraction of the training videos
-    # hears silence, white noise or another video's soundtrack and gets empty targets. Off in the paper
-    # recipes; applied by the dataset, before the audio front-end (``AVSBenchDataset.set_negative_audio``).
-    negative_audio: float = 0.0
-    negative_kinds: tuple[str, ...] = NEGATIVE_KINDS
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
-        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
-        need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
-        need(self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})")
-        need(self.optimizer in ("adam", "adamw", "sgd"), f"optimizer must be adam, adamw or sgd (got {self.optimizer!r})")
-        need(self.schedule in ("constant", "cosine", "poly"), f"schedule must be constant, cosine or poly (got {self.schedule!r})")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
-        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two values in [0, 1) (got {self.betas})")
-        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {self.warmup_steps})")
-        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
-        need(self.poly_power > 0, f"poly_power must be > 0 (got {self.poly_power})")
-        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None (got {self.grad_clip})")
-        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None (got {self.max_steps})")
-        need(self.seed >= 0, f"seed must be >= 0 (got {self.seed})")
-        need(self.workers >= 0, f"workers must be >= 0 (got {self.workers})")
-        need(bool(_DEVICE_RE.fullmatch(self.device)), f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
-        need(
-            self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
-            f"checkpoint_every_steps must be >= 1 or None (got {self.checkpoint_every_steps})",
-        )
-        need(self.log_every >= 1, f"log_every must be >= 1 (got {self.log_every})")
-        need(self.progress in ("auto", "on", "off"), f"progress must be auto, on or off (got {self.progress!r})")
-        need(0.0 <= self.negative_audio < 1.0, f"negative_audio must be in [0, 1) (got {self.negative_audio})")
-        self.negative_kinds = tuple(self.negative_kinds)
-        need(
-            bool(self.negative_kinds) and all(k in NEGATIVE_KINDS for k in self.negative_kinds),
-            f"negative_kinds must be a non-empty subset of {', '.join(NEGATIVE_KINDS)} (got {self.negative_kinds})",
-        )
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-        # "auto" / "cuda" are checked against the hardware in check_device() when fit() resolves them.
-        if self.device == "cpu":
-            self.check_device(torch.device("cpu"))
-
-    def check_device(self, device: torch.device) -> None:
-        """Reject settings the resolved device cannot run."""
-        if self.amp == "fp16" and device.type != "cuda":
-            raise ValueError(f"amp=fp16 needs a CUDA device (device is {device}); use bf16 on CPU")
-        if self.fused_optimizer and device.type != "cuda":
-            raise ValueError(f"fused_optimizer needs a CUDA device (device is {device})")
 
 
 @dataclass

@@ -32,7 +32,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from avseg.audio.frontends import FRONTENDS, cut_windows
+from avseg.audio.resample import resample
+from avseg.config import from_dict, load_yaml
+from avseg.data.index import avss_classes
+from avseg.engine.trainer import resolve_device
 from avseg.inference.video import AudioTrack, SampledFrame, VideoError, VideoInfo, iter_frames, probe_video
+from avseg.methods import METHODS
+from avseg.runner import RunError, load_run, recipe_path
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD, AVBatch
 
 log = logging.getLogger("avseg")
@@ -64,7 +71,6 @@ class AudioSettings:
 
         The official ``pkl`` features are VGGish examples: the ``vggish`` front-end computes the same.
         """
-        from avseg.audio.frontends import FRONTENDS
 
         if frontend is None:
             return cls(None)
@@ -86,7 +92,6 @@ class AudioSettings:
         """(T, S_w) windows at ``sample_rate`` -> (T, 1, F, W_a) features (None for visual-only models)."""
         if self.frontend is None:
             return None
-        from avseg.audio.frontends import FRONTENDS
 
         return FRONTENDS[self.frontend].fn(windows.float())
 
@@ -124,7 +129,6 @@ def sounding_probability(probs: np.ndarray) -> np.ndarray:
 def _resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
-    from avseg.engine.trainer import resolve_device
 
     return resolve_device(device)
 
@@ -149,7 +153,6 @@ def resolve_run_dir(path: str | Path) -> Path:
         avseg.runner.RunError: ``path`` holds several runs (the message lists them and the ``--run`` to
             pass), or neither is a run nor holds one.
     """
-    from avseg.runner import RunError
 
     path = Path(path)
     if (path / "config.yaml").is_file():
@@ -217,7 +220,6 @@ class Predictor:
         A folder of runs (e.g. ``runs/demo``, holding ``ws-avs/`` and ``supervised/``) is accepted when it
         holds exactly one run; see :func:`resolve_run_dir`.
         """
-        from avseg.runner import load_run
 
         run_dir = resolve_run_dir(run_dir)
         spec, cfg = load_run(run_dir)
@@ -240,9 +242,6 @@ class Predictor:
             config: a run's ``config.yaml`` or a recipe (file or shipped name such as ``ws-avs/demo``)
                 with a ``method:`` key; None looks for ``config.yaml`` in the checkpoint's run folder.
         """
-        from avseg.config import from_dict, load_yaml
-        from avseg.methods import METHODS
-        from avseg.runner import RunError, recipe_path
 
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
@@ -282,7 +281,7 @@ class Predictor:
         """(H, W, 3) uint8 -> (3, S, S) float32 normalised, resized as the dataset resizes frames."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        resized = np.asarray(Image.fromarray(image).resize((self.image_size, self.image_size), Image.BILINEAR))
+        resized = np.asarray(Image.fromarray(image).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR))
         x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div_(255.0)
         return (x - self._mean) / self._std
 
@@ -294,7 +293,6 @@ class Predictor:
             sample_rate: rate of ``audio``.
             frame_times: T times in seconds from the first audio sample.
         """
-        from avseg.audio.frontends import cut_windows, resample
 
         n = self.audio.window_samples
         times = [float(t) for t in frame_times]
@@ -454,8 +452,6 @@ def _dataset_class_names(root: Path, layout: str) -> list[str] | None:
     if layout != "avss":
         return None
     try:
-        from avseg.data.avsbench import avss_classes
-
         return avss_classes(root)
     except Exception as exc:  # names are cosmetic: fall back to class numbers, but say so
         log.warning("class names unavailable (%s); classes are reported by index", exc)
@@ -467,18 +463,10 @@ def _load_weights_file(spec: Any, cfg: Any, checkpoint: Path, device: torch.devi
 
     Methods load their final model from a run folder (``spec.load_predictor(cfg, run_dir, device)``
     reads ``<stage folder>/best|last.safetensors``; the folder differs per method: ``segmenter``,
-    ``segment``, ``classifier``, ...). When a method offers ``build_model(cfg)`` it is used directly;
-    otherwise the checkpoint is presented as ``last.safetensors`` in every stage folder of a temporary
-    run folder (symlinks, nothing copied). Methods whose final model needs more than one file or a stage
+    ``segment``, ``classifier``, ...). The checkpoint is presented as ``last.safetensors`` in every stage
+    folder of a temporary run folder (symlinks, nothing copied). Methods whose final model needs more than one file or a stage
     marker (e.g. ``c2am``'s polarity) cannot be loaded from a bare checkpoint: use ``--run``.
     """
-    build = getattr(spec, "build_model", None)
-    if build is not None:
-        from avseg.engine.checkpoint import load_model_weights
-
-        model = build(cfg)
-        load_model_weights(model, checkpoint)
-        return model.to(device).eval()
     stages = spec.stages(cfg)
     folders = {s.name for s in stages} | {o for s in stages for o in s.outputs if "/" not in o}
     with tempfile.TemporaryDirectory(prefix="avseg-ckpt-") as tmp:

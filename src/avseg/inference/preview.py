@@ -8,12 +8,19 @@ import numpy as np
 import torch
 
 from avseg.data.avsbench import AVSBenchDataset
-from avseg.inference.visualize import contact_sheet, denormalize, mask_image, overlay, semantic_image, spectrogram_image
+from avseg.visualize import (
+    contact_sheet,
+    denormalize,
+    mask_image,
+    overlay,
+    save_image_atomic,
+    semantic_image,
+    spectrogram_image,
+)
 
 
 def preview_sheet(root: Path, layout: str, split: str, out: Path, videos: int = 4, tile: int = 112, audio_frontend: str = "wsavs-logmel") -> Path:
     """Write a PNG with, per video, three rows: frames with GT overlay, GT masks, spectrograms."""
-    from avseg.inference.visualize import save_image_atomic
 
     ds = AVSBenchDataset(root, layout, split, image_size=tile, audio_frontend=audio_frontend, max_videos=videos)
     rows: list[list[np.ndarray]] = []

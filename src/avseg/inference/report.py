@@ -26,6 +26,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from avseg.engine.evaluate import iterate_outputs
+from avseg.engine.trainer import resolve_device
+from avseg.fileio import write_text_atomic
+from avseg.listening import listen_run, read_listen
+from avseg.methods.common import make_dataset
+from avseg.metrics.binary import frame_iou_clean
+from avseg.runner import evaluate_run, load_run
+from avseg.visualize import contact_sheet, denormalize, overlay
+
 log = logging.getLogger("avseg")
 
 __all__ = ["write_report", "Pictures", "png_data_uri"]
@@ -45,7 +54,7 @@ def png_data_uri(image: np.ndarray | Image.Image) -> str:
 def _tile(image: np.ndarray, size: int = TILE) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 class Pictures:
@@ -72,9 +81,6 @@ class Pictures:
         return np.clip(output, 0.0, 1.0)
 
     def __call__(self, fo: Any) -> None:
-        from avseg.inference.visualize import denormalize, overlay
-        from avseg.metrics.binary import frame_iou_clean
-
         rgb = None
         pred = self._foreground(fo.output)
         vid = fo.record.video_id
@@ -107,7 +113,6 @@ class Pictures:
 
 def _load_or_evaluate(run_dir: Path, split: str, device: str, data_root: str | None, pictures: Pictures | None) -> tuple[dict[str, dict], bool]:
     """Metrics of both protocols; returns (metrics by protocol, whether ``pictures`` were filled)."""
-    from avseg.runner import evaluate_run
 
     metrics: dict[str, dict] = {}
     filled = False
@@ -125,10 +130,6 @@ def _load_or_evaluate(run_dir: Path, split: str, device: str, data_root: str | N
 
 def _collect_pictures(run_dir: Path, split: str, device: str, data_root: str | None, pictures: Pictures) -> None:
     """One prediction pass over the split feeding ``pictures`` (when the metrics were read from disk)."""
-    from avseg.engine.trainer import resolve_device
-    from avseg.inference.predict import iterate_outputs
-    from avseg.methods.common import make_dataset
-    from avseg.runner import load_run
 
     spec, cfg = load_run(run_dir)
     if data_root is not None:
@@ -154,7 +155,6 @@ def _img(image: np.ndarray | Image.Image, alt: str) -> str:
 
 def _video_strip(frames: list[tuple[int, np.ndarray, np.ndarray | None]]) -> np.ndarray:
     """Two rows (prediction, ground truth) of one video's frames -> one (H, W, 3) picture."""
-    from avseg.inference.visualize import contact_sheet
 
     frames = sorted(frames, key=lambda f: f[0])
     blank = np.full((TILE, TILE, 3), 235, np.uint8)
@@ -199,8 +199,6 @@ def write_report(
     Needs the run's dataset (``data.root`` of its config, or ``data_root``) for the pictures and any
     missing metrics.
     """
-    from avseg.data.imageio import write_text_atomic
-    from avseg.runner import load_run
 
     run_dir = Path(run_dir)
     spec, cfg = load_run(run_dir)
@@ -259,7 +257,6 @@ def write_report(
 
 def _listening_section(run_dir: Path, split: str, device: str, data_root: str | None) -> str:
     """Does the model listen? The listening metrics (read, or computed once) and the swap picture."""
-    from avseg.listening import listen_run, read_listen
 
     result = read_listen(run_dir, split)
     if result is None:

@@ -30,8 +30,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from avseg.data.imageio import save_png_atomic
+from avseg.data.layout import voc_palette
+from avseg.engine.evaluate import save_probability_png
+from avseg.fileio import atomic_write_bytes, write_text_atomic
 from avseg.inference.predictor import FramePrediction, Predictor
 from avseg.inference.video import VideoError, VideoInfo, probe_video
+from avseg.visualize import contact_sheet, mask_image, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")
 
@@ -171,7 +176,7 @@ class OverlayWriter:
         per-frame durations, so variable frame rates and 1-fps samples play at their true times).
         """
         if image.shape[1] != self.width or image.shape[0] != self.height:
-            image = np.asarray(Image.fromarray(image).resize((self.width, self.height), Image.BILINEAR))
+            image = np.asarray(Image.fromarray(image).resize((self.width, self.height), Image.Resampling.BILINEAR))
         pts = max(round(start * 1000), self._last_pts + 1)
         if self._held is not None:
             self._encode(*self._held, duration=pts - self._held[1])
@@ -228,7 +233,7 @@ def _small(image: np.ndarray, side: int) -> np.ndarray:
     scale = side / max(h, w)
     if scale >= 1:
         return image
-    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
 
 
 def _frame_record(fp: FramePrediction, predictor: Predictor, mask_name: str) -> dict[str, Any]:
@@ -253,8 +258,6 @@ def _frame_record(fp: FramePrediction, predictor: Predictor, mask_name: str) -> 
 
 
 def _overlay_image(fp: FramePrediction) -> np.ndarray:
-    from avseg.inference.visualize import overlay
-
     return overlay(fp.image, fp.sounding)
 
 
@@ -274,11 +277,6 @@ def segment_video(
             and its audio track have been opened and checked.
     """
     from tqdm import tqdm
-
-    from avseg.data.imageio import save_png_atomic, write_text_atomic
-    from avseg.data.layout import voc_palette
-    from avseg.inference.predict import save_probability_png
-    from avseg.inference.visualize import contact_sheet, mask_image, save_image_atomic
 
     start = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
@@ -353,13 +351,12 @@ def segment_video(
 
 def _write_gif(path: Path, items: list[tuple[int, Any]], fps: float) -> str | None:
     """A small looping GIF of the kept overlay thumbnails (PIL, adaptive palette per frame)."""
-    from avseg.data.imageio import atomic_write_bytes
 
     if not items:
         return None
     import io
 
-    images = [Image.fromarray(img).convert("P", palette=Image.ADAPTIVE, colors=128) for _, (img, _) in items]
+    images = [Image.fromarray(img).convert("P", palette=Image.Palette.ADAPTIVE, colors=128) for _, (img, _) in items]
     times = [t for _, (_, t) in items]
     gaps = np.diff(times) if len(times) > 1 else np.array([1.0 / fps if fps > 0 else 0.2])
     # Play at least 2 frames per second and at most 20, whatever the sampling rate.
@@ -395,7 +392,6 @@ def segment_videos(
     A video that fails (missing, corrupt, no audio track without ``allow_silent``) does not stop the
     others; afterwards SegmentError lists every failure (exit status 2 on the command line).
     """
-    from avseg.data.imageio import write_text_atomic
 
     if fps < 0 or not math.isfinite(fps):
         raise ValueError(f"--fps must be >= 0 (0 = every frame), got {fps}")

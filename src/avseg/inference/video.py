@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from avseg.audio.decode import SOUNDFILE_SUFFIXES, AudioError, container_truncation, decode_audio_stream
+from avseg.audio.resample import StreamingResampler
+
 log = logging.getLogger("avseg")
 
 __all__ = ["VideoError", "VideoInfo", "Orientation", "SampledFrame", "AudioTrack", "probe_video", "iter_frames"]
@@ -231,7 +234,6 @@ def probe_video(path: Path) -> VideoInfo:
     """
     path = Path(path)
     container = _open(path)
-    from avseg.audio.frontends import container_truncation
 
     truncated = container_truncation(path)  # decoders read a cut file to its end without complaint
     if truncated is not None:
@@ -416,14 +418,13 @@ class AudioTrack:
         Resampled here, on whole native-rate chunks: decode_audio_stream pushes every codec frame
         (1024 samples for AAC) into its resampler separately, about 12x slower for the same output.
         """
-        from avseg.audio.frontends import _StreamingResampler, decode_audio_stream
 
         native = self._native_rate()
         chunks = decode_audio_stream(self.path, None, chunk_seconds=self.CHUNK_SECONDS)
         if native == self.sample_rate:
             yield from chunks
             return
-        resampler = _StreamingResampler(native, self.sample_rate)
+        resampler = StreamingResampler(native, self.sample_rate)
         for chunk in chunks:
             out = resampler.push(chunk)
             if out.size:
@@ -436,9 +437,8 @@ class AudioTrack:
         """The track's own rate, read the way ``decode_audio_stream`` opens the file (soundfile, else PyAV)."""
         if self._rate_hint:
             return self._rate_hint
-        from avseg.audio.frontends import _SOUNDFILE_SUFFIXES, AudioError
 
-        if self.path.suffix.lower() in _SOUNDFILE_SUFFIXES:
+        if self.path.suffix.lower() in SOUNDFILE_SUFFIXES:
             import soundfile as sf
 
             try:

@@ -11,12 +11,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
 
-from avseg.types import AVBatch
+from avseg.fileio import write_text_atomic
 
 log = logging.getLogger("avseg")
 
@@ -52,32 +51,48 @@ class Stage:
         return self.marker(run_dir).is_file()
 
 
-class Predictor(Protocol):
-    """A trained model ready for inference."""
-
-    output: str  # "binary" (probabilities) or "semantic" (class scores)
-
-    def predict(self, batch: AVBatch) -> Tensor:
-        """binary: (B, T, H, W) probabilities in [0, 1]; semantic: (B, T, C, H, W) class scores."""
-        ...
-
-
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its config schema, its stages and how to load its final model."""
+    """Everything about a registered method, read by the runner, the bench, the predictor and the tests.
+
+    Attributes:
+        name: the registry key (and the module's file name, with ``_`` for ``-``).
+        config_cls: the config dataclass.
+        stages: config -> the ordered stages.
+        final_stage: the stage that completes the final model; the stages before it make pseudo masks
+            (``avseg pseudo`` reruns those).
+        load_predictor: (config, run folder, device) -> the final model, ``predict(batch)`` ready.
+        output: "binary" (probabilities) or "semantic" (class scores).
+        supervision: what the training sees ("video labels", "ground-truth masks", ...).
+        description: one line for listings.
+        display: the name in tables and pictures.
+        paper: reported (mIoU, F) in % per layout (WS-AVS paper Table 1; its F is the per-frame-max
+            protocol); empty when the paper has no row for the method.
+        reuses: a method whose run's first stages are identical to this one's: the bench trains that method
+            first and hands its run over (``reuse_run``), so the rows differ only in what follows.
+        tiny: dotted overrides that make the method's models tiny and download-free (CPU tests).
+    """
 
     name: str
     config_cls: type
     stages: Callable[[Any], list[Stage]]
-    load_predictor: Callable[[Any, Path, torch.device], nn.Module]
+    final_stage: str
+    load_predictor: Callable[[Any, Path, torch.device], Any]  # an eval-mode nn.Module with predict(batch)
     output: str  # "binary" | "semantic"
-    supervision: str  # "video labels", "ground-truth masks", ...
+    supervision: str
     description: str = ""
+    display: str = ""
+    paper: dict[str, tuple[float, float]] = field(default_factory=dict)
+    reuses: str | None = None
+    tiny: tuple[str, ...] = ()
+
+    def pseudo_stages(self, cfg: Any) -> list[str]:
+        """Names of the stages before ``final_stage``."""
+        names = [s.name for s in self.stages(cfg)]
+        return names[: names.index(self.final_stage)]
 
 
 def write_marker(stage: Stage, run_dir: Path, summary: dict[str, Any]) -> None:
-    from avseg.data.imageio import write_text_atomic
-
     write_text_atomic(stage.marker(run_dir), json.dumps(summary, indent=2, default=str))
 
 

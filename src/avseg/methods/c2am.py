@@ -30,8 +30,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import DataConfig, TrainSettings, load_yaml, to_dict
+from avseg.engine import distributed as dist
+from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext, read_marker
 from avseg.methods.cam import calibrate, check_threshold
 from avseg.methods.ws_avs import C2AMNet, stage_activation_maps, stage_c2am
@@ -107,7 +108,6 @@ _IGNORED_DATA_KEYS = ("workers", "classes", "audio_frontend", "audio_window", "w
 
 def reuse_problem(source: Path, stage: str, cfg: Any) -> str | None:
     """Why stage ``stage`` of run ``source`` cannot stand in for this config's (None: it can)."""
-    from avseg.config import load_yaml, to_dict
 
     marker = read_marker(stage, source)
     if marker is None:
@@ -160,8 +160,6 @@ def reusable(name: str, run: Callable[[StageContext], dict[str, Any]]) -> Callab
             source_dir = Path(source)
             problem = reuse_problem(source_dir, name, ctx.config)
             if problem is None:
-                from avseg.engine import distributed as dist
-
                 if dist.is_main():
                     for rel in REUSE_OUTPUTS[name]:
                         if (source_dir / rel).exists():
@@ -189,8 +187,6 @@ def stages(cfg: C2AMConfig) -> list[Stage]:
 
 
 def load_predictor(cfg: C2AMConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
-
     marker = read_marker("activation-maps", Path(run_dir))
     if marker is None:
         raise FileNotFoundError(f"{run_dir}/stages/activation-maps.json is missing: the polarity of the C2AM map is decided there; run the stage first")
@@ -200,7 +196,9 @@ def load_predictor(cfg: C2AMConfig, run_dir: Path, device: torch.device) -> nn.M
 
 
 SPEC = MethodSpec(
-    name="c2am", config_cls=C2AMConfig, stages=stages, load_predictor=load_predictor, output="binary",
-    supervision="none (class-agnostic), image only",
+    name="c2am", config_cls=C2AMConfig, stages=stages, final_stage="activation-maps", load_predictor=load_predictor,
+    output="binary", supervision="none (class-agnostic), image only",
     description="C2AM (CVPR 2022): class-agnostic activation map, min-max normalised, > 0.3 -> mask; no audio",
+    display="C2AM", paper={"s4": (30.87, 36.55), "ms3": (25.33, 29.58)}, reuses="ws-avs",
+    tiny=("c2am_visual=tiny", "c2am_weights=none", "c2am_level=2"),
 )  # fmt: skip

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
+from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.heads import ClassifierHead
 from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.types import AVBatch
@@ -81,7 +82,7 @@ class CAMConfig:
     level: int = 3  # pyramid level of the classifier (3 = stride 32)
     train_frames: int | None = None  # frames per video and step; None = all (image only: every frame has the label)
     threshold: float = 0.5  # mask = normalised CAM > threshold
-    cam_class: str = "predicted"  # "predicted" (scores > 0.5, else top-1) | "labelled" (oracle: test labels)
+    cam_class: Literal["predicted", "labelled"] = "predicted"  # "predicted" (scores > 0.5, else top-1) | "labelled" (oracle: test labels)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=16, optimizer="adam", schedule="constant"))
     select_best: bool = True  # keep the checkpoint with the best validation mIoU (as ws-avs does)
 
@@ -178,9 +179,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: CAMConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
-    from avseg.methods.ws_avs import final_checkpoint
-
     net = build_net(cfg, weights="none")
     load_model_weights(net, final_checkpoint(run_dir, "classifier"))
     return net.to(device).eval()
@@ -189,6 +187,8 @@ def load_predictor(cfg: CAMConfig, run_dir: Path, device: torch.device) -> nn.Mo
 SPEC = MethodSpec(
     name="cam", config_cls=CAMConfig,
     stages=lambda cfg: [Stage("classifier", stage_train, "train the image classifier on video labels", all_ranks=True, outputs=("classifier",))],
-    load_predictor=load_predictor, output="binary", supervision="video labels, image only",
+    final_stage="classifier", load_predictor=load_predictor, output="binary", supervision="video labels, image only",
     description="CAM (Zhou et al. 2016): image classifier on video labels, CAM > 0.5 -> mask; no audio",
+    display="CAM", paper={"s4": (19.26, 27.88), "ms3": (12.65, 19.83)},
+    tiny=("visual=tiny", "visual_weights=none", "level=2"),
 )  # fmt: skip

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.data.avsbench import AVSBenchDataset
-from avseg.engine.trainer import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.data.avsbench import AVSBenchDataset, collate_videos
+from avseg.data.index import class_names
+from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
+from avseg.engine.trainer import fit
+from avseg.fileio import unwrap_model
 from avseg.types import AVBatch
 
 log = logging.getLogger("avseg")
@@ -21,7 +25,6 @@ def num_classes_of(data: DataConfig) -> int:
     """K, the number of video-level classes: the run's recorded vocabulary, else the dataset's."""
     if data.classes is not None:
         return len(data.classes)
-    from avseg.data.avsbench import class_names
 
     return len(class_names(Path(data.root), data.layout))
 
@@ -66,8 +69,6 @@ def train_stage(
     A last, smaller batch is dropped only when the split holds at least one full batch, so tiny datasets
     (tests, demos) still train.
     """
-    from avseg.data.avsbench import collate_videos
-    from avseg.engine.trainer import fit
 
     result = fit(
         model, dataset, settings, out_dir, collate_fn=collate_videos, evaluate=evaluate, best_key=best_key,
@@ -81,25 +82,13 @@ def train_stage(
     }  # fmt: skip
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def binary_validator(data: DataConfig, device: torch.device, audio: bool, split: str = "val", batch_size: int = 4) -> Callable[[nn.Module], dict[str, float]]:
     """A callable scoring ``model.predict`` on a split with the clean protocol: {"val_miou", "val_fscore"}."""
-    from avseg.inference.predict import evaluate_outputs, iterate_outputs
 
     dataset = make_dataset(data, split, audio=audio)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        inner = unwrap(model)
+        inner = unwrap_model(model)
         was_training = inner.training
         inner.eval()
         try:
@@ -126,3 +115,12 @@ def heard_videos(batch: AVBatch) -> Tensor:
     if negative is None:
         return torch.ones(batch.batch_size, dtype=torch.bool, device=batch.frames.device)
     return ~negative.to(device=batch.frames.device, dtype=torch.bool)
+
+
+def without_pretrained_weights(cfg: Any) -> Any:
+    """A copy of the config whose encoders start from random init (the checkpoint overwrites them)."""
+    c = copy.copy(cfg)
+    for name in ("visual_weights", "audio_weights"):
+        if hasattr(c, name):
+            object.__setattr__(c, name, "none")
+    return c

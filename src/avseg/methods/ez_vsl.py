@@ -27,12 +27,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
+from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AUDIO_NORMS
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch
@@ -206,9 +207,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: EZVSLConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
-    from avseg.methods.ws_avs import final_checkpoint
-
     net = build_net(cfg, pretrained=False)
     load_model_weights(net, final_checkpoint(run_dir, "ez-vsl"))
     if cfg.ogl:
@@ -219,6 +217,8 @@ def load_predictor(cfg: EZVSLConfig, run_dir: Path, device: torch.device) -> nn.
 SPEC = MethodSpec(
     name="ez-vsl", config_cls=EZVSLConfig,
     stages=lambda cfg: [Stage("ez-vsl", stage_train, "train the audio-visual MIL contrast (single scale)", all_ranks=True, outputs=("ez-vsl",))],
-    load_predictor=load_predictor, output="binary", supervision="audio-visual pairs",
+    final_stage="ez-vsl", load_predictor=load_predictor, output="binary", supervision="audio-visual pairs",
     description="EZ-VSL (ECCV 2022): MIL audio-visual contrast, cosine heat map (+ OGL) thresholded -> mask",
+    display="EZ-VSL", paper={"s4": (29.40, 35.70), "ms3": (23.58, 27.31)},
+    tiny=("visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "level=2"),
 )  # fmt: skip

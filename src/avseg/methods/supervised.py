@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.common import binary_validator, make_dataset, train_stage
-from avseg.methods.ws_avs import WSAVSNet, _no_download, build_segmenter, final_checkpoint
+from avseg.methods.common import binary_validator, make_dataset, train_stage, without_pretrained_weights
+from avseg.methods.ws_avs import WSAVSNet, build_segmenter, final_checkpoint
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 
 
@@ -30,7 +30,7 @@ class SupervisedConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9
-    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
+    audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     tau: float = 0.03
     m2icl_scale_by_tau: bool = True
     m2icl_weight: float = 0.0  # plain BCE + IoU; set > 0 to add the M2ICL term
@@ -61,15 +61,14 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: SupervisedConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
-
-    net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
+    net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
     load_model_weights(net, final_checkpoint(run_dir))
     return net.to(device).eval()
 
 
 SPEC = MethodSpec(
     name="supervised", config_cls=SupervisedConfig, stages=lambda cfg: [Stage("segmenter", stage_train, "train on ground-truth masks", all_ranks=True, outputs=("segmenter",))],
-    load_predictor=load_predictor, output="binary", supervision="ground-truth masks",
+    final_stage="segmenter", load_predictor=load_predictor, output="binary", supervision="ground-truth masks",
     description="fully supervised reference: the WS-AVS segmenter trained on GT masks (BCE + IoU)",
+    display="supervised (GT)", tiny=("visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8"),
 )  # fmt: skip

@@ -17,25 +17,30 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
+from avseg.engine.evaluate import iterate_outputs, save_probability_png
+from avseg.fileio import file_sha256, remove_stale_temporaries, write_text_atomic
 from avseg.losses.c2am import c2am_losses
 from avseg.losses.contrastive import m2icl_per_second
-from avseg.losses.segmentation import bce_loss
+from avseg.losses.segmentation import bce_loss, iou_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext
-from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
+from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage, without_pretrained_weights
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.pseudo.crf import dense_crf
+from avseg.pseudo.writer import PseudoMaskWriter, frame_relpaths
 from avseg.types import AVBatch
+from avseg.visualize import denormalize
 
 log = logging.getLogger("avseg")
 
@@ -55,7 +60,7 @@ class WSAVSConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9  # official code
-    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
+    audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     tau: float = 0.03
     m2icl_scale_by_tau: bool = True  # the official code multiplies the loss by tau
     m2icl_weight: float = 1.0
@@ -175,15 +180,12 @@ class WSAVSNet(nn.Module):
         self.mask_source = mask_source
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
-        from avseg.losses.segmentation import iou_loss
-
         b, t = batch.frames.shape[:2]
         out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
         logits = out.logits[:, 0]  # (N, H, W)
         losses: dict[str, Tensor] = {}
         if self.mask_source == "pseudo":
-            keep = (batch.valid & batch.has_pseudo).flatten()
-            losses["bce"] = bce_loss(logits[keep], batch.pseudo_masks.flatten(0, 1)[keep])
+            losses["bce"] = self.pseudo_mask_loss(logits, batch)
             total = losses["bce"]
         else:
             keep = (batch.valid & batch.has_mask).flatten()
@@ -196,6 +198,11 @@ class WSAVSNet(nn.Module):
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses
+
+    def pseudo_mask_loss(self, logits: Tensor, batch: AVBatch) -> Tensor:
+        """BCE of ``logits`` (B*T, H, W) against the pseudo masks of the valid frames that have one."""
+        keep = (batch.valid & batch.has_pseudo).flatten()
+        return bce_loss(logits[keep], batch.pseudo_masks.flatten(0, 1)[keep])
 
     @torch.no_grad()
     def predict(self, batch: AVBatch) -> Tensor:
@@ -223,12 +230,10 @@ def stage_c2am(ctx: StageContext) -> dict[str, Any]:
     return train_stage(model, train, s, ctx.path("c2am"), resume=ctx.resume, desc="c2am")
 
 
-def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> tuple[C2AMNet, bool]:
-    from avseg.engine.checkpoint import load_model_weights
-
+def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> C2AMNet:
     model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level)
     load_model_weights(model, run_dir / "c2am" / "last.safetensors")
-    return model.to(device).eval(), False
+    return model.to(device).eval()
 
 
 def _border_excess(amap: np.ndarray, skip: int = 0, width: int | None = None) -> float:
@@ -270,16 +275,10 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     import json
     import shutil
 
-    from avseg.data.imageio import file_sha256, write_text_atomic
-    from avseg.inference.predict import iterate_outputs, save_probability_png
-    from avseg.pseudo.crf import dense_crf
-    from avseg.engine.checkpoint import remove_stale_temporaries
-    from avseg.pseudo.writer import frame_relpaths
-
     cfg: WSAVSConfig = ctx.config
     layout = cfg.data.layout
     checkpoint = ctx.path("c2am", "last.safetensors")
-    model, _ = _load_c2am(cfg, ctx.run_dir, ctx.device)
+    model = _load_c2am(cfg, ctx.run_dir, ctx.device)
     train = make_dataset(cfg.data, "train", audio=False)
     maps_dir, init_dir = ctx.path("pseudo", "maps"), ctx.path("pseudo", "initial")
     polarity_path = maps_dir / POLARITY_FILE
@@ -336,8 +335,6 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
             if not (init_dir / rel).is_file():
                 mask = (a > cfg.c2am_threshold).astype(np.float32)
                 if cfg.crf:
-                    from avseg.inference.visualize import denormalize
-
                     mask = dense_crf(denormalize(o.frame), a, cfg.c2am_threshold)
                 save_probability_png(mask, init_dir / rel)
             if not (maps_dir / rel).is_file():
@@ -368,8 +365,6 @@ def eq6_mask(activation: Tensor, saliency: Tensor, floor: float = 0.0) -> Tensor
 
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     """Paper Eq. 6 (or the official shortcut) -> pseudo/masks + manifest + contact sheet + quality."""
-    from avseg.engine.checkpoint import load_model_weights
-    from avseg.pseudo.writer import PseudoMaskWriter
 
     cfg: WSAVSConfig = ctx.config
     data = cfg.data
@@ -433,25 +428,13 @@ def final_checkpoint(run_dir: Path, stage: str = "segmenter") -> Path:
 
 
 def load_predictor(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
-
-    net = WSAVSNet(build_segmenter(_no_download(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
+    net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
     load_model_weights(net, final_checkpoint(run_dir))
     return net.to(device).eval()
 
 
-def _no_download(cfg: Any) -> Any:
-    """A copy of the config whose encoders start from random init (the checkpoint overwrites them)."""
-    import copy
-
-    c = copy.copy(cfg)
-    for name in ("visual_weights", "audio_weights"):
-        if hasattr(c, name):
-            object.__setattr__(c, name, "none")
-    return c
-
-
 SPEC = MethodSpec(
-    name="ws-avs", config_cls=WSAVSConfig, stages=stages, load_predictor=load_predictor, output="binary",
+    name="ws-avs", config_cls=WSAVSConfig, stages=stages, final_stage="segmenter", load_predictor=load_predictor, output="binary",
     supervision="video labels", description="WS-AVS: M2ICL fusion + C2AM/saliency pseudo-mask refinement (NeurIPS 2023)",
+    display="WS-AVS", paper={"s4": (34.13, 51.76), "ms3": (30.85, 46.87)}, tiny=("visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8", "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none"),
 )  # fmt: skip

@@ -1,7 +1,8 @@
 """Metrics: pure functions plus dataset-level accumulators; no hidden sigmoid (see docs/metrics.md).
 
 Binary (S4, MS3): :mod:`avseg.metrics.binary`; semantic (AVSS): :mod:`avseg.metrics.semantic`;
-localisation (EZ-VSL heat maps): :mod:`avseg.metrics.localization`.
+localisation (EZ-VSL heat maps): :mod:`avseg.metrics.localization`; multi-label classification (PCAS's
+audio and visual heads): :mod:`avseg.metrics.classification`.
 """
 
 from __future__ import annotations

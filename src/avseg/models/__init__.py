@@ -5,7 +5,6 @@ from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.fusion import AVFusion, IdentityFusion
 from avseg.models.heads import AttentionPool, C2AMHead, ClassifierHead, ProjectionHead
 from avseg.models.visual import EfficientNetLiteEncoder, ResNetEncoder, TinyVisualEncoder
-from avseg.models.weights import UnsafeCheckpointError, WeightsNotFoundError
 from avseg.models.zoo import (
     AUDIO_ENCODERS,
     AUDIO_WEIGHT_CHOICES,
@@ -15,6 +14,7 @@ from avseg.models.zoo import (
     VISUAL_WEIGHT_CHOICES,
     count_parameters,
 )
+from avseg.weights import UnsafeCheckpointError, WeightsNotFoundError
 
 __all__ = [
     "AUDIO_ENCODERS",

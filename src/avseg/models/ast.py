@@ -28,6 +28,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from avseg.models.vit import vit_state_dict_from_file
+
 __all__ = ["AST_CONFIGS", "ASTConfig", "ASTEncoder", "ASTOutput", "SequenceLayout", "sequence_layout", "build_ast", "load_vit_into_ast", "frame_segments"]
 
 
@@ -179,8 +181,6 @@ def build_ast(name: str, prompt_dim: int | None, weights_path: Path | str | None
         raise ValueError(f"unknown AST {name!r}; expected one of {sorted(AST_CONFIGS)}")
     model = ASTEncoder(AST_CONFIGS[name], prompt_dim=prompt_dim, spec_norm=spec_norm, drop_path_rate=drop_path_rate)
     if weights_path is not None:
-        from avseg.models.vit import vit_state_dict_from_file
-
         state = vit_state_dict_from_file(weights_path)
         if weights_format == "vit":
             load_vit_into_ast(model, state)

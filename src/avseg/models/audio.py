@@ -9,10 +9,10 @@ that keeps the contract: its "spectrogram" is a frozen pretrained embedding ``(N
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet
 
+from avseg.audio.aisfx import AisfxEncoder  # defined beside the aisfx front-ends that run it frozen
 from avseg.models.visual import group_norm
 
 __all__ = [
@@ -21,12 +21,6 @@ __all__ = [
     "TinyAudioEncoder",
     "EmbeddingMLPEncoder",
     "mono_conv_from_rgb",
-    "AISFX_SAMPLE_RATE",
-    "AISFX_N_MELS",
-    "AISFX_WIN_LENGTH",
-    "AISFX_HOP_LENGTH",
-    "AISFX_BLOCK_FRAMES",
-    "AISFX_LOG_MAX",
 ]
 
 
@@ -81,68 +75,6 @@ class ResNetAudioEncoder(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(spectrogram))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, D_a, F/32, W/32)
         return torch.amax(x, dim=(2, 3))
-
-
-# The front-end aisfx was trained with (aisfx 0.1.2, inference.py / spectrogram_essentia.py):
-AISFX_SAMPLE_RATE = 44100  # Hz
-AISFX_N_MELS = 96  # mel bands, 0 - 22050 Hz, HTK scale, unit-sum filters on the power spectrum
-AISFX_WIN_LENGTH = 2048  # samples (46 ms)
-AISFX_HOP_LENGTH = 1024  # samples (23 ms)
-AISFX_BLOCK_FRAMES = 100  # time steps per embedding (~2.3 s)
-AISFX_LOG_MAX = 9.457798957824707  # log10(1 + 10000 * mel) is divided by this ("original" normalisation)
-
-
-class _AisfxConvBlock(nn.Module):
-    """conv3x3-BN-ReLU x2 then max pooling; names match aisfx's ``ConvBlock`` so its weights load."""
-
-    def __init__(self, in_channels: int, out_channels: int, pool: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.pool = pool
-        for conv in (self.conv1, self.conv2):  # aisfx's init_layer
-            nn.init.kaiming_uniform_(conv.weight, nonlinearity="leaky_relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return F.max_pool2d(x, kernel_size=self.pool) if self.pool > 1 else x
-
-
-class AisfxEncoder(nn.Module):
-    """The 4-block CNN of aisfx (``EmbeddingNet('max', ks=3, strd=1, hl1=64)``, DCASE cross-task baseline).
-
-    Pretrained weights (``checkpoint.pth`` of the PyPI package ``aisfx==0.1.2``, CC BY 4.0) expect a
-    96-band log-mel spectrogram of 44.1 kHz audio: window 2048, hop 1024 (23 ms), mel bands over 0-22050 Hz,
-    ``log10(1 + 10000 * mel_power) / 9.4578`` (see the ``AISFX_*`` constants), blocks of ~100 time steps
-    (2.3 s). Other front-ends run, but the pretrained features are only meaningful on that one.
-
-    Architecture: four blocks of conv3x3-BN-ReLU x2 (64, 128, 256, 512 channels), 2x2 max pooling after the
-    first three; then mean over frequency and max over time -> 512-d embedding.
-
-    Args:
-        base_channels: channels of the first block (64 for the pretrained weights); doubled per block.
-    """
-
-    def __init__(self, base_channels: int = 64) -> None:
-        super().__init__()
-        c = base_channels
-        self.conv_block1 = _AisfxConvBlock(1, c, pool=2)
-        self.conv_block2 = _AisfxConvBlock(c, 2 * c, pool=2)
-        self.conv_block3 = _AisfxConvBlock(2 * c, 4 * c, pool=2)
-        self.conv_block4 = _AisfxConvBlock(4 * c, 8 * c, pool=1)
-        self.out_dim = 8 * c
-
-    def forward(self, spectrogram: Tensor) -> Tensor:
-        """spectrogram (N, 1, F, W) with F = 96 mel bands, W >= 8 time steps -> embedding (N, 512)."""
-        # aisfx was trained on (time, frequency) inputs; our contract is (frequency, time): transpose so the
-        # pretrained kernels see the orientation they were trained on.
-        x = spectrogram.transpose(2, 3)  # (N, 1, W, F)
-        x = self.conv_block4(self.conv_block3(self.conv_block2(self.conv_block1(x))))  # (N, 512, W/8, F/8)
-        x = x.mean(dim=3)  # over frequency: (N, 512, W/8)
-        return x.amax(dim=2)  # over time: (N, 512)
 
 
 class TinyAudioEncoder(nn.Module):

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.fusion import AVFusion
 from avseg.models.heads import ProjectionHead
-
 
 AUDIO_NORMS = ("batch", "none")
 
@@ -100,20 +98,3 @@ class AVSegmenter(nn.Module):
             pyramid = fused
         logits = self.decoder(pyramid, out_size=frames.shape[-2:])
         return SegmenterOutput(logits=logits, audio_embed=audio_embed, visual_embeds=visual_embeds, audio_features=audio_features, pyramid=pyramid)
-
-
-def frames_and_audio(batch_frames: Tensor, batch_audio: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """(B, T, ...) -> (B*T, ...) for frames and audio."""
-    frames = batch_frames.flatten(0, 1)
-    audio = batch_audio.flatten(0, 1) if batch_audio is not None else None
-    return frames, audio
-
-
-def masked_mean(values: Tensor, weights: Tensor) -> Tensor:
-    """Mean of ``values`` over entries where ``weights`` > 0 (0 when none): shapes broadcast."""
-    w = weights.to(values.dtype)
-    return (values * w).sum() / w.sum().clamp_min(1.0)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD
+from avseg.weights import load_state_dict_file
 
 __all__ = ["VIT_CONFIGS", "ViTConfig", "ViTEncoder", "ViTOutput", "build_vit", "load_vit_weights", "vit_state_dict_from_file"]
 
@@ -128,8 +129,6 @@ def vit_state_dict_from_file(path: Path | str) -> dict[str, Tensor]:
 
         state: Any = safetensors.torch.load_file(str(path))
     else:
-        from avseg.models.weights import load_state_dict_file
-
         state = load_state_dict_file(path)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

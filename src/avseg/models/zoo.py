@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from avseg.models import weights as W
+import avseg.weights as W
 from avseg.models.audio import (
     AisfxEncoder,
     EmbeddingMLPEncoder,

@@ -16,10 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avseg.data.avsbench import AVSBenchDataset, VideoRecord
+from avseg.data.avsbench import AVSBenchDataset, read_probability_png
+from avseg.data.index import VideoRecord
 from avseg.data.layout import prediction_relpath
-from avseg.engine.checkpoint import remove_stale_temporaries
+from avseg.engine.evaluate import iterate_outputs, save_probability_png
+from avseg.fileio import remove_stale_temporaries, write_text_atomic
+from avseg.metrics.binary import BinaryAccumulator
 from avseg.types import AVBatch
+from avseg.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +73,6 @@ class PseudoMaskWriter:
         Summary keys: "frames", "written" (frames with a file written by this call), "reused" (frames kept
         whole from an earlier call), "saliency", "quality", "contact_sheet".
         """
-        from avseg.data.avsbench import read_probability_png
-        from avseg.inference.predict import iterate_outputs, save_probability_png
-        from avseg.inference.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
-        from avseg.metrics.binary import BinaryAccumulator
 
         outputs = [self.folder / "masks", self.folder / "saliency"]
         if resume and (removed := remove_stale_temporaries(*outputs, recursive=True)):
@@ -138,6 +138,4 @@ class PseudoMaskWriter:
         }  # fmt: skip
 
     def write_manifest(self, summary: dict[str, Any]) -> None:
-        from avseg.data.imageio import write_text_atomic
-
         write_text_atomic(self.folder / "manifest.json", json.dumps(summary, indent=2, default=str))

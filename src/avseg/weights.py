@@ -219,7 +219,7 @@ def aisfx_safe_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     allowed: list[Any] = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: one class per dtype
     if dtypes is not None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from avseg.data.layout import voc_palette
+from avseg.fileio import atomic_write_bytes
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD
 
 # A compact perceptual colour ramp (dark blue -> green -> yellow), enough for heat maps and spectrograms.
@@ -56,7 +58,6 @@ def mask_image(mask: np.ndarray) -> np.ndarray:
 
 def semantic_image(classes: np.ndarray) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) colours from the VOC palette (AVSS labels_rgb colours)."""
-    from avseg.data.layout import voc_palette
 
     pal = np.asarray(voc_palette(256), np.uint8)
     return pal[np.clip(classes, 0, 255).astype(np.int64)]
@@ -68,7 +69,7 @@ def spectrogram_image(spec: np.ndarray, height: int, width: int) -> np.ndarray:
     lo, hi = np.percentile(s, 2), np.percentile(s, 98)
     s = (s - lo) / (hi - lo + 1e-8)
     img = Image.fromarray(colormap(s[::-1]))
-    return np.asarray(img.resize((width, height), Image.BILINEAR))
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
 
 
 def contact_sheet(rows: list[list[np.ndarray]], row_labels: list[str] | None = None, col_labels: list[str] | None = None, pad: int = 4, tile: int | None = None) -> Image.Image:
@@ -76,7 +77,7 @@ def contact_sheet(rows: list[list[np.ndarray]], row_labels: list[str] | None = N
     if not rows or not rows[0]:
         raise ValueError("contact_sheet needs at least one tile")
     if tile is not None:
-        rows = [[np.asarray(Image.fromarray(t).resize((tile, tile), Image.NEAREST)) for t in r] for r in rows]
+        rows = [[np.asarray(Image.fromarray(t).resize((tile, tile), Image.Resampling.NEAREST)) for t in r] for r in rows]
     th = max(t.shape[0] for r in rows for t in r)
     tw = max(t.shape[1] for r in rows for t in r)
     ncol = max(len(r) for r in rows)
@@ -99,9 +100,6 @@ def contact_sheet(rows: list[list[np.ndarray]], row_labels: list[str] | None = N
 def save_image_atomic(image: Image.Image, path: Path) -> None:
     """Write a PIL image atomically (encoded in memory, temp file + rename), creating the folder."""
     import io
-
-    from avseg.data.imageio import atomic_write_bytes
-
     buf = io.BytesIO()
     image.save(buf, format=(Path(path).suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
     atomic_write_bytes(path, buf.getvalue())

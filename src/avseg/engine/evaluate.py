@@ -19,8 +19,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from avseg.data.avsbench import AVSBenchDataset, VideoRecord, collate_videos
+from avseg.data.avsbench import AVSBenchDataset, collate_videos
+from avseg.data.imageio import save_png_atomic
+from avseg.data.index import VideoRecord
 from avseg.data.layout import prediction_relpath
+from avseg.metrics.binary import BinaryAccumulator
+from avseg.metrics.semantic import SemanticAccumulator
 from avseg.types import AVBatch
 
 
@@ -73,14 +77,12 @@ def iterate_outputs(
 
 def save_probability_png(prob: np.ndarray, path: Path) -> None:
     """(H, W) in [0, 1] -> 8-bit grey PNG (probability x 255), written atomically."""
-    from avseg.data.imageio import save_png_atomic
 
     save_png_atomic(path, (np.clip(prob, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
 def save_class_png(classes: np.ndarray, path: Path) -> None:
     """(H, W) class ids -> 8-bit class-index PNG, written atomically."""
-    from avseg.data.imageio import save_png_atomic
 
     save_png_atomic(path, classes.astype(np.uint8), mode="L")
 
@@ -100,14 +102,12 @@ def evaluate_outputs(
     need ``num_classes``. ``save_dir`` writes every frame's prediction PNG (all frames, GT or not) in the
     layout ``avseg score`` reads. ``keep`` sees every FrameOutput (e.g. to collect pictures).
     """
-    from avseg.metrics.binary import BinaryAccumulator
-    from avseg.metrics.semantic import SemanticAccumulator
 
     semantic = layout == "avss"
     if semantic:
         if num_classes is None:
             raise ValueError("semantic evaluation needs num_classes")
-        acc = SemanticAccumulator(num_classes=num_classes, protocol=protocol)
+        acc: SemanticAccumulator | BinaryAccumulator = SemanticAccumulator(num_classes=num_classes, protocol=protocol)
     else:
         acc = BinaryAccumulator(protocol=protocol, batch_frames=batch_frames)
     for fo in outputs:

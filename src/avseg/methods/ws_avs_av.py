@@ -43,15 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avseg.engine.trainer import TrainSettings
+from avseg.config import TrainSettings
+from avseg.engine.checkpoint import load_model_weights
+from avseg.engine.evaluate import iterate_outputs, save_probability_png
+from avseg.fileio import write_text_atomic
 from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.c2am import REUSE_KEYS, reusable
 from avseg.methods.cam import check_threshold
 from avseg.methods.common import make_dataset, train_stage
 from avseg.methods.ez_vsl import EZVSLNet
+from avseg.metrics.binary import BinaryAccumulator
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch
+from avseg.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
 
 SELECT_MODES = ("components", "pixels")
 REGION_SOURCES = ("activation", "pseudo")
@@ -215,11 +220,6 @@ COLUMNS = ["frame", "C2AM map", "saliency", "AV map", "Eq. 6 mask", "audio-selec
 
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     """Eq. 6 masks filtered by the audio-visual map -> pseudo/masks (+ eq6, av-maps, manifest, sheet)."""
-    from avseg.data.imageio import write_text_atomic
-    from avseg.engine.checkpoint import load_model_weights
-    from avseg.inference.predict import iterate_outputs, save_probability_png
-    from avseg.inference.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
-    from avseg.metrics.binary import BinaryAccumulator
 
     cfg: WSAVSAudioConfig = ctx.config
     layout = cfg.data.layout
@@ -310,7 +310,9 @@ def stages(cfg: WSAVSAudioConfig) -> list[Stage]:
 
 
 SPEC = MethodSpec(
-    name="ws-avs-av", config_cls=WSAVSAudioConfig, stages=stages, load_predictor=ws_avs.load_predictor, output="binary",
-    supervision="video labels",
+    name="ws-avs-av", config_cls=WSAVSAudioConfig, stages=stages, final_stage="segmenter", load_predictor=ws_avs.load_predictor,
+    output="binary", supervision="video labels",
     description="WS-AVS with audio-conditioned pseudo masks: Eq. 6 regions kept where an audio-visual map selects them (ours)",
+    display="WS-AVS-AV (ours)", reuses="ws-avs",
+    tiny=ws_avs.SPEC.tiny + ("av_visual=tiny", "av_visual_weights=none", "av_audio=tiny", "av_audio_weights=none", "av_embed_dim=16", "av_levels=[2]"),
 )  # fmt: skip

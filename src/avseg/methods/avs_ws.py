@@ -18,17 +18,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.config import DataConfig
-from avseg.engine.trainer import TrainSettings
+from avseg.config import DataConfig, TrainSettings
+from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, num_classes_of, train_stage
+from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
 from avseg.types import AVBatch
@@ -47,10 +48,10 @@ class AVSWeakConfig:
     audio_weights: str = "imagenet"
     embed_dim: int = 512
     visual_dropout: float = 0.9
-    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
+    audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the audio encoder output (keeps clips apart; "none": off)
     fusion_stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     decoder_channels: int = 128
-    pool: str = "topk"  # class score from its mask logits: "topk" mean, "max" or "lse"
+    pool: Literal["topk", "max", "lse"] = "topk"  # class score from its mask logits: "topk" mean, "max" or "lse"
     topk_fraction: float = 0.1  # fraction of pixels averaged by "topk"
     lse_r: float = 5.0  # sharpness of "lse"
     m2icl_weight: float = 0.0  # AVS has no contrastive term; > 0 adds M2ICL on the projected tokens
@@ -156,9 +157,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: AVSWeakConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    from avseg.engine.checkpoint import load_model_weights
-    from avseg.methods.ws_avs import final_checkpoint
-
     net = build_net(cfg, pretrained=False)
     load_model_weights(net, final_checkpoint(run_dir))
     return net.to(device).eval()
@@ -167,6 +165,8 @@ def load_predictor(cfg: AVSWeakConfig, run_dir: Path, device: torch.device) -> n
 SPEC = MethodSpec(
     name="avs-ws", config_cls=AVSWeakConfig,
     stages=lambda cfg: [Stage("segmenter", stage_train, "train the AVS segmenter with multiple-instance BCE on video labels", all_ranks=True, outputs=("segmenter",))],
-    load_predictor=load_predictor, output="binary", supervision="video labels",
+    final_stage="segmenter", load_predictor=load_predictor, output="binary", supervision="video labels",
     description="AVS (ws): AVS segmenter, masks replaced by MIL BCE on class scores pooled from class mask logits",
+    display="AVS (ws)", paper={"s4": (12.63, 24.99), "ms3": (8.76, 15.72)},
+    tiny=("visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8"),
 )  # fmt: skip
