@@ -320,4 +320,4 @@ def test_recipes_pair_embed_mlp_with_the_embedding_frontend() -> None:
         pairs[f"{path.parent.name}/{path.stem}"] = (recipe.get("audio"), recipe["data"].get("audio_frontend"))
     for name, (audio, frontend) in pairs.items():
         assert (audio == "embed-mlp") == (frontend == "aisfx-embed"), f"{name}: audio {audio} with front-end {frontend}"
-    assert pairs["supervised/demo-aisfx"] == pairs["ws-avs/demo-aisfx"] == ("embed-mlp", "aisfx-embed")
+    assert pairs["supervised/demo-aisfx"] == pairs["ws-avs/demo"] == pairs["ez-vsl/demo"] == ("embed-mlp", "aisfx-embed")
