@@ -321,3 +321,25 @@ def test_recipes_pair_embed_mlp_with_the_embedding_frontend() -> None:
     for name, (audio, frontend) in pairs.items():
         assert (audio == "embed-mlp") == (frontend == "aisfx-embed"), f"{name}: audio {audio} with front-end {frontend}"
     assert pairs["supervised/demo-aisfx"] == pairs["ws-avs/demo"] == pairs["ez-vsl/demo"] == ("embed-mlp", "aisfx-embed")
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "encoder", "frontend", "message"),
+    [
+        ("ws-avs", "audio", "small", "aisfx-embed", "gives embeddings, not spectrograms"),
+        ("ws-avs", "audio", "embed-mlp", "wsavs-logmel", "reads aisfx-embed embeddings"),
+        ("ws-avs-av", "av_audio", "small", "aisfx-embed", "av_audio 'small' cannot read them"),
+        ("ez-vsl", "audio", "embed-mlp", "wsavs-logmel", "set data.audio_frontend: aisfx-embed"),
+        ("supervised", "audio", "resnet18", "aisfx-embed", "use audio: embed-mlp"),
+        ("avs-ws", "audio", "embed-mlp", "aisfx-logmel", "reads aisfx-embed embeddings"),
+    ],
+)
+def test_configs_refuse_an_audio_encoder_that_cannot_read_the_frontend(method: str, key: str, encoder: str, frontend: str, message: str) -> None:
+    """A spectrogram CNN fed (N, 1, 512, 1) embeddings runs without complaint: the config must refuse it."""
+    from avseg import runner
+
+    overrides = [f"data.audio_frontend={frontend}", f"{key}={encoder}"]
+    if method == "ws-avs-av":
+        overrides.append("audio=embed-mlp")  # the segmenter's own encoder matches; only av_audio does not
+    with pytest.raises(ValueError, match=message):
+        runner.build_config(method, f"{method}/demo", "/nonexistent/data", overrides=overrides)

@@ -31,7 +31,7 @@ from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, num_classes_of, train_stage
 from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AVSegmenter
-from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.types import AVBatch
 
 POOLS = ("topk", "max", "lse")
@@ -66,6 +66,7 @@ class AVSWeakConfig:
         for name, table in (("visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+        check_audio_frontend("audio", self.audio, self.data.audio_frontend)
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if not 0.0 < self.topk_fraction <= 1.0:

@@ -35,7 +35,7 @@ from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsa
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
 from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AUDIO_NORMS
-from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.types import AVBatch
 
 
@@ -70,6 +70,7 @@ class EZVSLConfig:
         for name, table in (("visual", VISUAL_ENCODERS), ("ogl_visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+        check_audio_frontend("audio", self.audio, self.data.audio_frontend)
         for name in ("level", "ogl_level"):
             if not 0 <= getattr(self, name) <= 3:
                 raise ValueError(f"{name} must be 0..3, got {getattr(self, name)}")

@@ -18,7 +18,7 @@ from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import binary_validator, make_dataset, train_stage, without_pretrained_weights
 from avseg.methods.ws_avs import WSAVSNet, build_segmenter, final_checkpoint
-from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SupervisedConfig:
         for name, table in (("visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+        check_audio_frontend("audio", self.audio, self.data.audio_frontend)
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {"train": self.train}

@@ -36,7 +36,7 @@ from avseg.methods.common import binary_validator, heard_videos, make_dataset, t
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
-from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.pseudo.crf import dense_crf
 from avseg.pseudo.writer import PseudoMaskWriter, frame_relpaths
 from avseg.types import AVBatch
@@ -98,6 +98,7 @@ class WSAVSConfig:
         for name, table in (("visual", VISUAL_ENCODERS), ("c2am_visual", VISUAL_ENCODERS), ("saliency_visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+        check_audio_frontend("audio", self.audio, self.data.audio_frontend)
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {"c2am_train": self.c2am_train, "saliency_train": self.saliency_train, "segmenter_train": self.segmenter_train}

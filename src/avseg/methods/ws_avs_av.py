@@ -54,7 +54,7 @@ from avseg.methods.cam import check_threshold
 from avseg.methods.common import make_dataset, train_stage
 from avseg.methods.ez_vsl import EZVSLNet
 from avseg.metrics.binary import BinaryAccumulator
-from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS
+from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.types import AVBatch
 from avseg.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
 
@@ -88,6 +88,7 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
         for name, table in (("av_visual", VISUAL_ENCODERS), ("av_audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
+        check_audio_frontend("av_audio", self.av_audio, self.data.audio_frontend)
         if not self.av_levels or any(not 0 <= s <= 3 for s in self.av_levels):
             raise ValueError(f"av_levels must be a non-empty list within 0..3, got {self.av_levels}")
         if self.av_select not in SELECT_MODES:

@@ -226,6 +226,21 @@ AUDIO_ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "embed-mlp": build_audio_embed_mlp,
 }
 
+# Audio encoders that read frozen embeddings (not spectrograms), and the front-end that makes them. Every
+# other audio encoder reads a spectrogram: fed an embedding (N, 1, 512, 1) it would run without complaint.
+EMBEDDING_FRONTENDS: dict[str, str] = {"embed-mlp": "aisfx-embed"}
+
+
+def check_audio_frontend(key: str, encoder: str, frontend: str) -> None:
+    """ValueError unless audio encoder ``encoder`` (config key ``key``) can read ``data.audio_frontend``."""
+    wanted = EMBEDDING_FRONTENDS.get(encoder)
+    if wanted is not None and frontend != wanted:
+        raise ValueError(f"{key} {encoder!r} reads {wanted} embeddings: set data.audio_frontend: {wanted} (got {frontend!r})")
+    if wanted is None and frontend in EMBEDDING_FRONTENDS.values():
+        readers = sorted(k for k, v in EMBEDDING_FRONTENDS.items() if v == frontend)
+        raise ValueError(f"data.audio_frontend {frontend!r} gives embeddings, not spectrograms: {key} {encoder!r} cannot read them (use {key}: {' or '.join(readers)})")
+
+
 AUDIO_WEIGHT_CHOICES: dict[str, tuple[str, ...]] = {
     "resnet18": ("none", "imagenet"),
     "resnet50": ("none", "imagenet"),
