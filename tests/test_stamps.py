@@ -334,3 +334,71 @@ def test_tuxpaint_generate_avss(tuxpaint: Path, tmp_path: Path):
     assert counts["classes"] == counts["stamps_used"] >= 60
     owner, plan = ownership_maps(root, read_stamps_info(root)["videos"][0]["name"])
     assert owner.shape == (plan.num_frames, 48, 48)
+
+
+def test_listening_swap_on_stamps_data(fake_stamps: Path, fake_backgrounds: Path, tmp_path: Path):
+    """stamps_info.json replays every video for ``avseg listen``: the soundtrack of the unchanged plan is the
+    written wav, the swap object is visible, silent and of another class, and an oracle that follows the
+    sound scores swap IoU 1 and matches the deaf ceiling of the data."""
+    import torch
+
+    from avseg.config import DataConfig
+    from avseg.data.stamps import replay_video
+    from avseg.listening import Soundtracks, deaf_ceiling, listen, swap_plan, synth_info, synth_videos
+    from avseg.methods.common import make_dataset
+
+    root = tmp_path / "s4"
+    generate("s4", root, num_videos=10, seed=5, size=SIZE, stamps=fake_stamps, backgrounds=fake_backgrounds)
+    data = DataConfig(root=str(root), layout="s4", image_size=SIZE, audio_frontend="wsavs-logmel")
+
+    def factory():
+        return make_dataset(data, "test")
+
+    ds = factory()
+    info = synth_info(root, "s4")
+    assert info is not None and info["generator"] == "avseg.data.stamps"
+    videos = synth_videos(ds, info, seed=0)
+    swaps = 0
+    for record in ds.records:
+        plan, _, soundtrack = replay_video(root, record.video_id)
+        wav, _ = sf.read(record.audio_path, dtype="float32")
+        assert np.abs(soundtrack(plan) - wav).max() < 1e-4  # the 16-bit wav of the same mix
+        video = videos[record.video_id]
+        for t, j in enumerate(video.swap):
+            if j is not None:
+                swaps += 1
+                assert not plan.sounding[t, j] and video.target(t).any()
+                assert plan.objects[j].cls not in {plan.objects[k].cls for k in np.flatnonzero(plan.sounding[t])}
+        if any(j is not None for j in video.swap):
+            assert not np.allclose(video.soundtrack(swap_plan(plan, video.swap)), wav, atol=1e-3)
+    assert swaps > 0
+
+    (tmp_path / "work").mkdir()
+    tracks = Soundtracks(ds, 0, videos, tmp_path / "work")
+    heard = {}
+    for record in ds.records:
+        t = len(record.frame_paths)
+        ds.audio_transform = None
+        own = ds.audio_features(record, t)[0]
+        ds.audio_transform = tracks.transform("swap")
+        heard[record.video_id] = (own, ds.audio_features(record, t)[0])
+
+    def oracle(batch) -> torch.Tensor:
+        out = torch.zeros(batch.masks.shape, dtype=torch.float32)
+        for b, vid in enumerate(batch.video_ids):
+            own, swap = heard[vid]
+            if torch.equal(batch.audio[b], own):
+                out[b] = (batch.masks[b] > 0).float()
+            elif torch.equal(batch.audio[b], swap):
+                for t, j in enumerate(videos[vid].swap):
+                    if j is not None:
+                        out[b, t] = torch.from_numpy(videos[vid].target(t)).float()
+        return out
+
+    result, examples = listen(oracle, factory, torch.device("cpu"), seed=0)
+    assert "swap" in result["conditions"] and result["synthetic"]
+    assert result["swap_iou"] == 1.0 and result["miou_own"] == 1.0 and result["fpr_silence"] == 0.0
+    assert examples and set(result["swap_objects"]) == {r.video_id for r in ds.records}
+    assert {c for v in result["swap_objects"].values() for c in v if c is not None} <= set(info["classes"])
+    ceiling = deaf_ceiling(root, "s4")
+    assert ceiling is not None and ceiling["miou_clean"] == pytest.approx(result["deaf_ceiling"])

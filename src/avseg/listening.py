@@ -7,8 +7,9 @@ For every video of the split the model sees the same frames and hears (docs/metr
 - ``noise``: white noise at the clip's own RMS (seeded per video);
 - ``other``: the soundtrack of another video of the split, of a different category (chosen per video by
   the seed), cut or looped to the clip's length;
-- ``swap`` (synthetic data only, where ``synth_info.json`` lets ``plan_video`` re-plan every video): a
-  copy of the video's plan in which only a chosen visible *silent* object sounds. The object is chosen
+- ``swap`` (generated data only: the synthetic generator's ``synth_info.json`` lets ``plan_video``
+  re-plan every video, the stamps generator's ``stamps_info.json`` holds every plan and names the
+  recordings): a copy of the video's plan in which only a chosen visible *silent* object sounds. The object is chosen
   per frame: visible at the evaluated size, silent in that second, of a class different from every
   object sounding in that second; among those, the first in a per-video seeded order (so a video keeps
   one swap object while it stays valid). Frames without such an object are not swap frames (the swap
@@ -18,7 +19,7 @@ Every replaced soundtrack goes through the model's usual pre-processing: the dat
 an ``audio_transform`` replaces the waveform before its features are computed (the swap audio is written
 to a temporary wav and decoded like the original). Models are loaded as ``avseg eval`` loads them.
 
-``listen_run`` writes ``eval/listen-<split>.json`` (and, on synthetic data, ``eval/listen-<split>.png``:
+``listen_run`` writes ``eval/listen-<split>.json`` (and, on generated data, ``eval/listen-<split>.png``:
 frame | own sound | sound of a visible silent object (target outlined) | silence) in the run folder.
 """
 
@@ -44,6 +45,8 @@ from avseg.audio import fit_length, load_audio, rms
 from avseg.data.avsbench import AVSBenchDataset, apply_geometry, augment_geometry, collate_videos, read_mask
 from avseg.data.imageio import write_wav_atomic
 from avseg.data.index import VideoRecord, avss_classes, index_videos
+from avseg.data.stamps import INFO_FILE as STAMPS_INFO_FILE
+from avseg.data.stamps import replay_video
 from avseg.data.synthetic import SAMPLE_RATE, SYNTH_CLASSES, SynthConfig, plan_video, render_video, synth_audio
 from avseg.engine.trainer import resolve_device
 from avseg.fileio import remove_stale_temporaries, write_text_atomic
@@ -61,19 +64,25 @@ _OTHER, _NOISE, _SWAP = 1, 2, 3
 _SYNTH_NAME = re.compile(r"^synth_(s4|ms3|avss)_(\d+)(?:_0_0)?$")
 
 
-# --- synthetic data: plans, owner maps, swap choices ------------------------------------------------
+# --- generated data (synthetic, stamps): plans, owner maps, swap choices ---------------------------
 @dataclass
 class SynthVideo:
     """What the generator says about one video, at the evaluated size.
 
-    owner: (T, H, W) int64 index into ``plan.objects`` of the visible object per pixel, -1 = background
-    (the rendered owner map resized like the dataset resizes masks). swap: per frame the swap object's
-    index, or None (not a swap frame).
+    plan: the generator's plan (``synthetic.VideoPlan`` or ``stamps.StampVideo``: both hold ``name``,
+    ``num_frames``, ``objects[j].cls`` and ``sounding`` (T, num_objects) bool). owner: (T, H, W) int64
+    index into ``plan.objects`` of the visible object per pixel, -1 = background (the rendered owner map
+    resized like the dataset resizes masks). swap: per frame the swap object's index, or None (not a swap
+    frame). soundtrack: a plan of this video -> its (T * sample_rate,) mix, as the generator mixes it.
+    classes: the names of the class indices.
     """
 
-    plan: Any  # avseg.data.synthetic.VideoPlan
+    plan: Any
     owner: np.ndarray
     swap: list[int | None]
+    soundtrack: Callable[[Any], np.ndarray]
+    sample_rate: int
+    classes: list[str]
 
     def visible(self, t: int) -> np.ndarray:
         """(H, W) bool: every visible object of frame t (what a deaf 'mark every object' would mark)."""
@@ -91,18 +100,23 @@ class SynthVideo:
         return self.owner[t] == j
 
 
+GENERATORS = {"synth_info.json": "avseg.data.synthetic", STAMPS_INFO_FILE: "avseg.data.stamps"}
+
+
 def synth_info(root: Path, layout: str) -> dict | None:
-    """The generator's ``synth_info.json`` of a dataset root, when it describes a synthetic ``layout`` dataset."""
-    path = Path(root) / "synth_info.json"
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable synthetic dataset description ({exc})") from exc
-    if info.get("generator") != "avseg.data.synthetic" or info.get("layout") != layout:
-        return None
-    return info
+    """The generator's description of a dataset root (``synth_info.json`` of the synthetic generator or
+    ``stamps_info.json`` of the stamps generator), when it describes a ``layout`` dataset; else None."""
+    for name, generator in GENERATORS.items():
+        path = Path(root) / name
+        if not path.is_file():
+            continue
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable generated dataset description ({exc})") from exc
+        if info.get("generator") == generator and info.get("layout") == layout:
+            return info
+    return None
 
 
 def choose_swap(plan: Any, owner: np.ndarray, seed: int, position: int) -> list[int | None]:
@@ -149,23 +163,33 @@ def _replan(root: Path, layout: str, record: VideoRecord, info: dict) -> Any:
     return plan
 
 
+def _replay(root: Path, layout: str, record: VideoRecord, info: dict) -> tuple[Any, np.ndarray, Callable[[Any], np.ndarray], int, list[str]]:
+    """(plan, owner at the generated size, soundtrack, sample rate, class names) of a generated video."""
+    if info["generator"] == "avseg.data.stamps":
+        plan, owner, soundtrack = replay_video(root, record.video_id, info)
+        if plan.split != record.split:
+            raise ValueError(f"{root}: video {record.video_id!r} is in split {record.split!r}, stamps_info.json says {plan.split!r}")
+        return plan, owner.astype(np.int64), soundtrack, int(info["sample_rate"]), list(info["classes"])
+    plan = _replan(root, layout, record, info)
+    return plan, render_video(plan)[1], synth_audio, SAMPLE_RATE, list(SYNTH_CLASSES)
+
+
 def synth_videos(dataset: AVSBenchDataset, info: dict, seed: int) -> dict[str, SynthVideo]:
-    """Re-plan every video of ``dataset`` from ``synth_info.json`` -> {video_id: SynthVideo}."""
+    """Replay every video of ``dataset`` from the generator's description -> {video_id: SynthVideo}."""
 
     out: dict[str, SynthVideo] = {}
     for position, record in enumerate(dataset.records):
-        plan = _replan(dataset.root, dataset.layout, record, info)
-        _, owner = render_video(plan)
+        plan, owner, soundtrack, sample_rate, classes = _replay(dataset.root, dataset.layout, record, info)
         # Resize as the dataset resizes masks (nearest, plain geometry): owner + 1 fits uint8 (<= 10 objects).
         g = augment_geometry(0, 0, position, dataset.image_size, False)
         owner = np.stack([apply_geometry((o.astype(np.int16) + 1).astype(np.uint8), g, dataset.image_size, True) for o in owner])
         owner = owner.astype(np.int64) - 1  # (T, H, W)
-        out[record.video_id] = SynthVideo(plan, owner, choose_swap(plan, owner, seed, position))
+        out[record.video_id] = SynthVideo(plan, owner, choose_swap(plan, owner, seed, position), soundtrack, sample_rate, classes)
     return out
 
 
 def deaf_ceiling(root: Path, layout: str, split: str = "test") -> dict[str, Any] | None:
-    """The deaf ceiling of a synthetic split at the data's own size: clean mIoU of marking every visible
+    """The deaf ceiling of a generated split at the data's own size: clean mIoU of marking every visible
     object exactly, against the ground-truth files (frames with ground truth). None for other data.
 
     A model that does not listen cannot know which visible object sounds; on scenes with silent
@@ -178,7 +202,7 @@ def deaf_ceiling(root: Path, layout: str, split: str = "test") -> dict[str, Any]
     num_sem = len(avss_classes(Path(root))) if layout == "avss" else None
     acc = BinaryAccumulator("clean")
     for record in index_videos(Path(root), layout, split):
-        _, owner = render_video(_replan(Path(root), layout, record, info))
+        owner = _replay(Path(root), layout, record, info)[1]
         for t, path in enumerate(record.mask_paths):
             if path is not None:
                 acc.update((owner[t] >= 0)[None].astype(np.float32), (read_mask(path, layout, num_sem) > 0)[None])
@@ -248,11 +272,11 @@ class Soundtracks:
 
     def swap(self, record: VideoRecord, wave: np.ndarray, sr: int) -> np.ndarray:
         if self.synth is None:
-            raise ValueError("the swap condition needs synthetic data (synth_info.json)")
+            raise ValueError("the swap condition needs generated data (synth_info.json or stamps_info.json)")
         video = self.synth[record.video_id]
         # Written and decoded like the generator's own wav, so the model's pre-processing is the same.
         path = self.workdir / f"swap-{self.position[record.video_id]}.wav"
-        write_wav_atomic(path, synth_audio(swap_plan(video.plan, video.swap)), SAMPLE_RATE)
+        write_wav_atomic(path, video.soundtrack(swap_plan(video.plan, video.swap)), video.sample_rate)
         return fit_length(load_audio(path, sr, warn_silent=False)[0], len(wave))
 
 
@@ -295,7 +319,8 @@ def listen(
     probabilities (p = 1 - P(background)). ``dataset_factory`` builds the split's dataset (no augmentation,
     no frame sampling) as the model was evaluated; it is called once per condition. Returns the summary
     of ``ListeningAccumulator.compute`` plus {"conditions", "seed", "videos", "synthetic", "other_pairs"}
-    and up to ``examples`` swap frames for the picture (synthetic data only, one per video).
+    and up to ``examples`` swap frames for the picture (generated data only, one per video); "synthetic" is
+    True on generated data (synthetic or stamps: the swap condition ran).
     """
 
     probe = dataset_factory()
@@ -342,7 +367,7 @@ def listen(
                 for t in np.flatnonzero(has):
                     if not np.array_equal(video.sounding_gt(t), gt[t]):
                         raise ValueError(f"{datasets['own'].root}: frame {record.frame_numbers[t]} of video {record.video_id}: "
-                                         "its ground truth differs from what synth_info.json re-plans (regenerated data?)")  # fmt: skip
+                                         "its ground truth differs from what the generator's description replays (regenerated data?)")  # fmt: skip
                     acc.update_deaf(video.visible(t)[None], gt[t][None])
                 swap_t = [t for t in range(t_real) if video.swap[t] is not None]
                 if swap_t:
@@ -364,13 +389,9 @@ def listen(
     )  # fmt: skip
     if synth is not None:
         result["swap_objects"] = {
-            v: [None if j is None else _class_name(s.plan.objects[j].cls) for j in s.swap] for v, s in synth.items()
+            v: [None if j is None else s.classes[s.plan.objects[j].cls] for j in s.swap] for v, s in synth.items()
         }
     return result, picked
-
-
-def _class_name(cls: int) -> str:
-    return SYNTH_CLASSES[cls]
 
 
 def listen_sheet(examples: list[ListenExample], path: Path, tile: int = 160) -> None:
@@ -423,7 +444,7 @@ def listen_run(
 ) -> dict[str, Any]:
     """The listening evaluation of a run's final model on a split (loaded as ``avseg eval`` loads it).
 
-    Writes ``eval/listen-<split>.json`` (the returned dict) and, on synthetic data,
+    Writes ``eval/listen-<split>.json`` (the returned dict) and, on generated data,
     ``eval/listen-<split>.png`` in the run folder. Keys: see ``ListeningAccumulator.compute`` and
     ``listen``, plus method, split, layout, run, protocol, max_videos, picture, seconds.
     """

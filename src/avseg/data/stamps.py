@@ -46,7 +46,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -89,6 +89,7 @@ __all__ = [
     "load_video_plan",
     "ownership_maps",
     "object_sound",
+    "replay_video",
 ]
 
 log = logging.getLogger(__name__)
@@ -1163,6 +1164,34 @@ def ownership_maps(root: Path | str, video: str, stamps_dir: Path | str | None =
     rgbas = {o.stamp: _stamp_files(info, root, o.stamp, stamps_dir)[0] for o in plan.objects}
     owner, _ = _owner(plan, rgbas)
     return owner, plan
+
+
+def replay_video(
+    root: Path | str, video: str, info: dict | None = None, stamps_dir: Path | str | None = None
+) -> tuple[StampVideo, np.ndarray, Callable[[StampVideo], np.ndarray]]:
+    """A generated video as the generator made it, for evaluations that change what it hears.
+
+    Returns:
+        plan: the video's plan (as ``load_video_plan``).
+        owner: (T, size, size) int8, as ``ownership_maps``.
+        soundtrack: maps a plan of this video (e.g. ``dataclasses.replace(plan, sounding=...)``) to its
+            (T * sample_rate,) float32 mix, exactly as the generator mixes (same recordings, levels, time
+            shifts and background noise): ``soundtrack(plan)`` is the video's own audio.
+    """
+    root = Path(root)
+    info = info if info is not None else read_stamps_info(root)
+    plan = load_video_plan(root, video, info)
+    media = {o.stamp: _stamp_files(info, root, o.stamp, stamps_dir) for o in plan.objects}
+    owner, _ = _owner(plan, {name: rgba for name, (rgba, _) in media.items()})
+    audios = {name: audio for name, (_, audio) in media.items()}
+    cfg = StampsConfig(**info["config"])
+
+    def soundtrack(p: StampVideo) -> np.ndarray:
+        if p.name != plan.name or len(p.objects) != len(plan.objects):
+            raise ValueError(f"soundtrack of {plan.name} asked for a plan of {p.name} with {len(p.objects)} objects")
+        return mix_audio(p, audios, cfg)
+
+    return plan, owner, soundtrack
 
 
 def object_sound(
