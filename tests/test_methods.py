@@ -320,23 +320,28 @@ def test_resume_after_sigkill_equals_uninterrupted(s4_data: Path, uninterrupted:
 # --- demo ---------------------------------------------------------------------------------------------
 def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32", "--quick", "--methods", "ws-avs,pcas,supervised"]) == 0
+    weak = ("ws-avs", "ws-avs-av", "pcas")
+    assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32", "--quick", "--methods", "ws-avs,ws-avs-av,pcas,supervised"]) == 0
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert printed == metrics
-    assert set(metrics) == {"ws-avs", "pcas", "pseudo-masks", "supervised", "listening", "protocol", "seconds"}
-    for m in ("ws-avs", "pcas", "supervised"):
+    assert set(metrics) == {*weak, "pseudo-masks", "supervised", "listening", "protocol", "seconds"}
+    for m in (*weak, "supervised"):
         assert set(metrics[m]) == {"miou", "fscore"}
         assert set(metrics["listening"][m]) == {"audio_dependence", "fpr_silence", "fpr_noise", "swap_iou", "g_miou"}
-    assert set(metrics["pseudo-masks"]) == {"ws-avs", "pcas"} and metrics["protocol"] == "clean"
-    values = [metrics[m][k] for m in ("ws-avs", "pcas", "supervised") for k in ("miou", "fscore")]
-    values += [metrics["pseudo-masks"][m]["miou"] for m in ("ws-avs", "pcas")]
+    assert set(metrics["pseudo-masks"]) == set(weak) and metrics["protocol"] == "clean"
+    values = [metrics[m][k] for m in (*weak, "supervised") for k in ("miou", "fscore")]
+    values += [metrics["pseudo-masks"][m]["miou"] for m in weak]
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values), values
     assert metrics["seconds"] > 0
     report = (out / "report.md").read_text()
-    assert "Weak / fully supervised mIoU ratio" in report and "Quick smoke run" in report
-    for png in ("preview.png", "overlays_test.png", "overlays_train.png", "ws-avs/pseudo/contact_sheet.png", "listen_test.png", "listen_test_ws-avs.png"):
+    assert "Weak / fully supervised mIoU ratio" in report and "Quick smoke run" in report and "WS-AVS-AV" in report
+    for png in ("preview.png", "overlays_test.png", "overlays_train.png", "ws-avs/pseudo/contact_sheet.png", "ws-avs-av/pseudo/contact_sheet.png",
+                "listen_test.png", "listen_test_ws-avs.png", "listen_test_ws-avs-av.png"):  # fmt: skip
         assert (out / png).stat().st_size > 0, png
+    # ws-avs-av took WS-AVS's image-only stages from the ws-avs run of the same demo
+    for stage in ("c2am", "activation-maps", "saliency"):
+        assert json.loads((out / "ws-avs-av" / "stages" / f"{stage}.json").read_text())["reused_from"] == str((out / "ws-avs").resolve())
     # A full-size demo into the same folder would mix settings: refused with a clear message.
     assert main(["demo", "--out", str(out), "--videos", "6", "--size", "32"]) == 2
     assert "other settings" in capsys.readouterr().err

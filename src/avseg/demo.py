@@ -26,6 +26,7 @@ from avseg.engine.trainer import resolve_device
 from avseg.fileio import atomic_write_bytes, write_text_atomic
 from avseg.inference.preview import preview_sheet
 from avseg.listening import listen_run
+from avseg.methods import METHODS
 from avseg.methods.common import make_dataset
 from avseg.metrics.listening import format_table
 from avseg.runner import RunError, build_config, evaluate_run, load_run, run_method
@@ -39,11 +40,13 @@ log = logging.getLogger("avseg")
 DEFAULT_VIDEOS, DEFAULT_SIZE = 300, 96
 # The runs of the demo: PCAS (weak; its segmentation head hears the audio) and the fully supervised
 # reference. WS-AVS (the paper's method) is deaf on these scenes -- its pseudo masks never hear the audio,
-# docs/results/listening -- and its C2AM stage alone doubles the demo's time: ``methods`` adds it.
+# docs/results/listening -- and its C2AM stage alone doubles the demo's time: ``methods`` adds it, and
+# WS-AVS-AV (ours: WS-AVS's pseudo masks selected by an audio-visual map, which listens; with ws-avs in
+# the same demo it reuses that run's C2AM, activation-map and saliency stages).
 DEMO_METHODS = ("pcas", "supervised")
-KNOWN_METHODS = ("ws-avs", "pcas", "supervised")  # in this order in tables and pictures
-WEAK_METHODS = ("ws-avs", "pcas")
-DISPLAY = {"ws-avs": "WS-AVS", "pcas": "PCAS", "supervised": "fully supervised reference"}
+KNOWN_METHODS = ("ws-avs", "ws-avs-av", "pcas", "supervised")  # in this order in tables and pictures
+WEAK_METHODS = ("ws-avs", "ws-avs-av", "pcas")
+DISPLAY = {"ws-avs": "WS-AVS", "ws-avs-av": "WS-AVS-AV", "pcas": "PCAS", "supervised": "fully supervised reference"}
 # Listening numbers kept in listening.json (avseg.metrics.listening.SUMMARY_KEYS + the swap frame count).
 LISTEN_KEYS = ("miou_own", "fscore_own", "miou_other", "audio_dependence", "fpr_silence", "fpr_noise", "fpr_other",
                "g_miou", "swap_iou", "swap_frames", "deaf_ceiling")  # fmt: skip
@@ -86,10 +89,12 @@ def run_demo(
     runs = {m: out / m for m in methods}
     stage_summaries: dict[str, Any] = {}
     for method, run_dir in runs.items():
+        source = METHODS[method].reuses
+        overrides = [f"reuse_run={json.dumps(str(runs[source].resolve()))}"] if source in runs else []
         if quick:
-            spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4", quick={k: QUICK[k] for k in ("epochs", "batch_size")}, image_size=QUICK["image_size"])
+            spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4", quick={k: QUICK[k] for k in ("epochs", "batch_size")}, image_size=QUICK["image_size"], overrides=overrides)
         else:
-            spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4", image_size=demo["size"])
+            spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4", image_size=demo["size"], overrides=overrides)
         _check_same_run(spec, cfg, run_dir)
         stage_summaries[method] = run_method(spec, cfg, run_dir, resume=True)
 
@@ -172,7 +177,7 @@ def _write_overlays(out: Path, runs: dict[str, Path], pictures: dict[str, dict])
 
     written = []
     methods = list(runs)
-    colours = {"ws-avs": (255, 40, 40), "pcas": (255, 160, 0), "supervised": (40, 120, 255)}
+    colours = {"ws-avs": (255, 40, 40), "ws-avs-av": (220, 40, 220), "pcas": (255, 160, 0), "supervised": (40, 120, 255)}
     keys = [k for k in pictures[methods[0]] if all(k in pictures[m] for m in methods)]
     rows, labels = [], []
     for key in keys:
@@ -221,7 +226,7 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
     sup = results["supervised"]
     best = max(weak, key=lambda m: results[m]["clean"]["miou"])
     ratio = results[best]["clean"]["miou"] / sup["clean"]["miou"] if sup["clean"]["miou"] else float("nan")
-    supervision = {"ws-avs": "video labels", "pcas": "video labels", "supervised": "GT masks"}
+    supervision = {"ws-avs": "video labels", "ws-avs-av": "video labels", "pcas": "video labels", "supervised": "GT masks"}
     lines = [
         f"# avseg demo: {' and '.join(DISPLAY[m] for m in weak)} on the embedded synthetic S4 data",
         "",
@@ -236,7 +241,7 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
         r = results[m]
         lines.append(f"| {DISPLAY[m]} | {supervision[m]} | {_fmt(r['clean']['miou'])} | {_fmt(r['clean']['fscore'])} | {_fmt(r['avsbench']['miou'])} | {_fmt(r['avsbench']['fscore'])} |")
     for m in weak:
-        what = "pseudo masks" if m == "ws-avs" else "pseudo labels (binary)"
+        what = "pseudo labels (binary)" if m == "pcas" else "pseudo masks"
         lines.append(f"| {DISPLAY[m]} {what} (train frames with GT) | - | {_fmt(metrics['pseudo-masks'][m]['miou'])} | - | - | - |")
     lines += [
         "",
@@ -247,6 +252,8 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
         "log P(class sounds) to each class's logits, so its masks follow the sound. WS-AVS (`avseg demo --methods",
         "ws-avs,pcas,supervised`, about twice the time) does not listen on these scenes: its pseudo masks come from",
         "C2AM and a saliency detector, which never hear the audio and mark every salient object (docs/results/listening).",
+        "WS-AVS-AV (`--methods ws-avs-av,...`, ours) keeps of those pseudo masks the objects an audio-visual map selects",
+        "(EZ-VSL's contrast on pretrained aisfx sound features), so its segmenter learns from masks that follow the sound.",
         "",
         *(_listening_lines(listening, out) if listening else []),
         "## Stage times (s)",
@@ -267,6 +274,8 @@ def _write_report(out: Path, metrics: dict, results: dict, stages: dict, overlay
         lines += ["- `pcas/pseudo/contact_sheet.png`: PCAS's pseudo labels"]
     if "ws-avs" in methods:
         lines += ["- `ws-avs/pseudo/contact_sheet.png`: frame / C2AM map / saliency / pseudo mask / ground truth"]
+    if "ws-avs-av" in methods:
+        lines += ["- `ws-avs-av/pseudo/contact_sheet.png`: frame / C2AM map / saliency / AV map / Eq. 6 mask / audio-selected / ground truth"]
     lines += [""]
     write_text_atomic(out / "report.md", "\n".join(lines))
 
