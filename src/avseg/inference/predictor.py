@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -259,7 +259,7 @@ class Predictor:
             raise RunError(f"{config_path}: needs a 'method:' key naming one of {sorted(METHODS)}, got {method!r}")
         spec = METHODS[method]
         raw.setdefault("data", {}).setdefault("root", ".")  # inference reads no dataset
-        cfg = from_dict(spec.config_cls, raw, source=str(config_path))
+        cfg: Any = from_dict(spec.config_cls, raw, source=str(config_path))  # the method's own config class
         dev = _resolve_device(device)
         model = _load_weights_file(spec, cfg, checkpoint, dev)
         return cls._from_config(model, cfg, dev, batch_size, name=str(checkpoint))
@@ -324,7 +324,8 @@ class Predictor:
             has_mask=torch.zeros(1, t, dtype=torch.bool), valid=torch.ones(1, t, dtype=torch.bool),
             labels=torch.zeros(1, 0), video_ids=["input"], frame_ids=[list(range(t))],
         )  # fmt: skip
-        out = self.model.predict(batch.to(self.device)).float()[0]  # (T, S, S) or (T, C, S, S)
+        predict = cast("Callable[[AVBatch], Tensor]", self.model.predict)  # every final model has predict(batch)
+        out = predict(batch.to(self.device)).float()[0]  # (T, S, S) or (T, C, S, S)
         if self.output == "semantic":
             out = _class_probabilities(out)
         else:
@@ -332,8 +333,8 @@ class Predictor:
         results = []
         for i, image in enumerate(images):
             up = F.interpolate(out[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-            up = up.clamp_(0.0, 1.0).cpu().numpy()
-            results.append(up[0] if self.output == "binary" else up)
+            probs = up.clamp_(0.0, 1.0).cpu().numpy()
+            results.append(probs[0] if self.output == "binary" else probs)
         return results
 
     def predict_frames(
@@ -421,7 +422,8 @@ class Predictor:
             t1 = time.perf_counter()
             windows = None
             if track is not None:
-                windows = torch.from_numpy(np.stack([w for _, w in pending]))
+                # an audio track gives every pending frame its window
+                windows = torch.from_numpy(np.stack([cast(np.ndarray, w) for _, w in pending]))
             t2 = time.perf_counter()
             outs = self._forward([sf.image for sf, _ in pending], windows)
             spent["model"] += time.perf_counter() - t2

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,7 @@ from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsa
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
 from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AUDIO_NORMS
+from avseg.models.visual import encoder_channels
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.types import AVBatch
 
@@ -118,7 +119,7 @@ class EZVSLNet(nn.Module):
         label_negatives: bool = False,
     ) -> None:
         super().__init__()
-        channels = tuple(visual_encoder.channels)
+        channels = encoder_channels(visual_encoder)
         if audio_norm not in AUDIO_NORMS:
             raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {audio_norm!r}")
         self.levels = tuple(levels)
@@ -127,8 +128,9 @@ class EZVSLNet(nn.Module):
         self.visual_encoder = visual_encoder
         self.audio_encoder = audio_encoder
         self.visual_proj = nn.ModuleDict({str(s): nn.Conv2d(channels[s], embed_dim, 1) for s in self.levels})
-        self.audio_norm: nn.Module = nn.BatchNorm1d(int(audio_encoder.out_dim)) if audio_norm == "batch" else nn.Identity()
-        self.audio_proj = nn.Linear(int(audio_encoder.out_dim), embed_dim)
+        audio_dim = int(cast(int, audio_encoder.out_dim))  # every audio encoder sets out_dim
+        self.audio_norm: nn.Module = nn.BatchNorm1d(audio_dim) if audio_norm == "batch" else nn.Identity()
+        self.audio_proj = nn.Linear(audio_dim, embed_dim)
         self.tau = tau
         self.scale_by_tau = scale_by_tau
         self.threshold = threshold

@@ -17,7 +17,7 @@ from avseg.methods.pcas.config import IGNORE, PCASConfig
 from avseg.models.ast import build_ast, frame_segments
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import AttentionPool, ProjectionHead
-from avseg.models.visual import group_norm
+from avseg.models.visual import encoder_channels, group_norm
 from avseg.models.vit import build_vit
 from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.pseudo.crf import dense_crf_multi
@@ -55,7 +55,7 @@ class CNNVisual(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.level = level
-        self.embed_dim = int(encoder.channels[level])
+        self.embed_dim = int(encoder_channels(encoder)[level])
         heads = next(h for h in (8, 4, 2, 1) if self.embed_dim % h == 0)
         self.pool = AttentionPool(self.embed_dim, num_heads=heads)
         self.patch_size = 4 * 2**level
@@ -114,7 +114,7 @@ class PCASNet(nn.Module):
         self.mode = "look-listen"
         if cfg.is_vit:
             path = cfg.visual_weights_path if visual_weights and cfg.visual_weights == "file" else None
-            self.visual: nn.Module = ViTVisual(cfg.visual, path, cfg.visual_input_norm, cfg.drop_path)
+            self.visual: ViTVisual | CNNVisual = ViTVisual(cfg.visual, path, cfg.visual_input_norm, cfg.drop_path)
         else:
             weights = cfg.visual_weights if visual_weights else "none"
             encoder = VISUAL_ENCODERS[cfg.visual](weights=weights, weights_path=Path(cfg.visual_weights_path) if cfg.visual_weights_path and weights != "none" else None)
@@ -135,10 +135,11 @@ class PCASNet(nn.Module):
         self.proj_cls = ProjectionHead(dv, e, dropout=0.0)  # v_cls of frames and of local crops
         use_fpn = cfg.seg_head == "fpn" or (cfg.seg_head == "auto" and not cfg.is_vit)
         if use_fpn:
-            self.seg_head: nn.Module = PanopticFPNDecoder(tuple(self.visual.encoder.channels), channels=cfg.seg_channels, num_classes=k + 1)
+            self.seg_head: nn.Module = PanopticFPNDecoder(encoder_channels(self.visual.encoder), channels=cfg.seg_channels, num_classes=k + 1)
         else:
             self.seg_head = ConvSegHead(dv, cfg.seg_channels, k + 1)
         self.use_fpn = use_fpn
+        self.steps: Tensor
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps seen (persisted)
         self.frozen: tuple[str, ...] = ()  # submodules kept frozen and in eval mode (BatchNorm statistics)
 
@@ -226,6 +227,7 @@ class PCASNet(nn.Module):
         if self.mode == "segment":
             if batch.pseudo_masks is None:
                 raise ValueError("the segment stage needs pseudo labels (dataset pseudo_dir)")
+            assert batch.has_pseudo is not None  # loaded with the pseudo masks
             targets = (batch.pseudo_masks * 255.0).round().long()  # class-index PNG read as value / 255
             targets = targets.masked_fill(~(batch.has_pseudo & batch.valid)[:, :, None, None], IGNORE)
         if self.training and cfg.flip_augment:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -42,12 +42,13 @@ def param_groups(cfg: PCASConfig):
     heads) at ``settings.lr`` and Listening-before-Segmentation (projections, segmentation head) at
     ``settings.lr * segment_lr_scale``. Frozen parameters are left out; empty groups are dropped."""
 
-    def groups(model: nn.Module) -> list[dict]:
-        look, seg = [], []
+    def groups(model: nn.Module) -> list[dict[str, Any]]:
+        look: list[nn.Parameter] = []
+        seg: list[nn.Parameter] = []
         for name, p in unwrap_model(model).named_parameters():
             if p.requires_grad:
                 (look if name.split(".")[0] in LOOK_LISTEN_MODULES else seg).append(p)
-        out = []
+        out: list[dict[str, Any]] = []
         if look:
             out.append({"params": look})
         if seg:
@@ -76,7 +77,7 @@ def validator(cfg: PCASConfig, device: torch.device, split: str = "val"):
     dataset = make_dataset(cfg.data, split)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        inner = unwrap_model(model)
+        inner = cast(PCASNet, unwrap_model(model))  # the validator of PCAS's own stages
         was_training, mode = inner.training, inner.mode
         inner.eval()
         try:
@@ -177,6 +178,7 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
         gt_frames += 1
         hard = np.where(label == IGNORE, 0, label)  # ignored pixels count as background in the quality
         if semantic:
+            assert quality_sem is not None  # built for semantic layouts
             quality_sem.update(hard[None], fo.gt[None])
         quality_bin.update((hard > 0).astype(np.float32)[None], (fo.gt > 0).astype(np.int64)[None])
         keep = label != IGNORE
@@ -198,6 +200,7 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
         b = quality_bin.compute()
         quality.update(binary_miou=b["miou"], binary_fscore=b["fscore"])
         if semantic:
+            assert quality_sem is not None  # built for semantic layouts
             q = quality_sem.compute()
             quality.update(miou=q["miou"], fscore=q["fscore"], per_class_iou=q["per_class_iou"])
         else:
