@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avseg.audio.frontends import FRONTENDS
 from avseg.config import TrainSettings
 from avseg.data.avsbench import collate_videos
 from avseg.engine import distributed as dist
@@ -22,10 +23,12 @@ from avseg.fileio import unwrap_model, write_text_atomic
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.common import make_dataset, num_classes_of
 from avseg.methods.pcas.config import IGNORE, PCASConfig
-from avseg.methods.pcas.model import LOOK_LISTEN_MODULES, PCASNet
+from avseg.methods.pcas.model import LOOK_LISTEN_MODULES, CNNVisual, PCASNet, ViTVisual
 from avseg.metrics.binary import BinaryAccumulator
 from avseg.metrics.classification import classification_scores
 from avseg.metrics.semantic import SemanticAccumulator
+from avseg.models.ast import build_ast
+from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
 
 log = logging.getLogger("avseg")
@@ -128,8 +131,42 @@ def audio_classification_report(model: PCASNet, cfg: PCASConfig, split: str, dev
     return out
 
 
+def build_model(cfg: PCASConfig, num_classes: int, visual_weights: bool = True) -> PCASNet:
+    """The PCAS network of ``cfg``; ``visual_weights=False`` skips the pretrained encoder weights (a checkpoint
+    is loaded next). Visual encoder, then audio encoder, then (inside PCASNet) the heads: the order the
+    parameters were always initialised in, so a fixed seed gives the same model as before."""
+    visual: ViTVisual | CNNVisual
+    if cfg.is_vit:
+        path = cfg.visual_weights_path if visual_weights and cfg.visual_weights == "file" else None
+        visual = ViTVisual(cfg.visual, path, cfg.visual_input_norm, cfg.drop_path)
+    else:
+        weights = cfg.visual_weights if visual_weights else "none"
+        encoder = VISUAL_ENCODERS[cfg.visual](weights=weights, weights_path=Path(cfg.visual_weights_path) if cfg.visual_weights_path and weights != "none" else None)
+        visual = CNNVisual(encoder, cfg.visual_level)
+    audio_path = cfg.audio_weights_path if visual_weights else None  # checkpoints overwrite them anyway
+    audio = build_ast(cfg.audio, prompt_dim=visual.embed_dim, weights_path=audio_path, weights_format=cfg.audio_weights_format, spec_norm=cfg.spec_norm, drop_path_rate=cfg.drop_path)
+    assert cfg.data.audio_frontend is not None  # PCASConfig requires a wav front-end
+    return PCASNet(
+        visual, audio, num_classes,
+        semantic=cfg.data.layout == "avss", window_seconds=FRONTENDS[cfg.data.audio_frontend].window_seconds,
+        audio_segment=cfg.audio_segment, segment_seconds=cfg.segment_seconds, tvp=cfg.tvp, tvp_detach=cfg.tvp_detach,
+        audio_cls_weight=cfg.audio_cls_weight, visual_cls_weight=cfg.visual_cls_weight, visual_sem_weight=cfg.visual_sem_weight,
+        embed_dim=cfg.embed_dim, cmc=cfg.cmc, cmc_weight=cfg.cmc_weight, cmc_tau=cfg.cmc_tau,
+        cmpc=cfg.cmpc, cmpc_weight=cfg.cmpc_weight, cmpc_high=cfg.cmpc_high, cmpc_low=cfg.cmpc_low,
+        cmpc_detach_audio=cfg.cmpc_detach_audio, cmpc_sounding_only=cfg.cmpc_sounding_only,
+        cmcc=cfg.cmcc, cmcc_weight=cfg.cmcc_weight, cmcc_tau=cfg.cmcc_tau, cmcc_crops=cfg.cmcc_crops,
+        cmcc_crop_fraction=cfg.cmcc_crop_fraction, cmcc_crop_px=cfg.cmcc_crop_px, cmcc_fg_fraction=cfg.cmcc_fg_fraction,
+        cmcc_bg_fraction=cfg.cmcc_bg_fraction, cmcc_batch_negatives=cfg.cmcc_batch_negatives, fine_losses_after=cfg.fine_losses_after,
+        audio_threshold=cfg.audio_threshold, empty_audio=cfg.empty_audio, cam_source=cfg.cam_source, cam_high=cfg.cam_high,
+        cam_low=cfg.cam_low, cam_flip=cfg.cam_flip, cam_norm=cfg.cam_norm,
+        use_fpn=cfg.seg_head == "fpn" or (cfg.seg_head == "auto" and not cfg.is_vit), seg_channels=cfg.seg_channels,
+        seg_weight=cfg.seg_weight, segment_joint=cfg.segment_joint, segment_audio=cfg.segment_audio, flip_augment=cfg.flip_augment,
+        audio_gate=cfg.audio_gate, crf=cfg.crf, crf_iterations=cfg.crf_iterations,
+    )  # fmt: skip
+
+
 def _load(cfg: PCASConfig, path: Path, device: torch.device) -> PCASNet:
-    model = PCASNet(cfg, num_classes(cfg), visual_weights=False)
+    model = build_model(cfg, num_classes(cfg), visual_weights=False)
     load_model_weights(model, path)
     return model.to(device).eval()
 
@@ -138,7 +175,7 @@ def _load(cfg: PCASConfig, path: Path, device: torch.device) -> PCASNet:
 def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
     cfg: PCASConfig = ctx.config
     s = cfg.look_listen_train
-    model = PCASNet(cfg, num_classes(cfg))
+    model = build_model(cfg, num_classes(cfg))
     model.mode = "look-listen"
     train = make_dataset(cfg.data, "train", augment=True, sample_frames=cfg.train_frames, seed=s.seed)
     summary = _fit(model, train, s, ctx.path("look-listen"), cfg, ctx.resume, "look-listen")
@@ -215,7 +252,7 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
 def stage_segment(ctx: StageContext) -> dict[str, Any]:
     cfg: PCASConfig = ctx.config
     s = cfg.segment_train
-    model = PCASNet(cfg, num_classes(cfg), visual_weights=False)
+    model = build_model(cfg, num_classes(cfg), visual_weights=False)
     load_model_weights(model, ctx.path("look-listen", "last.safetensors"))
     model.mode = "segment"
     if not cfg.segment_joint:  # only the segmentation head learns; the encoders' BatchNorm stays as trained
