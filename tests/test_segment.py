@@ -229,7 +229,7 @@ def test_predict_video_matches_predict_frames_and_checkpoint(tmp_path: Path, pre
     ckpt = next((tiny_run / "segmenter").glob("*.safetensors"))
     from_file = Predictor.from_checkpoint(ckpt, device="cpu")  # finds the run's config.yaml
     assert from_file.image_size == predictor.image_size and from_file.audio == predictor.audio
-    from avseg.methods.ws_avs import final_checkpoint
+    from avseg.methods.base import final_checkpoint
 
     same = Predictor.from_checkpoint(final_checkpoint(tiny_run), tiny_run / "config.yaml", device="cpu")
     np.testing.assert_allclose(same.predict_frames(frames, wave, sr, [0.5, 1.5]), direct, atol=1e-6)

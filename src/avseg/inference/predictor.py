@@ -19,7 +19,6 @@ from the track (silence past its ends, as in training). Outputs are resized back
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -461,23 +460,11 @@ def _dataset_class_names(root: Path, layout: str) -> list[str] | None:
 
 
 def _load_weights_file(spec: Any, cfg: Any, checkpoint: Path, device: torch.device) -> nn.Module:
-    """The method's final model with the weights of ``checkpoint``.
-
-    Methods load their final model from a run folder (``spec.load_predictor(cfg, run_dir, device)``
-    reads ``<stage folder>/best|last.safetensors``; the folder differs per method: ``segmenter``,
-    ``segment``, ``classifier``, ...). The checkpoint is presented as ``last.safetensors`` in every stage
-    folder of a temporary run folder (symlinks, nothing copied). Methods whose final model needs more than one file or a stage
-    marker (e.g. ``c2am``'s polarity) cannot be loaded from a bare checkpoint: use ``--run``.
+    """The method's final model with the weights of ``checkpoint``: ``spec.load_predictor(cfg, None, device,
+    weights=checkpoint)``, no run folder. Methods whose final model needs more than one file or a stage marker
+    (e.g. ``c2am``'s polarity) cannot be loaded from a bare checkpoint: use ``--run``.
     """
-    stages = spec.stages(cfg)
-    folders = {s.name for s in stages} | {o for s in stages for o in s.outputs if "/" not in o}
-    with tempfile.TemporaryDirectory(prefix="avseg-ckpt-") as tmp:
-        for folder in folders:
-            link = Path(tmp) / folder / "last.safetensors"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(checkpoint.resolve())
-        try:
-            return spec.load_predictor(cfg, Path(tmp), device)
-        except (RuntimeError, FileNotFoundError, ValueError) as exc:
-            message = str(exc).replace(tmp, "<checkpoint>")
-            raise ValueError(f"{checkpoint} cannot be loaded as method {spec.name}'s final model with this config ({message}); pass --run RUN instead") from exc
+    try:
+        return spec.load_predictor(cfg, None, device, weights=checkpoint)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"{checkpoint} cannot be loaded as method {spec.name}'s final model with this config ({exc}); pass --run RUN instead") from exc

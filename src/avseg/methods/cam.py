@@ -29,9 +29,8 @@ from torch import Tensor, nn
 
 from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
-from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.heads import ClassifierHead
 from avseg.models.visual import encoder_channels
 from avseg.models.zoo import VISUAL_ENCODERS
@@ -179,9 +178,9 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def load_predictor(cfg: CAMConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: CAMConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = build_net(cfg, weights="none")
-    load_model_weights(net, final_checkpoint(run_dir, "classifier"))
+    load_model_weights(net, final_weights(run_dir, weights, "classifier"))
     return net.to(device).eval()
 
 

@@ -30,10 +30,9 @@ from torch import Tensor, nn
 from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
-from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AUDIO_NORMS
 from avseg.models.visual import encoder_channels
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
@@ -209,9 +208,9 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     return train_stage(model, train, s, ctx.path("ez-vsl"), resume=ctx.resume, desc="ez-vsl", evaluate=evaluate, best_key="val_miou" if evaluate else None)
 
 
-def load_predictor(cfg: EZVSLConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: EZVSLConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = build_net(cfg, pretrained=False)
-    load_model_weights(net, final_checkpoint(run_dir, "ez-vsl"))
+    load_model_weights(net, final_weights(run_dir, weights, "ez-vsl"))
     if cfg.ogl:
         net.attach_object_encoder(VISUAL_ENCODERS[cfg.ogl_visual](weights=cfg.ogl_weights), cfg.ogl_level, cfg.ogl_alpha)
     return net.to(device).eval()

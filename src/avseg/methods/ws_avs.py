@@ -31,7 +31,7 @@ from avseg.fileio import file_sha256, remove_stale_temporaries, write_text_atomi
 from avseg.losses.c2am import c2am_losses
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss, iou_loss
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage, without_pretrained_weights
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
@@ -428,14 +428,9 @@ def stages(cfg: WSAVSConfig) -> list[Stage]:
     return out
 
 
-def final_checkpoint(run_dir: Path, stage: str = "segmenter") -> Path:
-    best = run_dir / stage / "best.safetensors"
-    return best if best.is_file() else run_dir / stage / "last.safetensors"
-
-
-def load_predictor(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: WSAVSConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
-    load_model_weights(net, final_checkpoint(run_dir))
+    load_model_weights(net, final_weights(run_dir, weights))
     return net.to(device).eval()
 
 

@@ -20,7 +20,7 @@ from avseg.engine.checkpoint import load_model_weights
 from avseg.engine.evaluate import evaluate_outputs, iterate_outputs, save_class_png
 from avseg.engine.trainer import fit
 from avseg.fileio import unwrap_model, write_text_atomic
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import make_dataset, num_classes_of
 from avseg.methods.pcas.config import IGNORE, PCASConfig
 from avseg.methods.pcas.model import LOOK_LISTEN_MODULES, CNNVisual, PCASNet, ViTVisual
@@ -273,13 +273,8 @@ def stages(cfg: PCASConfig) -> list[Stage]:
     ]
 
 
-def final_checkpoint(run_dir: Path) -> Path:
-    best = run_dir / "segment" / "best.safetensors"
-    return best if best.is_file() else run_dir / "segment" / "last.safetensors"
-
-
-def load_predictor(cfg: PCASConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    model = _load(cfg, final_checkpoint(Path(run_dir)), device)
+def load_predictor(cfg: PCASConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
+    model = _load(cfg, final_weights(run_dir, weights, "segment"), device)
     model.mode = "segment"
     return model
 
