@@ -3,14 +3,21 @@
 S4: 2 categories x (2 train, 1 val, 1 test) videos, 5 PNG frames each, train masks only ``_1``, one
 all-black mask; MS3 and AVSS likewise in their own layouts (AVSS: one v1s, one v1m, one v2 video per split,
 71-entry label2idx.json, uint8 class maps and palette RGB maps). Frames are 32x32 unless told otherwise.
+
+Also the broken and hostile files of the bad-input tests (pickles with a payload, truncated files, small
+MP4s) and ``copy_run`` for tests that write into a copy of a session-wide run folder.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile as sf
 from PIL import Image
@@ -116,3 +123,87 @@ def write_fake_avss(root: Path, size: int = 32) -> Path:
         _wav(L.avss_wav(root, label, uid), seconds=float(n))
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+# --- broken and hostile files (the bad-input tests) -------------------------------------------------------------
+class Payload:
+    """A pickle that would create ``marker`` when unpickled by ``pickle.load`` / ``torch.load(weights_only=False)``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class ExecPayload(Payload):
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def png_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def wav_bytes(wave: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def sine(seconds: float = 5.0, sr: int = SR, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.3 * np.sin(2 * math.pi * freq * t)).astype(np.float32)
+
+
+def truncate(path: Path, fraction: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def write_stereo_wav(path: Path) -> None:
+    w = sine()
+    path.write_bytes(wav_bytes(np.stack([w, -w * 0.5], axis=1)))
+
+
+def write_mp4(path: Path, seconds: float = 2.0, audio: bool = True, size: int = 32, fps: int = 5) -> Path:
+    """A small MP4 (MPEG-4 Part 2 video, AAC mono audio) written with PyAV."""
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = size, size, "yuv420p"
+        sound = None
+        if audio:
+            sound = container.add_stream("aac", rate=SR)
+            sound.layout = "mono"
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), (40 * i) % 255, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        if sound is not None:
+            wave = sine(seconds)
+            for start in range(0, wave.size, 1024):
+                frame = av.AudioFrame.from_ndarray(wave[None, start : start + 1024], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = SR, start
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode(None):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+    return path
+
+
+MP4_CASES = {
+    "zero-bytes": (lambda p: p.write_bytes(b""), r"is 0 bytes"),
+    "truncated-moov-at-end": (lambda p: truncate(p, 0.95), r"is truncated: its 'moov' box"),
+    "truncated-mdat": (lambda p: truncate(p, 0.5), r"is truncated: its 'mdat' box"),
+    "text": (lambda p: p.write_text("not a video at all"), r"unreadable or corrupt"),
+    "no-audio-track": (None, r"has no audio track"),
+}
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest

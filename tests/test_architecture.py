@@ -9,6 +9,7 @@ a dependency). Run this file as a script to print the package-level graph:
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -144,6 +145,35 @@ def main() -> int:
     lazy = sum(1 for p in SRC.rglob("*.py") for _, _, inside in imports(p) if inside)
     print("function-level imports of avseg modules:", lazy)
     return 1 if circles else 0
+
+
+# --- file writes go through the atomic writers ------------------------------------------------------------------
+# Writing a file that users or later stages read goes through the atomic writers; these are the only
+# places allowed to open a file for writing directly (the atomic helpers themselves, the append-only
+# JSON-lines log whose torn last line is dropped on resume, and writers that fill a temporary file that
+# is renamed into place).
+WRITE_ALLOWED = {
+    "fileio.py": "atomic_path / atomic_write_bytes themselves",
+    "engine/checkpoint.py": "torch.save / safetensors into the temporary file of fileio.atomic_path",
+    "engine/tracking.py": "JsonlWriter appends; a torn last line is ignored and truncated on resume",
+    "inference/segment.py": "the overlay MP4 is muxed into a temporary file renamed on close",
+    "data/cache.py": "arrays are written under temporary names and renamed; index.json last",
+}
+WRITE_PATTERN = re.compile(r"""\.write_text\(|\.write_bytes\(|\bopen\([^)]*["'][wax]b?\+?["']|torch\.save\(|np\.save\(|\.tofile\(|av\.open\([^)]*["']w["']""")
+
+
+def test_no_direct_file_writes_outside_the_atomic_writers() -> None:
+    src = Path(__file__).resolve().parents[1] / "src" / "avseg"
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src).as_posix()
+        if rel in WRITE_ALLOWED:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if WRITE_PATTERN.search(code):
+                offenders.append(f"{rel}:{i}: {line.strip()}")
+    assert not offenders, "write through the avseg.fileio / avseg.data.imageio atomic helpers:\n" + "\n".join(offenders)
 
 
 if __name__ == "__main__":

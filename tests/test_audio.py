@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import av
@@ -27,6 +28,8 @@ from avseg.audio import (
     resample,
     vggish_examples,
 )
+
+from fakes import MP4_CASES, SR, sine, wav_bytes, write_mp4, write_stereo_wav
 
 RNG = np.random.default_rng(0)
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -489,3 +492,34 @@ def test_aisfx_embed_frontend_is_the_frozen_pretrained_encoder_on_aisfx_log_mel(
     assert torch.equal(compute_features("aisfx-embed", wave, 16000, 3), emb)  # deterministic
     assert frozen_aisfx() is frozen_aisfx()  # loaded once per process
     assert not any(p.requires_grad for p in frozen_aisfx().parameters())
+
+
+# --- bad audio input --------------------------------------------------------------------------------------------
+def test_bad_input_matrix_wav_resampled_and_stereo_averaged(tmp_path: Path) -> None:
+    """Wrong sample rates are resampled (band-limited sinc), multi-channel audio is averaged: documented."""
+    from avseg.audio import compute_features
+
+    (tmp_path / "a16.wav").write_bytes(wav_bytes(sine(sr=SR)))
+    (tmp_path / "a44.wav").write_bytes(wav_bytes(sine(sr=44100), sr=44100))
+    write_stereo_wav(tmp_path / "st.wav")
+    a16, _ = load_audio(tmp_path / "a16.wav", 8000)
+    a44, sr = load_audio(tmp_path / "a44.wav", 8000)
+    assert sr == 8000 and a44.shape == a16.shape
+    f16, f44 = (compute_features("wsavs-logmel", a, 8000, 5) for a in (a16, a44))
+    assert f16.shape == f44.shape == (5, 1, 128, 129)
+    peak = lambda f: int(f[2, 0].mean(-1).argmax())  # noqa: E731 - the 440 Hz mel band
+    assert peak(f16) == peak(f44)
+    st, _ = load_audio(tmp_path / "st.wav")
+    np.testing.assert_allclose(st, sine() * 0.25, atol=1e-4)  # (w + (-w / 2)) / 2
+
+
+@pytest.mark.parametrize("case", list(MP4_CASES))
+def test_bad_input_matrix_mp4_audio(case: str, tmp_path: Path) -> None:
+    mutate, regex = MP4_CASES[case]
+    path = write_mp4(tmp_path / "clip.mp4", audio=mutate is not None)
+    if mutate is not None:
+        assert load_audio(path)[0].size > SR  # intact, it decodes
+        mutate(path)
+    with pytest.raises(AudioError) as exc:
+        load_audio(path, 16000)
+    assert str(path) in str(exc.value) and re.search(regex, str(exc.value)), str(exc.value)

@@ -23,25 +23,16 @@ if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
 QUICK = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
 
 
-@pytest.fixture(scope="module")
-def tiny_s4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from avseg.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("data") / "s4"
-    generate("s4", root, num_videos=8, size=SIZE)
-    return root
-
-
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_bench_writes_table_chart_grid_and_reports_failures(tiny_s4: Path, tmp_path: Path) -> None:
+def test_bench_writes_table_chart_grid_and_reports_failures(synth_s4: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     # avs-ws is made to fail inside its training stage (frames below the dataset's 8 px minimum).
     overrides = TINY + ["avs-ws:data.image_size=4"]
-    rows = run_bench(tiny_s4, "s4", ["cam", "c2am", "ez-vsl", "avs-ws"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=3)
+    rows = run_bench(synth_s4, "s4", ["cam", "c2am", "ez-vsl", "avs-ws"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=3)
     status = {r.method: r for r in rows}
     assert [r.method for r in rows] == ["cam", "c2am", "ez-vsl", "avs-ws"]
     for m in ("cam", "c2am", "ez-vsl"):
@@ -72,17 +63,17 @@ def test_bench_writes_table_chart_grid_and_reports_failures(tiny_s4: Path, tmp_p
     assert grid.size[1] >= 3 * (tile + pad)  # 3 test frames
 
     # A rerun into the same folder continues: finished stages are skipped, results are rewritten.
-    again = run_bench(tiny_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY, device="cpu", grid_rows=3)
+    again = run_bench(synth_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY, device="cpu", grid_rows=3)
     assert again[0].status == "ok" and again[0].miou_clean == pytest.approx(status["cam"].miou_clean)
     # ... but never mixes settings: other settings in an existing run folder fail that method.
-    other = run_bench(tiny_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY + ["cam:threshold=0.4"], device="cpu", grid_rows=3)
+    other = run_bench(synth_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY + ["cam:threshold=0.4"], device="cpu", grid_rows=3)
     assert other[0].status == "failed" and "other settings" in other[0].error
 
 
-def test_bench_cli(tiny_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bench_cli(synth_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     parser = build_parser()
     out = tmp_path / "cli"
-    argv = ["bench", "--data", str(tiny_s4), "--layout", "s4", "--methods", "cam", "--out", str(out), "--quick",
+    argv = ["bench", "--data", str(synth_s4), "--layout", "s4", "--methods", "cam", "--out", str(out), "--quick",
             "--batch-size", "2", "--image-size", str(SIZE), "--device", "cpu", "--grid-rows", "2"]  # fmt: skip
     for item in TINY:
         argv += ["--set", item]
@@ -93,14 +84,14 @@ def test_bench_cli(tiny_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture)
     assert {"results.md", "results.csv", "chart.png", "grid.png"} <= {p.name for p in out.iterdir()}
 
 
-def test_trivial_baselines(tiny_s4: Path) -> None:
+def test_trivial_baselines(synth_s4: Path) -> None:
     """Hand-checkable: all background scores IoU 1 exactly on empty-GT frames, all foreground the GT area."""
     from avseg.bench import trivial_baselines
     from avseg.data.avsbench import read_mask
     from avseg.data.index import index_videos
 
-    masks = [read_mask(p, "s4") for r in index_videos(tiny_s4, "s4", "test") for p in r.mask_paths if p is not None]
-    fg, bg = trivial_baselines(tiny_s4, "s4")
+    masks = [read_mask(p, "s4") for r in index_videos(synth_s4, "s4", "test") for p in r.mask_paths if p is not None]
+    fg, bg = trivial_baselines(synth_s4, "s4")
     assert fg["name"] == "all foreground" and bg["name"] == "all background"
     assert fg["miou_clean"] == pytest.approx(float(np.mean([m.mean() if m.any() else 0.0 for m in masks])))
     assert bg["miou_clean"] == pytest.approx(float(np.mean([0.0 if m.any() else 1.0 for m in masks])))
@@ -129,11 +120,11 @@ def test_resolve_methods_and_overrides() -> None:
 WS_TINY = list(METHODS["ws-avs"].tiny)
 
 
-def test_bench_shares_ws_avs_stages(tiny_s4: Path, tmp_path: Path) -> None:
+def test_bench_shares_ws_avs_stages(synth_s4: Path, tmp_path: Path) -> None:
     """c2am and ws-avs-av take C2AM (and saliency) from the bench's ws-avs run: trained once, identical."""
     out = tmp_path / "bench"
     overrides = [f"{name}:{o}" for name in ("c2am", "ws-avs", "ws-avs-av") for o in METHODS[name].tiny]
-    rows = run_bench(tiny_s4, "s4", ["c2am", "ws-avs-av", "ws-avs"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=2)
+    rows = run_bench(synth_s4, "s4", ["c2am", "ws-avs-av", "ws-avs"], out, quick=QUICK, image_size=SIZE, overrides=overrides, device="cpu", grid_rows=2)
     assert [r.method for r in rows] == ["c2am", "ws-avs-av", "ws-avs"]  # table order = the order asked for
     row = {r.method: r for r in rows}
     assert all(r.status == "ok" for r in rows), [r.error for r in rows]
@@ -149,31 +140,31 @@ def test_bench_shares_ws_avs_stages(tiny_s4: Path, tmp_path: Path) -> None:
     assert "(shared)" in (out / "results.md").read_text()
 
 
-def test_reuse_refuses_other_settings(tiny_s4: Path, tmp_path: Path) -> None:
+def test_reuse_refuses_other_settings(synth_s4: Path, tmp_path: Path) -> None:
     from avseg.methods.c2am import reuse_problem
     from avseg.runner import build_config, run_method
 
     ws_dir = tmp_path / "ws-avs"
-    spec, cfg = build_config("ws-avs", "ws-avs/demo", str(tiny_s4), "s4", QUICK, SIZE, WS_TINY)
+    spec, cfg = build_config("ws-avs", "ws-avs/demo", str(synth_s4), "s4", QUICK, SIZE, WS_TINY)
     run_method(spec, cfg, ws_dir, only=["c2am"])
     base = ["c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", f"reuse_run={ws_dir}"]
-    _, same = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base)
+    _, same = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base)
     assert reuse_problem(ws_dir, "c2am", same) is None
     assert "activation-maps" in reuse_problem(ws_dir, "activation-maps", same)  # not finished there
-    _, other = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"])
+    _, other = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"])
     assert "c2am_level differs" in reuse_problem(ws_dir, "c2am", other)
     # C2AM never reads audio: another audio front-end does not block reuse; another image size does
-    _, other_audio = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["data.audio_frontend=aisfx-logmel", "data.audio_window=clip"])
+    _, other_audio = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["data.audio_frontend=aisfx-logmel", "data.audio_window=clip"])
     assert reuse_problem(ws_dir, "c2am", other_audio) is None
-    _, other_size = build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE + 8, base)
+    _, other_size = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE + 8, base)
     assert "data differs" in reuse_problem(ws_dir, "c2am", other_size)
-    summaries = run_method(*build_config("c2am", "c2am/demo", str(tiny_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"]), tmp_path / "c2am")
+    summaries = run_method(*build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"]), tmp_path / "c2am")
     assert "reused_from" not in summaries["c2am"]  # trained here instead
 
 
-def test_bench_reports_listening_columns_and_the_deaf_ceiling(tiny_s4: Path, tmp_path: Path) -> None:
+def test_bench_reports_listening_columns_and_the_deaf_ceiling(synth_s4: Path, tmp_path: Path) -> None:
     out = tmp_path / "listen"
-    rows = run_bench(tiny_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY, device="cpu", grid_rows=2)
+    rows = run_bench(synth_s4, "s4", ["cam"], out, quick=QUICK, image_size=SIZE, overrides=TINY, device="cpu", grid_rows=2)
     r = rows[0]
     assert r.status == "ok", r.error
     assert r.audio_dependence == 0.0  # CAM sees only the image: deaf by construction
@@ -187,14 +178,14 @@ def test_bench_reports_listening_columns_and_the_deaf_ceiling(tiny_s4: Path, tmp
     assert "*every visible object* (deaf ceiling)" in md and "Deaf ceiling:" in md
 
 
-def test_same_config_counts_a_new_setting_at_its_default(tiny_s4: Path, tmp_path: Path) -> None:
+def test_same_config_counts_a_new_setting_at_its_default(synth_s4: Path, tmp_path: Path) -> None:
     """A run trained before a setting existed (its config.yaml lacks the key) is the same run as one built now
     with that setting at its default; any other value differs."""
     from avseg.bench import _same_config
     from avseg.config import dump_yaml, to_dict
     from avseg.runner import build_config
 
-    spec, cfg = build_config("ez-vsl", "ez-vsl/demo", str(tiny_s4), "s4")
+    spec, cfg = build_config("ez-vsl", "ez-vsl/demo", str(synth_s4), "s4")
     saved = {"method": "ez-vsl", **to_dict(cfg)}
     saved.pop("label_negatives")
     run = tmp_path / "ez-vsl"

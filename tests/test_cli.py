@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from avseg.cli import build_parser, main
 from avseg.data import layout as L
 from avseg.data.index import index_videos
+from avseg.engine.checkpoint import STATE, CheckpointError
+from avseg.engine.checkpoint import read_metadata as read_weights_metadata
+
+from fakes import Payload, copy_run
 
 LAYOUTS = ("s4", "ms3", "avss")
 
@@ -301,3 +308,31 @@ def test_offline_paper_recipe_error_names_the_exact_options(fake_s4: Path, tmp_p
     _, cfg = build_config("ws-avs", None, str(fake_s4), "s4", overrides=overrides)
     weights = {k: v for k, v in vars(cfg).items() if k.endswith("_weights")}
     assert weights and set(weights.values()) == {"none"}, weights
+
+
+# --- hostile files in a run folder ------------------------------------------------------------------------------
+def test_malicious_train_state_through_the_cli(ws_avs_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(ws_avs_run, tmp_path / "run")
+    marker = tmp_path / "PWNED"
+    (run / "stages" / "segmenter.json").unlink()  # the segmenter stage is unfinished: --resume reads its state
+    torch.save({"format": 1, "model": Payload(marker)}, run / "segmenter" / STATE)
+    capsys.readouterr()
+    rc = main(["train", "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"refused to load training state {run / 'segmenter' / STATE}" in err
+    assert not marker.exists()
+
+
+def test_pickle_in_place_of_safetensors_weights(ws_avs_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(ws_avs_run, tmp_path / "run")
+    marker = tmp_path / "PWNED"
+    final = run / "segmenter" / ("best.safetensors" if (run / "segmenter" / "best.safetensors").exists() else "last.safetensors")
+    final.write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    capsys.readouterr()
+    rc = main(["eval", "--run", str(run), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and f"{final} is not a readable safetensors weights file" in err
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match=re.escape(str(final))):
+        read_weights_metadata(final)

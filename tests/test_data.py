@@ -1,19 +1,30 @@
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import pickle
+import re
+import resource
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from avseg.audio.decode import AudioError
+from avseg.cli import main
 from avseg.data import layout as L
 from avseg.data.avsbench import AVSBenchDataset, collate_videos, read_mask
-from avseg.data.index import class_names, index_videos, read_metadata
 from avseg.data.errors import DataError
+from avseg.data.index import avss_classes, class_names, index_videos, read_metadata
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.data.validate import validate_dataset
+
+from fakes import SR, ExecPayload, Payload, png_bytes, sine, truncate, wav_bytes, write_stereo_wav
 
 
 def test_palette_matches_format_doc() -> None:
@@ -304,3 +315,312 @@ def test_memo_key_holds_the_negative_audio_plan(fake_s4: Path, monkeypatch: pyte
             kind, helper = ds.negative_plan(i)
             expected = ds.audio_features(ds.records[i], t, (kind, helper))[0]
             assert torch.equal(ds[i].audio, expected)
+
+
+# --- files that must not run code or exhaust memory -------------------------------------------------------------
+@pytest.mark.parametrize("payload", [Payload, ExecPayload], ids=["os.system", "builtins.exec"])
+def test_malicious_pkl_through_the_loader_is_refused(payload: type, fake_s4: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    rec = index_videos(fake_s4, "s4", "train")[0]
+    rec.pkl_path.parent.mkdir(parents=True, exist_ok=True)
+    rec.pkl_path.write_bytes(pickle.dumps(payload(marker), protocol=2))
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend="pkl")
+    with pytest.raises(DataError) as exc:
+        ds[0]
+    assert exc.value.path == str(rec.pkl_path)
+    assert "refused to unpickle global" in exc.value.problem
+    assert not marker.exists(), "the pickle's payload ran"
+    # The validator lists it as well (the .pkl is optional, but a present one must be safe).
+    report = validate_dataset(fake_s4, "s4")
+    assert any(p["path"] == str(rec.pkl_path) and "refused to unpickle" in p["problem"] for p in report["problems"])
+    assert not marker.exists()
+
+
+def _zero_stride_tensor_pickle(rows: int) -> bytes:
+    """A tensor pickle describing (rows, 1, 96, 64) floats over a storage of one float (all strides 0)."""
+
+    class HugeView:
+        def __reduce__(self):
+            storage = torch.zeros(1).untyped_storage()
+            return (torch._utils._rebuild_tensor_v2, (torch.storage.TypedStorage(wrap_storage=storage, dtype=torch.float32, _internal=True), 0, (rows, 1, 96, 64), (0, 0, 0, 0), False, OrderedDict()))
+
+    return pickle.dumps(HugeView(), protocol=4)
+
+
+def test_pkl_with_a_huge_zero_stride_view_does_not_exhaust_memory(fake_s4: Path) -> None:
+    rows = 200_000  # 4.9 GB as float32 if the whole view were converted
+    rec = index_videos(fake_s4, "s4", "train")[0]
+    rec.pkl_path.parent.mkdir(parents=True, exist_ok=True)
+    rec.pkl_path.write_bytes(_zero_stride_tensor_pickle(rows))
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend="pkl")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    sample = ds[0]
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert sample.audio.shape == (5, 1, 96, 64)
+    assert grown_mb < 500, f"peak memory grew by {grown_mb:.0f} MB"
+
+
+def sample_index(ds: AVSBenchDataset, video: str) -> int:
+    return [r.video_id for r in ds.records].index(video)
+
+
+# --- the bad-input matrix ------------------------------------------------------------------------------
+# Each case breaks one file of the fake S4 dataset. ``loader``: the error the training loader raises (a
+# regex on the message, which must also name the file), or None when the input is accepted (documented,
+# logged handling). ``validate``: ("problem" | "warning" | None, regex) for ``avseg data validate``.
+def _grey_mask(path: Path) -> None:
+    arr = np.zeros((32, 32), np.uint8)
+    arr[4:20, 4:20] = 128
+    arr[20:24, 20:24] = 7
+    path.write_bytes(png_bytes(arr))
+
+
+def _nan(path: Path) -> None:
+    w = sine()
+    w[SR * 2] = np.nan
+    path.write_bytes(wav_bytes(w, subtype="FLOAT"))
+
+
+def _inf(path: Path) -> None:
+    w = sine()
+    w[100] = np.inf
+    path.write_bytes(wav_bytes(w, subtype="FLOAT"))
+
+
+FRAME_CASES = {
+    "png-zero-bytes": (lambda p: p.write_bytes(b""), r"frame is 0 bytes", ("problem", r"frame is 0 bytes")),
+    "png-truncated": (lambda p: truncate(p), r"frame is not a readable image", ("problem", r"not a readable image")),
+    "png-text": (lambda p: p.write_text("this is not an image"), r"frame is not a readable image", ("problem", r"not a readable image")),
+    "png-holding-a-wav": (lambda p: p.write_bytes(wav_bytes(sine(0.1))), r"frame is not a readable image", ("problem", r"not a readable image")),
+    "png-missing": (lambda p: p.unlink(), r"frame not found", ("problem", r"frame not found")),
+    "png-other-size": (lambda p: p.write_bytes(png_bytes(np.zeros((40, 48, 3), np.uint8))), r"frame is 48x40, the first frame of video \w+ is 32x32", ("problem", r"frame is 48x40, other frames of the video are 32x32")),
+    "jpeg-named-png": (lambda p: p.write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8), "JPEG")), None, ("warning", r"file is a JPEG image named \.png")),
+}
+MASK_CASES = {
+    "mask-zero-bytes": (lambda p: p.write_bytes(b""), r"mask is 0 bytes", ("problem", r"mask is 0 bytes")),
+    "mask-truncated": (lambda p: truncate(p), r"mask is not a readable image", ("problem", r"mask is not a readable image")),
+    "mask-text": (lambda p: p.write_text("nope"), r"mask is not a readable image", ("problem", r"mask is not a readable image")),
+    "mask-wrong-size": (lambda p: p.write_bytes(png_bytes(np.zeros((10, 12), np.uint8))), r"mask is 12x10 but its frame is 32x32", ("problem", r"mask is 12x10, its frames are 32x32")),
+    "mask-grey-values": (_grey_mask, None, ("warning", r"grey mask holds values other than 0/255")),
+}
+WAV_CASES = {
+    "wav-zero-bytes": (lambda p: p.write_bytes(b""), r"audio file .* is 0 bytes", ("problem", r"audio file is 0 bytes")),
+    "wav-truncated": (lambda p: truncate(p), r"is truncated: its 'data' chunk declares 160000 bytes but only \d+ follow", ("problem", r"audio is truncated")),
+    "wav-header-only": (lambda p: truncate(p, 44 / p.stat().st_size), r"is truncated", ("problem", r"audio is truncated")),
+    "wav-holding-a-png": (lambda p: p.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8))), r"(unreadable or corrupt|has no audio track)", ("problem", r"(unreadable or corrupt|no audio track)")),
+    "wav-missing": (lambda p: p.unlink(), r"does not exist", ("problem", r"audio file not found")),
+    "wav-nan": (_nan, r"NaN/Inf samples \(first at 2.000 s\)", ("problem", r"NaN/Inf samples")),
+    "wav-inf": (_inf, r"NaN/Inf samples", ("problem", r"NaN/Inf samples")),
+    "wav-all-zero": (lambda p: p.write_bytes(wav_bytes(np.zeros(SR * 5, np.float32))), None, ("warning", r"audio is all zeros \(silent\)")),
+    "wav-44.1kHz": (lambda p: p.write_bytes(wav_bytes(sine(sr=44100), sr=44100)), None, (None, "")),
+    "wav-stereo": (write_stereo_wav, None, (None, "")),
+}
+MATRIX = {**{k: ("frame",) + v for k, v in FRAME_CASES.items()}, **{k: ("mask",) + v for k, v in MASK_CASES.items()},
+          **{k: ("wav",) + v for k, v in WAV_CASES.items()}}  # fmt: skip
+
+
+def _target(rec, kind: str, slot: int = 2) -> Path:
+    return {"frame": rec.frame_paths[slot], "mask": rec.mask_paths[slot], "wav": rec.audio_path}[kind]
+
+
+@pytest.mark.parametrize("case", list(MATRIX))
+def test_bad_input_matrix_loader(case: str, fake_s4: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kind, mutate, loader_error, _ = MATRIX[case]
+    rec = index_videos(fake_s4, "s4", "val")[0]  # val: every frame has a mask
+    path = _target(rec, kind)
+    mutate(path)
+    ds = AVSBenchDataset(fake_s4, "s4", "val", image_size=16, audio_frontend="wsavs-logmel")
+    i = sample_index(ds, rec.video_id)
+    if loader_error is None:
+        with caplog.at_level(logging.WARNING):
+            sample = ds[i]
+        assert torch.isfinite(sample.audio).all() and sample.frames.shape == (5, 3, 16, 16)
+        if case == "wav-all-zero":
+            assert any("all zeros (silent)" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+            caplog.clear()
+            ds[i]
+            assert not any("all zeros" in r.getMessage() for r in caplog.records), "warned twice for one file"
+        if case == "mask-grey-values":
+            assert set(sample.masks[2].unique().tolist()) == {0, 1}  # != 0, as the official loaders
+        return
+    with pytest.raises((DataError, AudioError)) as exc:
+        ds[i]
+    assert str(path) in str(exc.value), f"the error does not name {path}: {exc.value}"
+    assert re.search(loader_error, str(exc.value)), str(exc.value)
+    assert ds[sample_index(ds, index_videos(fake_s4, "s4", "val")[1].video_id)].frames.shape[0] == 5  # others load
+
+
+def test_bad_input_matrix_validate_lists_everything_in_one_pass(fake_s4: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every case above at once (each on its own file) plus metadata and .pkl problems: all listed."""
+    videos = {r.video_id: r for split in L.SPLITS for r in index_videos(fake_s4, "s4", split)}
+    frame_videos = ["vidA", "vidB", "vidC", "vidD", "vidE", "vidF", "vidG"]  # frame k=3 of each
+    mask_slots = [("vidH", 1), ("vidH", 2), ("vidH", 3), ("vidH", 4), ("vidC", 4)]
+    wav_videos = ["vidA", "vidB", "vidC", "vidD", "vidE", "vidF", "vidG", "vidH"]
+    expected: list[tuple[str, str, str]] = []  # (kind, path, regex)
+    for (case, (mutate, _, (kind, regex))), vid in zip(FRAME_CASES.items(), frame_videos):
+        path = videos[vid].frame_paths[2]
+        mutate(path)
+        expected.append((kind, str(path), regex))
+    for (case, (mutate, _, (kind, regex))), (vid, k) in zip(MASK_CASES.items(), mask_slots):
+        path = videos[vid].mask_paths[k]
+        mutate(path)
+        expected.append((kind, str(path), regex))
+    wav_cases = [c for c in WAV_CASES if c not in ("wav-44.1kHz", "wav-stereo")]
+    for case, vid in zip(wav_cases, wav_videos):
+        mutate, _, (kind, regex) = WAV_CASES[case]
+        path = videos[vid].audio_path
+        mutate(path)
+        expected.append((kind, str(path), regex))
+    marker = fake_s4 / "PWNED"
+    for vid, data, regex in [("vidA", pickle.dumps(Payload(marker), protocol=2), "refused to unpickle global"),
+                             ("vidB", pickle.dumps(torch.zeros(5, 1, 96, 63)), r"expected a \[T, 1, 96, 64\] tensor"),
+                             ("vidC", b"", "0 bytes")]:  # fmt: skip
+        pkl = videos[vid].pkl_path
+        pkl.parent.mkdir(parents=True, exist_ok=True)
+        pkl.write_bytes(data)
+        expected.append(("problem", str(pkl), regex))
+    csv = L.metadata_path(fake_s4, "s4")
+    rows = {"../evil,0,dog_barking,train": r"line 10: video id '\.\./evil' is not a plain file name",
+            "/etc/passwd,0,dog_barking,train": r"line 11: video id '/etc/passwd' is not a plain file name",
+            "vidA,0,dog_barking,train": r"line 12: duplicate video id 'vidA' \(first on line 2\)",
+            "vidZ,0,dog_barking,holdout": r"line 13: unknown split 'holdout'",
+            "short,row": r"line 14: expected 4 columns",
+            "vidY,0,../../etc,train": r"line 15: category '\.\./\.\./etc' is not a plain file name",
+            "vid\tX,0,dog_barking,test": r"line 16: video id .* holds control characters",
+            "..\\win,0,dog_barking,val": r"line 17: video id .* is not a plain file name"}  # fmt: skip
+    csv.write_text(csv.read_text() + "\n".join(rows) + "\n")
+    expected += [("problem", str(csv), regex) for regex in rows.values()]
+
+    capsys.readouterr()
+    assert main(["data", "validate", str(fake_s4), "--layout", "s4", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    for kind, path, regex in expected:
+        if kind is None:
+            continue
+        listed = [p["problem"] for p in report["problems" if kind == "problem" else "warnings"] if p["path"] == path]
+        assert any(re.search(regex, problem) for problem in listed), f"{kind} {regex!r} for {path} not listed: {listed}"
+    # Nothing else is reported: every problem is one of the cases (no noise that would hide them).
+    expected_paths = {path for kind, path, _ in expected if kind == "problem"}
+    assert {p["path"] for p in report["problems"]} == expected_paths
+    assert not marker.exists()
+    assert main(["data", "validate", str(fake_s4), "--layout", "s4"]) == 1
+    text = capsys.readouterr().out
+    assert f"{len(report['problems'])} problem(s):" in text
+
+
+def test_bad_input_matrix_avss_jpg_semantic_maps_and_label2idx(fake_avss: Path) -> None:
+    recs = {r.video_id: r for r in index_videos(fake_avss, "avss", "train")}
+    zero, cut, text = recs["s_tr"].frame_paths[1], recs["m_tr"].frame_paths[2], recs["x_tr"].frame_paths[3]
+    zero.write_bytes(b"")
+    truncate(cut)
+    text.write_text("GIF89a? no")
+    out_of_range = recs["m_tr"].mask_paths[0]
+    sem = np.zeros((32, 32), np.uint8)
+    sem[0, 0] = 200
+    out_of_range.write_bytes(png_bytes(sem))
+    rgb = recs["x_tr"].mask_paths[1]
+    rgb.write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8)))
+    negative = recs["s_tr"].mask_paths[0]  # a 32-bit TIFF behind the .png name: read by content
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32), -3, np.int32), mode="I").save(buf, format="TIFF")
+    negative.write_bytes(buf.getvalue())
+    expected = {str(zero): "frame is 0 bytes", str(cut): "frame is not a readable image", str(text): "frame is not a readable image",
+                str(out_of_range): r"class index 200 out of range \(label2idx has 71 classes\)",
+                str(rgb): "semantic map must be a single-channel class-index PNG", str(negative): "class index -3 is negative"}  # fmt: skip
+    ds = AVSBenchDataset(fake_avss, "avss", "train", image_size=16, audio_frontend=None, pad_to=10)
+    for i, rec in enumerate(ds.records):
+        with pytest.raises(DataError) as exc:
+            ds[i]
+        assert exc.value.path in expected and re.search(expected[exc.value.path], exc.value.problem)
+    report = validate_dataset(fake_avss, "avss")
+    listed = {p["path"]: p["problem"] for p in report["problems"]}
+    for path, regex in expected.items():
+        assert re.search(regex, listed.get(path, "")), (path, listed.get(path))
+    assert set(listed) == set(expected)
+
+
+LABEL2IDX = {
+    "not-json": ("{not json", r"malformed JSON"),
+    "empty-file": ("", r"malformed JSON"),
+    "a-list": (json.dumps(["background", "dog"]), r"non-empty JSON object"),
+    "empty-object": ("{}", r"non-empty JSON object"),
+    "string-index": (json.dumps({"background": "0", "dog": 1}), r"map a class name \(string\) to an integer"),
+    "bool-index": (json.dumps({"background": False, "dog": True}), r"integer index"),
+    "gap": (json.dumps({"background": 0, "dog": 2}), r"without gaps or repeats"),
+    "repeat": (json.dumps({"background": 0, "dog": 0}), r"without gaps or repeats"),
+    "deeply-nested": ("[" * 100_000 + "]" * 100_000, r"malformed JSON"),
+    "not-utf8": (b"\xff\xfe{", r"malformed JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL2IDX))
+def test_bad_input_matrix_label2idx(case: str, fake_avss: Path, capsys: pytest.CaptureFixture) -> None:
+    text, regex = LABEL2IDX[case]
+    path = L.label2idx_path(fake_avss)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError) as exc:
+        avss_classes(fake_avss)
+    assert exc.value.path == str(path) and re.search(regex, exc.value.problem), exc.value.problem
+    with pytest.raises(DataError, match="label2idx.json"):
+        AVSBenchDataset(fake_avss, "avss", "train", audio_frontend=None)
+    report = validate_dataset(fake_avss, "avss")
+    assert any(p["path"] == str(path) and re.search(regex, p["problem"]) for p in report["problems"])
+
+
+METADATA = {  # layout -> case -> (csv text, regex); every problem names the CSV and the line
+    "s4": {
+        "missing-columns": ("name,start,category,split\nvidA,0,dog_barking\n", r"line 2: expected 4 columns"),
+        "unknown-split": ("vidA,0,dog_barking,trian\n", r"line 1: unknown split 'trian'"),  # not taken for a header
+        "duplicate-id": ("vidA,0,dog_barking,train\nvidA,0,dog_barking,val\n", r"line 2: duplicate video id 'vidA' \(first on line 1\)"),
+        "traversal": ("name,start,category,split\n\n\n../../x,0,dog_barking,train\n", r"line 4: video id '\.\./\.\./x' is not a plain file name"),
+        "absolute": ("/abs/path,0,dog_barking,train\n", r"is not a plain file name \(refused: path traversal\)"),
+        "category-traversal": ("vidA,0,..,train\n", r"category '\.\.' is not a plain file name"),
+        "nul-byte": ("vi\x00dA,0,dog_barking,train\n", r"holds control characters"),
+        "quoted-newline": ('"vid\nA",0,dog_barking,train\n', r"holds control characters"),
+        "too-long": ("v" * 300 + ",0,dog_barking,train\n", r"longer than 200 bytes"),
+        "huge-field": ("vidA,0,dog_barking,train," + "x" * 200_000 + "\n", r"not valid CSV \(field larger than field limit"),
+        "empty": ("\n\n", r"metadata file is empty"),
+        "not-utf8": (b"vid\xffA,0,dog,train\n", r"unreadable metadata"),
+    },
+    "ms3": {
+        "no-split-column": ("video_id,subset\nm1,train\n", r"line 1: header has no 'split' column"),
+        "missing-columns": ("video_id,split,labels\nm1\n", r"line 2: expected 3 columns"),
+        "unknown-split": ("video_id,split\nm1,testing\n", r"line 2: unknown split 'testing'"),
+    },
+    "avss": {
+        "missing-columns": ("vid,uid,split\n", r"line 1: expected 7 columns"),
+        "unknown-label": ("vid,uid,s_min,s_sec,a_obj,split,label\nv0,s_tr,0,0,dog,train,v3\n", r"line 2: label 'v3' is not one of"),
+        "traversal": ("vid,uid,s_min,s_sec,a_obj,split,label\nv0,../s_tr,0,0,dog,train,v1s\n", r"line 2: video id '\.\./s_tr' is not a plain"),
+    },
+}
+
+
+@pytest.mark.parametrize("layout,case", [(lay, c) for lay, cases in METADATA.items() for c in cases])
+def test_bad_input_matrix_metadata(layout: str, case: str, tmp_path: Path) -> None:
+    from fakes import write_fake_avss, write_fake_ms3, write_fake_s4
+
+    root = {"s4": write_fake_s4, "ms3": write_fake_ms3, "avss": write_fake_avss}[layout](tmp_path / layout)
+    text, regex = METADATA[layout][case]
+    csv = L.metadata_path(root, layout)
+    csv.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError) as exc:
+        read_metadata(root, layout)
+    assert exc.value.path == str(csv) and re.search(regex, exc.value.problem), exc.value.problem
+    with pytest.raises(DataError, match=re.escape(str(csv))):
+        for split in L.SPLITS:
+            AVSBenchDataset(root, layout, split, audio_frontend=None)
+    report = validate_dataset(root, layout)
+    assert any(p["path"] == str(csv) and re.search(regex, p["problem"]) for p in report["problems"]), report["problems"]
+
+
+def test_loader_errors_name_the_file_from_dataloader_workers(fake_s4: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from avseg.data.avsbench import collate_videos
+
+    rec = index_videos(fake_s4, "s4", "train")[0]
+    rec.frame_paths[3].write_bytes(b"")
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend=None)
+    with pytest.raises(Exception) as exc:
+        list(DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_videos))
+    assert str(rec.frame_paths[3]) in str(exc.value) and "frame is 0 bytes" in str(exc.value)

@@ -7,26 +7,34 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from PIL import Image
 from torch import nn
 
-from avseg.engine import NonFiniteLossError, fit, load_model_weights, prepare_run_dir, read_jsonl, read_metadata, save_model_weights, setup_logging
+from avseg.cli import main
 from avseg.config import TrainSettings
-from avseg.engine.checkpoint import STATE, load_training_state
-from avseg.fileio import atomic_path
+from avseg.engine import NonFiniteLossError, fit, load_model_weights, prepare_run_dir, read_jsonl, read_metadata, save_model_weights, setup_logging
+from avseg.engine.checkpoint import STATE, CheckpointError, load_training_state
+from avseg.engine.checkpoint import read_metadata as read_weights_metadata
 from avseg.engine.distributed import EpochSampler
 from avseg.engine.tracking import git_revision
 from avseg.engine.trainer import lr_factor
+from avseg.fileio import atomic_path
+
+from fakes import SR, Payload, truncate
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 
@@ -350,3 +358,158 @@ def test_resume_says_that_a_changed_lr_is_ignored(tmp_path: Path, caplog: pytest
     lrs = [r["lr"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "train"]
     assert lrs == [r["lr"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "train"]
     assert full.steps == 12
+
+
+# --- checkpoints that must not run code -------------------------------------------------------------------------
+def _evil_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
+    """The same payload as torch.save (zip) and as a raw pickle."""
+    folder.mkdir(parents=True, exist_ok=True)
+    zipped, raw = folder / "evil_zip.pth", folder / "evil_raw.pth"
+    torch.save({"format": 1, "model": Payload(marker), "weight": torch.zeros(2)}, zipped)
+    raw.write_bytes(pickle.dumps({"format": 1, "model": Payload(marker)}, protocol=2))
+    return {"zip": zipped, "raw": raw}
+
+
+@pytest.mark.parametrize("kind", ["zip", "raw"])
+def test_malicious_pth_given_as_weights_is_refused(kind: str, tmp_path: Path) -> None:
+    from avseg.models.zoo import VISUAL_ENCODERS
+    from avseg.weights import UnsafeCheckpointError, load_state_dict_file
+
+    marker = tmp_path / "PWNED"
+    path = _evil_checkpoints(tmp_path / "ckpt", marker)[kind]
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(str(path))) as exc:
+        load_state_dict_file(path)
+    assert "nothing from the file was executed" in str(exc.value)
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(str(path))):
+        VISUAL_ENCODERS["resnet18"](weights="imagenet", weights_path=path)
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(str(path))):
+        VISUAL_ENCODERS["efficientnet_lite0"](weights="imagenet", weights_path=path)
+    # A pickle handed over where avseg expects its own safetensors weights.
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*never loaded here"):
+        load_model_weights(torch.nn.Linear(2, 2), path)
+    assert not marker.exists(), "the checkpoint's payload ran"
+
+
+@pytest.mark.parametrize("kind", ["zip", "raw"])
+def test_malicious_train_state_is_refused(kind: str, tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    path = _evil_checkpoints(tmp_path / "ckpt", marker)[kind]
+    with pytest.raises(CheckpointError, match=r"refused to load training state .*evil_\w+\.pth.*nothing from the file was executed"):
+        load_training_state(path)
+    assert isinstance(CheckpointError("x"), ValueError) and isinstance(CheckpointError("x"), RuntimeError)
+    assert not marker.exists()
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"format": 1, "x": torch.zeros(3)}, truncated)
+    truncate(truncated)
+    with pytest.raises(CheckpointError, match="cannot read training state .*truncated.pt"):
+        load_training_state(truncated)
+
+
+# --- crash safety of every writer -------------------------------------------------------------------------------
+def _writers(tmp: Path) -> dict[str, tuple[Path, Callable[[], None]]]:
+    from avseg.data.imageio import save_jpg_atomic, save_png_atomic, write_wav_atomic
+    from avseg.engine.checkpoint import save_model_weights, save_training_state
+    from avseg.engine.evaluate import save_probability_png
+    from avseg.fileio import write_text_atomic
+    from avseg.visualize import save_image_atomic
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    return {
+        "save_png_atomic (frames, masks, pseudo masks)": (tmp / "a.png", lambda: save_png_atomic(tmp / "a.png", img)),
+        "save_jpg_atomic": (tmp / "a.jpg", lambda: save_jpg_atomic(tmp / "a.jpg", img)),
+        "write_wav_atomic": (tmp / "a.wav", lambda: write_wav_atomic(tmp / "a.wav", np.zeros(100, np.float32), SR)),
+        "write_text_atomic (markers, manifests, reports)": (tmp / "a.json", lambda: write_text_atomic(tmp / "a.json", "{}")),
+        "save_probability_png (pseudo masks, predictions)": (tmp / "p.png", lambda: save_probability_png(np.zeros((4, 4)), tmp / "p.png")),
+        "save_image_atomic (contact sheets, overlays)": (tmp / "s.png", lambda: save_image_atomic(Image.fromarray(img), tmp / "s.png")),
+        "save_model_weights (checkpoints)": (tmp / "w.safetensors", lambda: save_model_weights(torch.nn.Linear(2, 2), tmp / "w.safetensors")),
+        "save_training_state (resume state)": (tmp / STATE, lambda: save_training_state(tmp / STATE, {"x": torch.zeros(2)})),
+        "write_text_atomic durable (config, git, env, metrics.jsonl rewrite)": (tmp / "c.yaml", lambda: write_text_atomic(tmp / "c.yaml", "a: 1\n", durable=True)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_writers(Path("/nonexistent"))))
+def test_every_writer_is_atomic(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash before the rename leaves the old file and no temporary (the rename is the only visible step)."""
+    target, write = _writers(tmp_path)[name]
+    target.write_bytes(b"old contents")
+
+    class Crash(BaseException):
+        pass
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(Crash):
+        write()
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old contents"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name], "a temporary file was left behind"
+    write()
+    assert target.read_bytes() != b"old contents"
+
+
+# --- training numerics through the CLI --------------------------------------------------------------------------
+TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--device", "cpu"]
+
+
+def _nan_on_call(monkeypatch: pytest.MonkeyPatch, cls: type, call: int) -> None:
+    original = cls.forward
+    calls = []
+
+    def forward(self, batch):
+        out = original(self, batch)
+        calls.append(1)
+        if len(calls) >= call:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(cls, "forward", forward)
+
+
+def _run_expecting_divergence(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The CLI stops with the engine's message: raised (traceback) or printed as one line (exit 2)."""
+    from avseg.engine import NonFiniteLossError
+
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except NonFiniteLossError as exc:
+        return str(exc)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    return err
+
+
+def test_nan_loss_through_the_cli_names_stage_and_step_and_keeps_the_checkpoint(synth_s4_16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from avseg.methods.ws_avs import WSAVSNet
+
+    run = tmp_path / "run"
+    argv = ["train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(synth_s4_16), "--layout", "s4", "--out", str(run),
+            *TINY, "--set", "segmenter_train.epochs=2", "--set", "segmenter_train.batch_size=8"]  # fmt: skip
+    _nan_on_call(monkeypatch, WSAVSNet, call=2)  # the segmenter's step 2: its first epoch is checkpointed
+    message = _run_expecting_divergence(argv, capsys)
+    assert re.search(r"segmenter: non-finite loss \(nan\) at step 2 \(epoch 2, batch 1\); training stopped, last good checkpoint: .*segmenter/train_state\.pt", message), message
+    last = run / "segmenter" / "last.safetensors"
+    assert read_weights_metadata(last)["step"] == 1 and load_training_state(run / "segmenter" / STATE)["step"] == 1
+    assert all(torch.isfinite(t).all() for t in safetensors.torch.load_file(str(last)).values())
+    assert not (run / "stages" / "segmenter.json").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # the kept checkpoint continues
+    assert json.loads((run / "stages" / "segmenter.json").read_text())["steps"] == 2
+
+
+def test_divergent_learning_rate_through_the_cli(synth_s4_16: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An absurd learning rate: the first update already makes the weights non-finite while its loss was
+    finite. The run stops naming stage and step before anything evaluates or checkpoints those weights."""
+    run = tmp_path / "run"
+    argv = ["train", "--method", "supervised", "--config", "supervised/demo", "--data", str(synth_s4_16), "--layout", "s4",
+            "--out", str(run), *TINY, "--set", "train.lr=1e30", "--set", "train.epochs=3", "--set", "train.batch_size=8"]  # fmt: skip
+    message = _run_expecting_divergence(argv, capsys)
+    # Depending on where the overflow shows first: the loss of step 2, the weights, or the evaluation after
+    # epoch 1 (whose metrics refuse NaN predictions).
+    assert re.search(r"supervised: (non-finite (loss \((nan|inf)\) at step 2|weights after step 1)|evaluation after step 1 \(epoch 1\) failed"
+                     r"; last good checkpoint: none: probs must be probabilities in \[0, 1\] .*nan)", message), message
+    assert "last good checkpoint: none" in message
+    assert not (run / "segmenter" / "last.safetensors").exists() and not (run / "segmenter" / STATE).exists()

@@ -2,23 +2,27 @@
 refinements) and the supervised reference on tiny synthetic S4 / MS3 data, eval + save-pred + score,
 pseudo-mask reruns, exact resume (after --max-steps and after SIGKILL) and the quick demo.
 
-Everything runs at 32 px for 1 epoch on 8 videos; the numbers mean nothing, the plumbing is what is tested.
+Everything runs at 32 px for 1 epoch on 8 videos (16 for the session's shared WS-AVS run, see conftest.py); the numbers mean nothing, the plumbing is what is tested.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from PIL import Image
 
 from avseg import runner
 from avseg.cli import main
@@ -26,6 +30,9 @@ from avseg.config import ConfigError
 from avseg.data import layout as L
 from avseg.data.index import index_videos
 from avseg.data.synthetic import generate
+from avseg.engine.checkpoint import STATE
+
+from fakes import copy_run
 
 RECIPES = sorted(runner.RECIPES.glob("*/*.yaml"))
 PROTOCOLS = ("clean", "avsbench", "per-frame-max")
@@ -100,55 +107,42 @@ def test_quick_flags_apply_to_every_stage_and_set_wins(tmp_path: Path) -> None:
 
 # --- data ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def s4_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth") / "s4"
-    generate("s4", root, num_videos=8, seed=0, size=32)
-    return root
-
-
-@pytest.fixture(scope="module")
 def ms3_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "ms3"
     generate("ms3", root, num_videos=8, seed=0, size=32)
     return root
 
 
-@pytest.fixture(scope="module")
-def ws_run(s4_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "ws-avs"
-    train(s4_data, run, *TINY)
-    return run
-
-
 # --- WS-AVS end to end --------------------------------------------------------------------------------
-def test_ws_avs_run_folder(ws_run: Path, s4_data: Path) -> None:
+def test_ws_avs_run_folder(ws_avs_run: Path, synth_s4_16: Path) -> None:
     for name in ("config.yaml", "git.txt", "env.json", "train.log"):
-        assert (ws_run / name).is_file(), name
-    markers = {p.stem: json.loads(p.read_text()) for p in (ws_run / "stages").glob("*.json")}
+        assert (ws_avs_run / name).is_file(), name
+    markers = {p.stem: json.loads(p.read_text()) for p in (ws_avs_run / "stages").glob("*.json")}
     assert sorted(markers) == sorted(["c2am", "activation-maps", "saliency", "pseudo-masks", "segmenter"])
     assert not any(m.get("truncated") or m.get("stale") for m in markers.values())
-    for rel in train_frames(s4_data, "s4"):
+    for rel in train_frames(synth_s4_16, "s4"):
         for folder in ("maps", "initial", "saliency", "masks"):
-            assert (ws_run / "pseudo" / folder / rel).is_file(), f"pseudo/{folder}/{rel}"
-    manifest = json.loads((ws_run / "pseudo" / "manifest.json").read_text())
+            assert (ws_avs_run / "pseudo" / folder / rel).is_file(), f"pseudo/{folder}/{rel}"
+    manifest = json.loads((ws_avs_run / "pseudo" / "manifest.json").read_text())
     quality = manifest["quality"]
-    assert quality["frames"] == len(index_videos(s4_data, "s4", "train"))  # S4 train: frame 1 has GT
+    assert quality["frames"] == len(index_videos(synth_s4_16, "s4", "train"))  # S4 train: frame 1 has GT
     assert 0.0 <= quality["miou"] <= 1.0 and 0.0 <= quality["fscore"] <= 1.0
     assert manifest["refinement"] == "saliency" and manifest["saliency_checkpoint"]
-    assert (ws_run / "pseudo" / "contact_sheet.png").stat().st_size > 0
-    assert (ws_run / "segmenter" / "last.safetensors").is_file()
-    saved = runner.load_yaml(ws_run / "config.yaml")
+    assert (ws_avs_run / "pseudo" / "contact_sheet.png").stat().st_size > 0
+    assert (ws_avs_run / "segmenter" / "last.safetensors").is_file()
+    saved = runner.load_yaml(ws_avs_run / "config.yaml")
     assert saved["method"] == "ws-avs" and saved["data"]["image_size"] == 32 and saved["segmenter_train"]["epochs"] == 1
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_ws_avs_eval_and_saved_predictions_score_the_same(ws_run: Path, s4_data: Path, protocol: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_ws_avs_eval_and_saved_predictions_score_the_same(ws_avs_run: Path, synth_s4_16: Path, protocol: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(ws_avs_run, tmp_path / "run")  # eval writes into the run folder
     pred = tmp_path / "pred"
-    result = eval_json(ws_run, capsys, protocol, "--save-pred", str(pred))
+    result = eval_json(run, capsys, protocol, "--save-pred", str(pred))
     assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
-    assert result["protocol"] == protocol and result["frames"] == 5 * len(index_videos(s4_data, "s4", "test"))
-    assert json.loads((ws_run / "eval" / f"test-{protocol}.json").read_text())["miou"] == result["miou"]
-    assert main(["score", "--data", str(s4_data), "--layout", "s4", "--split", "test", "--pred", str(pred), "--protocol", protocol, "--json"]) == 0
+    assert result["protocol"] == protocol and result["frames"] == 5 * len(index_videos(synth_s4_16, "s4", "test"))
+    assert json.loads((run / "eval" / f"test-{protocol}.json").read_text())["miou"] == result["miou"]
+    assert main(["score", "--data", str(synth_s4_16), "--layout", "s4", "--split", "test", "--pred", str(pred), "--protocol", protocol, "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["frames"] == result["frames"] and scored["resized"] == 0
     # PNGs hold probability x 255: scores move by at most the quantisation.
@@ -156,30 +150,32 @@ def test_ws_avs_eval_and_saved_predictions_score_the_same(ws_run: Path, s4_data:
     assert scored["fscore"] == pytest.approx(result["fscore"], abs=1 / 255)
 
 
-def test_eval_text_output(ws_run: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["eval", "--run", str(ws_run), "--device", "cpu"]) == 0
+def test_eval_text_output(ws_avs_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(ws_avs_run, tmp_path / "run")  # eval writes into the run folder
+    assert main(["eval", "--run", str(run), "--device", "cpu"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("ws-avs on s4 test") and "mIoU" in line
 
 
-def test_resume_and_eval_remove_temporaries_of_a_killed_process(ws_run: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_and_eval_remove_temporaries_of_a_killed_process(ws_avs_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A process killed inside an atomic write leaves ``.<name>.<random>.tmp``; the next call removes it."""
-    (ws_run / "eval").mkdir(exist_ok=True)
-    planted = [ws_run / ".config.yaml.abc.tmp", ws_run / "stages" / ".segmenter.json.x1.tmp", ws_run / "eval" / ".test-clean.json.x2.tmp"]
+    run = copy_run(ws_avs_run, tmp_path / "run")
+    (run / "eval").mkdir(exist_ok=True)
+    planted = [run / ".config.yaml.abc.tmp", run / "stages" / ".segmenter.json.x1.tmp", run / "eval" / ".test-clean.json.x2.tmp"]
     for path in planted:
         path.write_text("half")
-    assert main(["train", "--out", str(ws_run), "--resume"]) == 0  # every stage done: nothing retrained
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # every stage done: nothing retrained
     assert not planted[0].exists() and not planted[1].exists() and planted[2].exists()
-    assert main(["eval", "--run", str(ws_run), "--device", "cpu"]) == 0
+    assert main(["eval", "--run", str(run), "--device", "cpu"]) == 0
     assert not planted[2].exists()
     capsys.readouterr()
 
 
-def test_pseudo_rerun_from_activation_maps(ws_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_pseudo_rerun_from_activation_maps(ws_avs_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import shutil
 
     run = tmp_path / "copy"
-    shutil.copytree(ws_run, run)
+    shutil.copytree(ws_avs_run, run)
     before = {p.stem: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")}
     segmenter_before = json.loads((run / "stages" / "segmenter.json").read_text())
     time.sleep(0.01)
@@ -197,23 +193,23 @@ def test_pseudo_rerun_from_activation_maps(ws_run: Path, tmp_path: Path, capsys:
     assert main(["train", "--out", str(run), "--resume"]) == 0
     retrained = json.loads((run / "stages" / "segmenter.json").read_text())
     assert not retrained.get("stale") and retrained["steps"] == segmenter_before["steps"]
-    assert json.loads((run / "stages" / "c2am.json").read_text()) == json.loads((ws_run / "stages" / "c2am.json").read_text())
+    assert json.loads((run / "stages" / "c2am.json").read_text()) == json.loads((ws_avs_run / "stages" / "c2am.json").read_text())
     # Resuming a finished run does nothing.
     mtimes = {p.stem: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")}
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert {p.stem: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")} == mtimes
 
 
-def test_ws_avs_official_shortcut(s4_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_ws_avs_official_shortcut(synth_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "c2am-run"
-    train(s4_data, run, *TINY, "--set", "refinement=c2am")
+    train(synth_s4, run, *TINY, "--set", "refinement=c2am")
     stages = sorted(p.stem for p in (run / "stages").glob("*.json"))
     assert stages == sorted(["c2am", "activation-maps", "pseudo-masks", "segmenter"])  # no saliency stage
     assert not (run / "saliency").exists()
     manifest = json.loads((run / "pseudo" / "manifest.json").read_text())
     assert manifest["refinement"] == "c2am" and manifest["saliency_checkpoint"] is None
     assert 0.0 <= manifest["quality"]["miou"] <= 1.0
-    for rel in train_frames(s4_data, "s4"):
+    for rel in train_frames(synth_s4, "s4"):
         assert (run / "pseudo" / "masks" / rel).is_file()
     for protocol in PROTOCOLS:
         result = eval_json(run, capsys, protocol)
@@ -222,9 +218,9 @@ def test_ws_avs_official_shortcut(s4_data: Path, tmp_path: Path, capsys: pytest.
     assert sorted(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == ["activation-maps", "pseudo-masks"]
 
 
-def test_supervised_end_to_end(s4_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_supervised_end_to_end(synth_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "sup"
-    train(s4_data, run, *TINY, method="supervised")
+    train(synth_s4, run, *TINY, method="supervised")
     assert [p.stem for p in (run / "stages").glob("*.json")] == ["segmenter"]
     for protocol in PROTOCOLS:
         result = eval_json(run, capsys, protocol)
@@ -258,9 +254,9 @@ RESUME = ["--epochs", "1", "--image-size", "32", "--batch-size", "2", "--seed", 
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(s4_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def uninterrupted(synth_s4: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    train(s4_data, run, *RESUME)
+    train(synth_s4, run, *RESUME)
     return run
 
 
@@ -273,9 +269,9 @@ def assert_same_run(run: Path, reference: Path, capsys: pytest.CaptureFixture) -
         assert (got["miou"], got["fscore"]) == (want["miou"], want["fscore"])
 
 
-def test_resume_after_max_steps_equals_uninterrupted(s4_data: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_after_max_steps_equals_uninterrupted(synth_s4: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    train(s4_data, run, *RESUME, "--max-steps", "1")
+    train(synth_s4, run, *RESUME, "--max-steps", "1")
     markers = {p.stem: json.loads(p.read_text()) for p in (run / "stages").glob("*.json")}
     assert all(markers[s]["truncated"] and markers[s]["steps"] == 1 for s in ("c2am", "saliency", "segmenter"))
     assert "max_steps: null" in (run / "config.yaml").read_text() or "max_steps" not in (run / "config.yaml").read_text()
@@ -289,9 +285,9 @@ def test_resume_after_max_steps_equals_uninterrupted(s4_data: Path, uninterrupte
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_equals_uninterrupted(s4_data: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_after_sigkill_equals_uninterrupted(synth_s4: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "avseg.cli", "train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(s4_data),
+    cmd = [sys.executable, "-m", "avseg.cli", "train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(synth_s4),
            "--layout", "s4", "--out", str(run), "--device", "cpu", *RESUME]  # fmt: skip
     # One thread like the test process, so the floating-point results are the same bit for bit.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -369,14 +365,182 @@ def test_border_band_skips_the_padding_ring_of_the_feature_map() -> None:
     assert np.isfinite(_border_excess(tiny, skip=32))  # the band shrinks to fit small frames
 
 
-def test_a_run_records_its_class_vocabulary_and_refuses_another(s4_data: Path, tmp_path: Path) -> None:
+def test_a_run_records_its_class_vocabulary_and_refuses_another(synth_s4: Path, tmp_path: Path) -> None:
     from avseg.data.index import class_names
 
-    spec, cfg = runner.build_config("cam", "cam/demo", str(s4_data), "s4")
+    spec, cfg = runner.build_config("cam", "cam/demo", str(synth_s4), "s4")
     assert cfg.data.classes is None and Path(cfg.data.root).is_absolute()
     recorded = runner.record_classes(spec, cfg)
-    assert recorded.data.classes == class_names(s4_data, "s4") and cfg.data.classes is None
-    spec, other = runner.build_config("cam", "cam/demo", str(s4_data), "s4", overrides=['data.classes=["dog", "cat"]'])
+    assert recorded.data.classes == class_names(synth_s4, "s4") and cfg.data.classes is None
+    spec, other = runner.build_config("cam", "cam/demo", str(synth_s4), "s4", overrides=['data.classes=["dog", "cat"]'])
     with pytest.raises(runner.RunError, match=r"label vocabulary .* differs from the run's data.classes \(2: dog, cat\)"):
         runner.run_method(spec, other, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+# --- pseudo-mask stages resume where they stopped ---------------------------------------------------------------
+def _png_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _counting_writer(monkeypatch: pytest.MonkeyPatch, written: list[Path], fail_after: int | None = None) -> None:
+    """Wrap save_probability_png: record every path written, raise after ``fail_after`` files."""
+    import avseg.engine.evaluate as predict
+
+    original = predict.save_probability_png
+    users = [m for name, m in sys.modules.items() if name.startswith("avseg.") and getattr(m, "save_probability_png", None) is original]
+
+    def save(prob: np.ndarray, path: Path) -> None:
+        if fail_after is not None and len(written) >= fail_after:
+            raise Interrupted(f"interrupted after {fail_after} files")
+        original(prob, path)
+        written.append(Path(path))
+
+    for module in users:  # every module that imported it
+        monkeypatch.setattr(module, "save_probability_png", save)
+
+
+def test_activation_maps_resume_without_redoing_finished_work(synth_s4_16: Path, ws_avs_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from avseg.methods import ws_avs
+
+    run = copy_run(ws_avs_run, tmp_path / "run")
+    videos = len(index_videos(synth_s4_16, "s4", "train"))
+    frames = 5 * videos  # two files (map + initial mask) per frame
+    first: list[Path] = []
+    _counting_writer(monkeypatch, first, fail_after=45)  # batch 1 (20 frames, 40 files) and two frames and a half more
+    with pytest.raises(Interrupted):
+        main(["pseudo", "--run", str(run), "--from", "activation-maps"])
+    monkeypatch.undo()
+    polarity = json.loads((run / "pseudo" / "maps" / "polarity.json").read_text())
+    reference = json.loads((ws_avs_run / "pseudo" / "maps" / "polarity.json").read_text())
+    assert polarity == reference  # stored before the first map was written
+    assert not list((run / "pseudo").rglob(".*.tmp"))
+
+    second: list[Path] = []
+    _counting_writer(monkeypatch, second)
+    model_calls = []
+    original_activation = ws_avs.C2AMNet.activation
+    monkeypatch.setattr(ws_avs.C2AMNet, "activation", lambda self, *a, **k: model_calls.append(1) or original_activation(self, *a, **k))
+    monkeypatch.setattr(ws_avs, "_border_excess", lambda *a, **k: pytest.fail("the polarity was decided again on resume"))
+    capsys.readouterr()
+    assert main(["pseudo", "--run", str(run)]) == 0
+    pseudo = run / "pseudo"
+    maps_written = [p for p in second if p.is_relative_to(pseudo / "maps") or p.is_relative_to(pseudo / "initial")]
+    # 45 files = 22 whole frames + the initial mask of the 23rd; each file is written exactly once.
+    assert len(first) == 45 and not set(first) & set(maps_written), "files finished before the interruption were written again"
+    assert len(maps_written) == 2 * frames - 45
+    assert len(model_calls) == math.ceil(videos / 4) - 1, "the finished first batch ran through the model again"
+    marker = json.loads((run / "stages" / "activation-maps.json").read_text())
+    assert (marker["written"], marker["reused"]) == (frames - 22, 22)
+    for folder in ("maps", "initial", "masks", "saliency"):
+        assert _png_files(run / "pseudo" / folder) == _png_files(ws_avs_run / "pseudo" / folder), folder
+
+
+def test_pseudo_masks_resume_without_redoing_finished_work(synth_s4_16: Path, ws_avs_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(ws_avs_run, tmp_path / "run")
+    frames = 5 * len(index_videos(synth_s4_16, "s4", "train"))
+    first: list[Path] = []
+    _counting_writer(monkeypatch, first, fail_after=45)  # mask + saliency per frame: 22 frames and a mask
+    with pytest.raises(Interrupted):
+        main(["pseudo", "--run", str(run), "--from", "pseudo-masks"])
+    monkeypatch.undo()
+    assert not (run / "stages" / "pseudo-masks.json").exists()
+    second: list[Path] = []
+    _counting_writer(monkeypatch, second)
+    capsys.readouterr()
+    assert main(["pseudo", "--run", str(run)]) == 0
+    assert not set(first) & set(second), "files finished before the interruption were written again"
+    assert len(first) + len(second) == 2 * frames  # every file written once; the 23rd frame's mask is kept
+    manifest, reference = (json.loads((r / "pseudo" / "manifest.json").read_text()) for r in (run, ws_avs_run))
+    assert manifest["quality"] == reference["quality"]  # the first batch's quality read back from its PNGs
+    assert (manifest["reused"], manifest["written"]) == (22, frames - 22)
+    for folder in ("masks", "saliency"):
+        assert _png_files(run / "pseudo" / folder) == _png_files(ws_avs_run / "pseudo" / folder), folder
+    # Stages before it were finished and untouched; the segmenter trained on the old masks is stale.
+    assert json.loads((run / "stages" / "segmenter.json").read_text())["stale"]
+
+
+# SIGKILL at random points of a whole WS-AVS run, resumed each time with --resume: every stage can be hit.
+KILL_ARGS = ["--image-size", "32", "--epochs", "2", "--batch-size", "4", "--seed", "0", "--device", "cpu"]
+
+
+def _count_png(folder: Path) -> int:
+    return sum(1 for _ in folder.rglob("*.png")) if folder.is_dir() else 0
+
+
+def _kill_points(rng: random.Random, files: int) -> list[tuple[str, Callable[[Path], bool]]]:
+    """Three (name, predicate on the run folder) kill points in pipeline order, drawn from every stage;
+    ``files``: PNGs each pseudo-mask stage writes."""
+    k_maps, k_masks = rng.randint(1, files - 1), rng.randint(1, files - 1)
+    candidates = [
+        ("c2am, after its first checkpoint", lambda run: (run / "c2am" / STATE).is_file()),
+        (f"activation-maps, after {k_maps} of {files} PNGs", lambda run: _count_png(run / "pseudo" / "maps") + _count_png(run / "pseudo" / "initial") >= k_maps),
+        ("saliency, after its first checkpoint", lambda run: (run / "saliency" / STATE).is_file()),
+        (f"pseudo-masks, after {k_masks} of {files} PNGs", lambda run: _count_png(run / "pseudo" / "masks") + _count_png(run / "pseudo" / "saliency") >= k_masks),
+        ("segmenter, after its first checkpoint", lambda run: (run / "segmenter" / STATE).is_file()),
+    ]
+    return [candidates[i] for i in sorted(rng.sample(range(len(candidates)), 3))]
+
+
+def _assert_no_torn_files(run: Path) -> None:
+    for png in run.rglob("*.png"):
+        if not png.name.startswith("."):
+            with Image.open(png) as img:
+                img.load()
+    for js in run.rglob("*.json"):
+        if not js.name.startswith("."):
+            json.loads(js.read_text())
+    for st in run.rglob("*.safetensors"):
+        if not st.name.startswith("."):
+            safetensors.torch.load_file(str(st))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_resumes_to_the_same_metrics(synth_s4_16: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(synth_s4_16), "--layout", "s4"]
+    reference = tmp_path / "reference"
+    assert main(base + ["--out", str(reference)] + KILL_ARGS) == 0
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "avseg.cli", *base, "--out", str(run), *KILL_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one thread, as this process
+    rng = random.Random(8)
+    landed = []
+    for name, reached in _kill_points(rng, files=2 * 5 * len(index_videos(synth_s4_16, "s4", "train"))):
+        extra = rng.uniform(0.0, 0.05)
+        proc = subprocess.Popen(cmd + (["--resume"] if landed else []), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 90
+            while not reached(run):
+                assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill point '{name}'"
+                assert time.monotonic() < deadline, f"the run did not reach '{name}' in time"
+                time.sleep(0.001)
+            time.sleep(extra)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"not killed at '{name}' (rc {proc.returncode})"
+        stages_done = sorted(p.stem for p in (run / "stages").glob("*.json"))
+        landed.append((name, stages_done))
+        _assert_no_torn_files(run)
+    with capsys.disabled():
+        print("\nkill points (planned, stage markers present when killed):", *landed, sep="\n  ")
+    assert main(base + ["--out", str(run), "--resume"] + KILL_ARGS) == 0
+
+    for stage in ("c2am", "saliency", "segmenter"):
+        a, b = (safetensors.torch.load_file(str(r / stage / "last.safetensors")) for r in (run, reference))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{stage} weights differ"
+    for folder in ("maps", "initial", "masks", "saliency"):
+        assert _png_files(run / "pseudo" / folder) == _png_files(reference / "pseudo" / folder), folder
+    for protocol in ("clean", "avsbench"):
+        results = []
+        for r in (run, reference):
+            capsys.readouterr()
+            assert main(["eval", "--run", str(r), "--protocol", protocol, "--device", "cpu", "--json"]) == 0
+            results.append(json.loads(capsys.readouterr().out))
+        assert (results[0]["miou"], results[0]["fscore"]) == (results[1]["miou"], results[1]["fscore"]), protocol

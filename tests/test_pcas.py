@@ -19,8 +19,7 @@ from avseg.data.index import index_videos
 from avseg.data.synthetic import generate
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss, cmpc_targets
 from avseg.methods.pcas.config import IGNORE
-from avseg.methods.pcas.model import PCASNet
-from avseg.methods.pcas.stages import num_classes
+from avseg.methods.pcas.stages import build_model, num_classes
 from avseg.pseudo.crf import dense_crf_multi
 from avseg.metrics.classification import average_precision
 from avseg.models.ast import AST_CONFIGS, ASTConfig, ASTEncoder, build_ast, frame_segments, sequence_layout
@@ -196,7 +195,7 @@ def test_cmcc_is_zero_without_positives_and_prefers_foreground_crops() -> None:
 # --- pseudo labels and CRF -----------------------------------------------------------------------------
 def test_sounding_classes_are_within_video_labels(data: dict[str, Path]) -> None:
     spec, cfg = config("avss", data["avss"])
-    model = PCASNet(cfg, num_classes(cfg))
+    model = build_model(cfg, num_classes(cfg))
     batch = a_batch(cfg)
     enc = model.encode(batch)
     k = model.num_classes
@@ -205,17 +204,17 @@ def test_sounding_classes_are_within_video_labels(data: dict[str, Path]) -> None
     assert torch.equal(on, enc.labels > 0.5)  # everything sounds, but only labelled classes count
     quiet = model.sounding(enc, torch.full_like(probs, 0.1))
     assert not quiet.any()  # "background": nothing sounds -> nothing selected
-    model.cfg.empty_audio = "top1"
+    model.empty_audio = "top1"
     try:
         top = model.sounding(enc, torch.full_like(probs, 0.1))
     finally:
-        model.cfg.empty_audio = "background"
+        model.empty_audio = "background"
     assert torch.equal(top.sum(1), torch.ones(len(top), dtype=torch.long)) and not (top & (enc.labels < 0.5)).any()
 
 
 def test_pseudo_labels_hold_class_ids_ignore_and_background(data: dict[str, Path]) -> None:
     spec, cfg = config("avss", data["avss"])
-    model = PCASNet(cfg, num_classes(cfg)).eval()
+    model = build_model(cfg, num_classes(cfg)).eval()
     batch = a_batch(cfg, n=3)
     out = model.pseudo_labels(batch)
     b, t = batch.frames.shape[:2]
@@ -266,7 +265,7 @@ SWITCHES = {
 def test_each_switch_trains(name: str, data: dict[str, Path]) -> None:
     torch.manual_seed(0)
     spec, cfg = config("avss", data["avss"], "fine_losses_after=0", "cmcc_fg_fraction=0.0", "cmcc_bg_fraction=0.0", *SWITCHES[name])
-    model = PCASNet(cfg, num_classes(cfg)).train()
+    model = build_model(cfg, num_classes(cfg)).train()
     batch = a_batch(cfg)
     out = model(batch)
     expected = {"cmc": cfg.cmc, "cmpc": cfg.cmpc, "cmcc": cfg.cmcc}
@@ -281,7 +280,7 @@ def test_each_switch_trains(name: str, data: dict[str, Path]) -> None:
 
 def test_head_only_segment_training_keeps_encoders_frozen_and_in_eval_mode(data: dict[str, Path]) -> None:
     spec, cfg = config("avss", data["avss"], "visual=tiny", "visual_level=2", "segment_joint=false")
-    model = PCASNet(cfg, num_classes(cfg))
+    model = build_model(cfg, num_classes(cfg))
     model.freeze(keep_training=("seg_head",))
     model.train()
     assert model.training and model.seg_head.training and not model.visual.training and not model.audio.training
@@ -431,7 +430,7 @@ def test_tvp_probe_swaps_only_the_prompts(tvp: bool, data: dict[str, Path], tmp_
 def test_binary_prediction_is_a_probability_when_the_hard_gate_silences_every_class(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """1 - P(background) came out as -5e-7 here (rounding), and the metrics refused it."""
     spec, cfg = config("s4", data["s4"], "audio_gate=hard")
-    model = PCASNet(cfg, num_classes(cfg)).eval()
+    model = build_model(cfg, num_classes(cfg)).eval()
     model.mode = "segment"
     monkeypatch.setattr(model, "audio_probs", lambda enc: torch.zeros(enc.labels.shape))
     batch = a_batch(cfg, "test")
@@ -469,7 +468,7 @@ def test_segment_head_hears_the_audio(segment_audio: str, data: dict[str, Path],
     """With ``segment_audio: bias`` the segmentation logits (training and inference) depend on what the audio
     head hears: a class it calls silent loses log(1e-4) against background; the image-only head does not move."""
     spec, cfg = config("s4", data["s4"], f"segment_audio={segment_audio}", "audio_gate=none")
-    model = PCASNet(cfg, num_classes(cfg)).eval()
+    model = build_model(cfg, num_classes(cfg)).eval()
     model.mode = "segment"
     batch = a_batch(cfg, "test")
     with torch.no_grad():

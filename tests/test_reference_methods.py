@@ -26,22 +26,13 @@ QUICK = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
 HEATMAP_METHODS = {"cam", "ez-vsl", "c2am"}
 
 
-@pytest.fixture(scope="module")
-def tiny_s4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from avseg.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("data") / "s4"
-    generate("s4", root, num_videos=8, size=SIZE)
-    return root
-
-
 def train_tiny(method: str, root: Path, run_dir: Path, layout: str = "s4") -> dict:
     spec, cfg = build_config(method, f"{method}/demo", str(root), layout, QUICK, SIZE, TINY[method])
     return run_method(spec, cfg, run_dir)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_registry_contract(name: str, tiny_s4: Path) -> None:
+def test_registry_contract(name: str, synth_s4: Path) -> None:
     """What every MethodSpec promises: its file is named as its key, its final stage is one of its stages,
     its reuse source is registered, and its tiny overrides (and its shipped recipes) build a valid config."""
     import avseg.methods as methods_package
@@ -53,18 +44,18 @@ def test_registry_contract(name: str, tiny_s4: Path) -> None:
     assert spec.reuses is None or spec.reuses in METHODS
     assert all(layout in ("s4", "ms3") and len(figures) == 2 for layout, figures in spec.paper.items())
     layout = "s4" if spec.output == "binary" else "avss"
-    _, cfg = build_config(name, f"{name}/demo", str(tiny_s4), layout, QUICK, SIZE, TINY[name])
+    _, cfg = build_config(name, f"{name}/demo", str(synth_s4), layout, QUICK, SIZE, TINY[name])
     stages = [s.name for s in spec.stages(cfg)]
     assert spec.final_stage in stages and spec.pseudo_stages(cfg) == stages[: stages.index(spec.final_stage)]
 
 
 @pytest.mark.parametrize("method", BINARY_METHODS)
-def test_method_trains_and_predicts(method: str, tiny_s4: Path, tmp_path: Path) -> None:
+def test_method_trains_and_predicts(method: str, synth_s4: Path, tmp_path: Path) -> None:
     from avseg.methods.common import make_dataset
     from avseg.data.avsbench import collate_videos
 
     run_dir = tmp_path / method
-    summaries = train_tiny(method, tiny_s4, run_dir)
+    summaries = train_tiny(method, synth_s4, run_dir)
     spec, cfg = load_run(run_dir)
     assert [s.name for s in spec.stages(cfg)] == list(summaries)
     for stage in spec.stages(cfg):
@@ -89,19 +80,19 @@ def test_method_trains_and_predicts(method: str, tiny_s4: Path, tmp_path: Path) 
     assert (run_dir / "eval" / "test-clean.json").is_file()
 
 
-def test_ws_avs_av_pseudo_masks_are_audio_selected(tiny_s4: Path, tmp_path: Path) -> None:
+def test_ws_avs_av_pseudo_masks_are_audio_selected(synth_s4: Path, tmp_path: Path) -> None:
     from avseg.data.avsbench import read_probability_png
     from avseg.data.index import index_videos
     from avseg.data.layout import prediction_relpath
 
     run_dir = tmp_path / "ws-avs-av"
-    summaries = train_tiny("ws-avs-av", tiny_s4, run_dir)
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir)
     assert list(summaries) == ["c2am", "activation-maps", "saliency", "av-model", "pseudo-masks", "segmenter"]
     pseudo = summaries["pseudo-masks"]
     assert set(pseudo["quality"]) >= {"miou", "fscore"} and set(pseudo["quality_eq6"]) >= {"miou", "fscore"}
     assert 0.0 <= pseudo["area_kept"] <= pseudo["area_eq6"] <= 1.0
     assert (run_dir / "pseudo" / "manifest.json").is_file() and (run_dir / "pseudo" / "contact_sheet.png").is_file()
-    for record in index_videos(tiny_s4, "s4", "train"):
+    for record in index_videos(synth_s4, "s4", "train"):
         for k in record.frame_numbers:
             rel = prediction_relpath("s4", "train", record.category, record.video_id, k)
             kept = read_probability_png(run_dir / "pseudo" / "masks" / rel) > 0.5
@@ -110,14 +101,14 @@ def test_ws_avs_av_pseudo_masks_are_audio_selected(tiny_s4: Path, tmp_path: Path
             assert not (kept & ~eq6).any()  # the selection only removes regions
 
 
-def test_ez_vsl_ogl_mixes_object_map(tiny_s4: Path, tmp_path: Path) -> None:
+def test_ez_vsl_ogl_mixes_object_map(synth_s4: Path, tmp_path: Path) -> None:
     if not HAVE_EFFICIENTNET:
         pytest.skip("efficientnet-lite-pytorch not installed")
     from avseg.data.avsbench import collate_videos
     from avseg.methods.common import make_dataset
 
     run_dir = tmp_path / "ez-vsl"
-    train_tiny("ez-vsl", tiny_s4, run_dir)
+    train_tiny("ez-vsl", synth_s4, run_dir)
     spec, cfg = load_run(run_dir)
     assert cfg.ogl
     predictor = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
@@ -259,14 +250,14 @@ def test_recipes_in_sync_with_ws_avs(recipe: str) -> None:
         assert av["av_levels"] == [ez["level"]]
 
 
-def test_heat_maps_threshold_mask_matches_metrics(tiny_s4: Path, tmp_path: Path) -> None:
+def test_heat_maps_threshold_mask_matches_metrics(synth_s4: Path, tmp_path: Path) -> None:
     """Binary metrics on predict() equal the metrics of the documented mask (heat map > threshold)."""
     from avseg.engine.evaluate import iterate_outputs
     from avseg.methods.common import make_dataset
     from avseg.metrics.binary import BinaryAccumulator
 
     run_dir = tmp_path / "cam"
-    train_tiny("cam", tiny_s4, run_dir)
+    train_tiny("cam", synth_s4, run_dir)
     spec, cfg = load_run(run_dir)
     predictor = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
     data = make_dataset(cfg.data, "test", audio=False)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from avseg.cli import main
 from avseg.data import layout as L
+from avseg.data.index import index_videos
 from avseg.scoring import ScoringError, score_predictions
 
 approx = pytest.approx
@@ -269,3 +272,26 @@ def test_avss_rejects(avss):
     with pytest.raises(ScoringError, match="out of range") as info:
         score_predictions(root, "avss", "test", pred)
     assert str(bad) in str(info.value)
+
+
+# --- a broken prediction folder ---------------------------------------------------------------------------------
+def test_bad_input_matrix_prediction_folder(fake_s4: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred = tmp_path / "pred"
+    paths = []
+    for rec in index_videos(fake_s4, "s4", "test"):
+        for k, mask in zip(rec.frame_numbers, rec.mask_paths):
+            out = pred / L.prediction_relpath("s4", "test", rec.category, rec.video_id, k)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(mask, out)
+            paths.append(out)
+    paths[1].unlink()
+    paths[7].unlink()
+    capsys.readouterr()
+    assert main(["score", "--data", str(fake_s4), "--layout", "s4", "--split", "test", "--pred", str(pred)]) == 2
+    err = capsys.readouterr().err
+    assert "2 prediction file(s) missing" in err and str(paths[1]) in err and str(paths[7]) in err
+    shutil.copy(paths[0], paths[1])
+    shutil.copy(paths[0], paths[7])
+    paths[4].write_bytes(b"")
+    assert main(["score", "--data", str(fake_s4), "--layout", "s4", "--split", "test", "--pred", str(pred)]) == 2
+    assert f"{paths[4]}: prediction is 0 bytes" in capsys.readouterr().err

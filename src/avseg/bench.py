@@ -419,7 +419,10 @@ def write_results(
     ]
     for r in rows:
         status = r.status if r.status == "ok" else f"**{r.status}** ({r.failed_stage})"
-        paper = f"{100 * r.paper_miou:.2f} / {100 * r.paper_fscore:.2f}" if r.paper_miou is not None else "-"
+        paper = "-"
+        if r.paper_miou is not None:
+            assert r.paper_fscore is not None  # both are set from the spec's paper figures, or neither
+            paper = f"{100 * r.paper_miou:.2f} / {100 * r.paper_fscore:.2f}"
         train = "-" if r.train_seconds is None else f"{r.train_seconds:.0f}"
         lines.append(
             f"| {r.display} | {r.supervision} | {status} | {_pct(r.miou_clean)} | {_pct(r.fscore_clean)} | {_pct(r.fscore_at_05_clean)} | "

@@ -78,7 +78,7 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data" / "s4"
-    demo = {"videos": DEFAULT_VIDEOS if videos is None else videos, "size": DEFAULT_SIZE if size is None else size, "seed": seed}
+    demo: dict[str, Any] = {"videos": DEFAULT_VIDEOS if videos is None else videos, "size": DEFAULT_SIZE if size is None else size, "seed": seed}
     _ensure_data(data_root, demo)
     report = validate_dataset(data_root, "s4")
     log.info(format_report(report))

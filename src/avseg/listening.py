@@ -84,15 +84,15 @@ class SynthVideo:
     sample_rate: int
     classes: list[str]
 
-    def visible(self, t: int) -> np.ndarray:
+    def visible(self, t: int | np.integer) -> np.ndarray:
         """(H, W) bool: every visible object of frame t (what a deaf 'mark every object' would mark)."""
         return self.owner[t] >= 0
 
-    def sounding_gt(self, t: int) -> np.ndarray:
+    def sounding_gt(self, t: int | np.integer) -> np.ndarray:
         """(H, W) bool: the visible pixels of the objects sounding in second t (= the ground truth)."""
         return np.isin(self.owner[t], np.flatnonzero(self.plan.sounding[t]))
 
-    def target(self, t: int) -> np.ndarray:
+    def target(self, t: int | np.integer) -> np.ndarray:
         """(H, W) bool: the visible pixels of frame t's swap object."""
         j = self.swap[t]
         if j is None:
@@ -364,6 +364,7 @@ def listen(
                 if synth is None:
                     continue
                 video = synth[record.video_id]
+                t: int | np.integer  # frame index: numpy's from flatnonzero, then a plain int
                 for t in np.flatnonzero(has):
                     if not np.array_equal(video.sounding_gt(t), gt[t]):
                         raise ValueError(f"{datasets['own'].root}: frame {record.frame_numbers[t]} of video {record.video_id}: "

@@ -279,6 +279,7 @@ class AVSBenchDataset(Dataset):
 
     def audio_features(self, record: VideoRecord, t: int, negative: tuple[str, int] = ("", -1)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(features (T, 1, F, W) or None, waveform windows (T, S) or None) of a video with ``t`` frames."""
+        audio: torch.Tensor | None
         if self.audio_frontend is None and not self.return_waveform:
             return None, None
         if self.audio_frontend == "pkl":
@@ -327,6 +328,7 @@ class AVSBenchDataset(Dataset):
         ``workers > 0`` use ``avseg data cache`` for features computed once.
         """
 
+        assert self.audio_frontend is not None  # only called for datasets that compute features
         if self.audio_transform is not None or not FRONTENDS[self.audio_frontend].memoise or negative[0] == "noise":
             return None
         helper = negative[1] if negative[0] == "other" else -1
@@ -378,7 +380,7 @@ class AVSBenchDataset(Dataset):
 
         if kind == "noise":
             rng = np.random.default_rng(helper)
-            return (rng.standard_normal(wave.shape[0]) * max(rms(wave), 1e-4)).astype(np.float32)
+            return (rng.standard_normal(int(wave.shape[0])) * max(rms(wave), 1e-4)).astype(np.float32)
         other, _ = self._decode_audio(self.records[helper], sample_rate)
         return fit_length(other, wave.shape[0])  # looped or cut to this clip's length
 
@@ -399,9 +401,9 @@ class AVSBenchDataset(Dataset):
                 (h, w), (h0, w0) = f.shape[:2], frames[0].shape[:2]
                 raise DataError(p, f"frame is {w}x{h}, the first frame of video {record.video_id} is {w0}x{h0} (frames of a video must have one size)")
         masks_raw = [read_mask(p, self.layout, num_sem) if p is not None else None for p in record.mask_paths]
-        for p, m in zip(record.mask_paths, masks_raw):
-            if m is not None and m.shape != frames[0].shape[:2]:
-                raise DataError(p, f"mask is {m.shape[1]}x{m.shape[0]} but its frame is {frames[0].shape[1]}x{frames[0].shape[0]}")
+        for mask_path, m in zip(record.mask_paths, masks_raw):
+            if m is not None and mask_path is not None and m.shape != frames[0].shape[:2]:  # m is None where the path is
+                raise DataError(mask_path, f"mask is {m.shape[1]}x{m.shape[0]} but its frame is {frames[0].shape[1]}x{frames[0].shape[0]}")
         return frames, masks_raw
 
     def __getitem__(self, index: int) -> VideoSample:
@@ -455,13 +457,16 @@ class AVSBenchDataset(Dataset):
 def _select(sample: VideoSample, keep: list[int]) -> VideoSample:
     """Keep the frames at positions ``keep``."""
 
-    def sel(x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x[keep]
+    def sel(x: torch.Tensor) -> torch.Tensor:
+        return x[keep]
+
+    def sel_optional(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else sel(x)
 
     return VideoSample(
-        frames=sel(sample.frames), audio=sel(sample.audio), waveform=sel(sample.waveform), masks=sel(sample.masks),
+        frames=sel(sample.frames), audio=sel_optional(sample.audio), waveform=sel_optional(sample.waveform), masks=sel(sample.masks),
         has_mask=sel(sample.has_mask), valid=sel(sample.valid), labels=sample.labels, video_id=sample.video_id,
-        frame_ids=[sample.frame_ids[i] for i in keep], pseudo_masks=sel(sample.pseudo_masks), has_pseudo=sel(sample.has_pseudo),
+        frame_ids=[sample.frame_ids[i] for i in keep], pseudo_masks=sel_optional(sample.pseudo_masks), has_pseudo=sel_optional(sample.has_pseudo),
         negative=sample.negative,
     )  # fmt: skip
 
@@ -473,15 +478,16 @@ def _pad(sample: VideoSample, t_out: int) -> VideoSample:
         return sample
     n = t_out - t
 
-    def pad(x: torch.Tensor | None) -> torch.Tensor | None:
-        if x is None:
-            return None
+    def pad(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x.new_zeros((n, *x.shape[1:]))])
 
+    def pad_optional(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else pad(x)
+
     return VideoSample(
-        frames=pad(sample.frames), audio=pad(sample.audio), waveform=pad(sample.waveform), masks=pad(sample.masks),
+        frames=pad(sample.frames), audio=pad_optional(sample.audio), waveform=pad_optional(sample.waveform), masks=pad(sample.masks),
         has_mask=pad(sample.has_mask), valid=pad(sample.valid), labels=sample.labels, video_id=sample.video_id,
-        frame_ids=sample.frame_ids + [-1] * n, pseudo_masks=pad(sample.pseudo_masks), has_pseudo=pad(sample.has_pseudo),
+        frame_ids=sample.frame_ids + [-1] * n, pseudo_masks=pad_optional(sample.pseudo_masks), has_pseudo=pad_optional(sample.has_pseudo),
         negative=sample.negative,
     )  # fmt: skip
 
@@ -494,16 +500,19 @@ def collate_videos(samples: list[VideoSample]) -> AVBatch:
     if len(ts) > 1:
         raise ValueError(f"videos in one batch have different frame counts {sorted(ts)}; set pad_to")
 
-    def stack(name: str) -> torch.Tensor | None:
+    def stack(name: str) -> torch.Tensor:
+        return torch.stack([getattr(s, name) for s in samples])
+
+    def stack_optional(name: str) -> torch.Tensor | None:
         values = [getattr(s, name) for s in samples]
         if any(v is None for v in values):
             return None
         return torch.stack(values)
 
     return AVBatch(
-        frames=stack("frames"), audio=stack("audio"), waveform=stack("waveform"), masks=stack("masks"),
+        frames=stack("frames"), audio=stack_optional("audio"), waveform=stack_optional("waveform"), masks=stack("masks"),
         has_mask=stack("has_mask"), valid=stack("valid"), labels=stack("labels"),
         video_ids=[s.video_id for s in samples], frame_ids=[s.frame_ids for s in samples],
-        pseudo_masks=stack("pseudo_masks"), has_pseudo=stack("has_pseudo"),
+        pseudo_masks=stack_optional("pseudo_masks"), has_pseudo=stack_optional("has_pseudo"),
         extras={"negative_audio": torch.tensor([bool(s.negative) for s in samples])},
     )  # fmt: skip

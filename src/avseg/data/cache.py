@@ -76,9 +76,9 @@ class _DecodedVideos(Dataset):
         record = ds.records[index]
         size = ds.image_size
         frames_raw, masks_raw = ds.decode_raw(index)  # the dataset's readers and checks
-        for p, m in zip(record.mask_paths, masks_raw):
-            if m is not None and m.size and int(m.max()) > 255:
-                raise DataError(p, f"class id {int(m.max())} does not fit the cache's uint8 masks")
+        for mask_path, m in zip(record.mask_paths, masks_raw):
+            if m is not None and mask_path is not None and m.size and int(m.max()) > 255:  # m is None where the path is
+                raise DataError(mask_path, f"class id {int(m.max())} does not fit the cache's uint8 masks")
         plain = augment_geometry(0, 0, index, size, augment=False)  # the un-augmented resize
         frames = np.stack([apply_geometry(f, plain, size, nearest=False) for f in frames_raw])  # (T, H, W, 3) uint8
         masks = np.zeros((len(frames_raw), size, size), np.uint8)
@@ -173,7 +173,7 @@ def build_cache(
         files = {"frames": f"{split}.frames.npy", "masks": f"{split}.masks.npy"}
         if audio_frontend is not None:
             files["audio"] = f"{split}.audio.npy"
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, np.memmap] = {
             "frames": np.lib.format.open_memmap(_tmp_name(out, files["frames"]), "w+", np.uint8, (n, image_size, image_size, 3)),
             "masks": np.lib.format.open_memmap(_tmp_name(out, files["masks"]), "w+", np.uint8, (n, image_size, image_size)),
         }

@@ -289,7 +289,7 @@ def build_composite(
             coeffs = _jitter(rng, size)
             save_png_atomic(
                 L.s4_frame(out, split, category, name, k),
-                frame.transform((size, size), Image.AFFINE, coeffs, resample=Image.Resampling.BILINEAR),
+                frame.transform((size, size), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR),
                 compress_level=1,
             )
             if k in mask_frames:
@@ -297,7 +297,7 @@ def build_composite(
                 # so thin parts are not lost to two successive resamplings.
                 a, b, c, d, e, f = coeffs
                 full = (a * sx, b * sx, c * sx, d * sy, e * sy, f * sy)
-                moved = mask.transform((size, size), Image.AFFINE, full, resample=Image.Resampling.NEAREST)
+                moved = mask.transform((size, size), Image.Transform.AFFINE, full, resample=Image.Resampling.NEAREST)
                 if k == 1 and positive and not moved.getbbox():
                     empty_positive += 1
                 save_png_atomic(L.s4_mask(out, split, category, name, k), moved, mode="L", compress_level=1)

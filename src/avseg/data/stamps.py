@@ -46,7 +46,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -492,7 +492,7 @@ def scan_stamps(root: Path | str = DEFAULT_STAMPS_DIR, only_curated: bool | None
             "(apt-get install tuxpaint-stamps-default) or pass another folder (--stamps DIR)"
         )
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    by_folder: dict[Path, dict[str, dict[str, Path]]] = {}
+    by_folder: dict[Path, dict[str, dict[str, Any]]] = {}  # stem -> {kind: Path, "sounds": [Path]}
     for p in files:
         suffix = p.suffix.lower()
         kind = "png" if suffix == ".png" else "svg" if suffix == ".svg" else "txt" if suffix == ".txt" else (
@@ -502,7 +502,7 @@ def scan_stamps(root: Path | str = DEFAULT_STAMPS_DIR, only_curated: bool | None
         entry = by_folder.setdefault(p.parent, {}).setdefault(p.stem, {})
         entry.setdefault(kind, p)  # .ogg before .wav before .flac: sorted order puts .flac first, fix below
         if kind == "sound":
-            entry.setdefault("sounds", []).append(p)  # type: ignore[arg-type, union-attr]
+            entry.setdefault("sounds", []).append(p)
 
     if only_curated is None:
         only_curated = any(stem in _CURATED_BY_NAME for stems in by_folder.values() for stem in stems)
@@ -515,7 +515,7 @@ def scan_stamps(root: Path | str = DEFAULT_STAMPS_DIR, only_curated: bool | None
         stamp_stems = sorted(s for s, e in stems.items() if {"png", "svg", "txt"} & set(e))
         for stem in sorted(stems):
             e = stems[stem]
-            sounds = sorted(e.get("sounds", []), key=lambda p: SOUND_SUFFIXES.index(p.suffix.lower()))  # type: ignore[arg-type]
+            sounds = sorted(e.get("sounds", []), key=lambda p: SOUND_SUFFIXES.index(p.suffix.lower()))
             sound = sounds[0] if sounds else None
             if stem not in stamp_stems:
                 # A sound alone: a description / localised name of a stamp, or a stamp without its image.
@@ -732,13 +732,13 @@ def _sized(rgba: np.ndarray, extent: float, flip: bool) -> np.ndarray:
     w, h = max(1, int(round(w0 * k))), max(1, int(round(h0 * k)))
     img = Image.fromarray(rgba, "RGBA").convert("RGBa").resize((w, h), Image.Resampling.BILINEAR)
     if flip:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def _layers(plan: StampVideo, rgbas: dict[str, np.ndarray], t: int):
+def _layers(plan: StampVideo, rgbas: dict[str, np.ndarray], t: int) -> list[tuple[int, int, np.ndarray, int] | None]:
     """For frame t, each object's (y0, x0, premultiplied patch clipped to the frame) or None, back first."""
-    out = []
+    out: list[tuple[int, int, np.ndarray, int] | None] = []
     for obj in plan.objects:
         cx, cy = obj.centres(plan.num_frames)[t]
         patch = _sized(rgbas[obj.stamp], float(obj.extents(plan.num_frames)[t]), obj.flip)

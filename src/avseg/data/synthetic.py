@@ -34,7 +34,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -292,8 +292,15 @@ def _place_apart(rng: np.random.Generator, objects: list[SynthObject], size: int
             raise RuntimeError(f"cannot place {len(objects)} objects apart in a {size}px frame")
 
 
+class _ScheduleSettings(Protocol):
+    """What a sounding schedule reads from its config (SynthConfig here, StampsConfig in stamps.py)."""
+
+    silence_prob: float
+    switch_prob: float
+
+
 def _sounding_schedule(
-    rng: np.random.Generator, num_sources: int, num_frames: int, cfg: SynthConfig
+    rng: np.random.Generator, num_sources: int, num_frames: int, cfg: _ScheduleSettings
 ) -> np.ndarray:
     """(T, num_sources) bool. Starts with a random non-empty set; each second, with ``switch_prob``,
     moves to another subset (the empty set weighted by ``silence_prob``, the non-empty ones sharing the

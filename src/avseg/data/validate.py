@@ -88,23 +88,23 @@ def _check_video(record: VideoRecord, layout: str, num_classes: int | None) -> t
             size = shape
         elif shape != size:
             problems.append({"path": str(path), "problem": f"frame is {shape[1]}x{shape[0]}, other frames of the video are {size[1]}x{size[0]}"})
-    for path in record.mask_paths:
-        if path is None:
+    for mask_path in record.mask_paths:
+        if mask_path is None:
             continue
         try:
-            mask = read_mask(path, layout, num_classes)
+            mask = read_mask(mask_path, layout, num_classes)
         except DataError as exc:
             problems.append({"path": exc.path, "problem": exc.problem})
             continue
         if size is not None and mask.shape != size:
-            problems.append({"path": str(path), "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, its frames are {size[1]}x{size[0]}"})
+            problems.append({"path": str(mask_path), "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, its frames are {size[1]}x{size[0]}"})
             continue
         if layout != "avss":
-            with Image.open(path) as img:
+            with Image.open(mask_path) as img:
                 if img.mode == "L":
                     values = set(np.unique(np.asarray(img)).tolist())
                     if not values <= {0, 1, 255}:
-                        warnings.append({"path": str(path), "problem": f"grey mask holds values other than 0/255 ({len(values)} distinct); binarised with != 0"})
+                        warnings.append({"path": str(mask_path), "problem": f"grey mask holds values other than 0/255 ({len(values)} distinct); binarised with != 0"})
         n_masks += 1
     problem, warning = _check_audio(record.audio_path)
     if problem:

@@ -20,7 +20,7 @@ import pickle
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import safetensors.torch
@@ -158,7 +158,8 @@ def load_model_weights(model: nn.Module, path: Path, *, strict: bool = True) -> 
 def capture_rng_state() -> dict[str, Any]:
     """Python, numpy, torch CPU and CUDA RNG states as tensors / lists."""
     version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
+    # the legacy (default) form: a (name, keys, pos, has_gauss, cached_gaussian) tuple
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": {

@@ -14,10 +14,10 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -111,6 +111,7 @@ def build_optimizer(
 
     A group may set ``lr`` or ``lr_scale`` (multiplies ``settings.lr``) and any optimizer option.
     """
+    groups: list[dict[str, Any]]
     if param_groups is None:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     else:
@@ -251,10 +252,11 @@ def fit(
     optimizer = build_optimizer(raw, settings, param_groups)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
-    sampler = distributed.EpochSampler(len(train_set), seed=settings.seed, rank=rank, world_size=world)
+    num_samples = len(cast(Sized, train_set))  # a map-style dataset
+    sampler = distributed.EpochSampler(num_samples, seed=settings.seed, rank=rank, world_size=world)
     steps_per_epoch = sampler.num_samples // per_batch if drop_last else math.ceil(sampler.num_samples / per_batch)
     if steps_per_epoch == 0:
-        raise ValueError(f"{desc}: {len(train_set)} samples give no full batch of {per_batch} per process (drop_last)")
+        raise ValueError(f"{desc}: {num_samples} samples give no full batch of {per_batch} per process (drop_last)")
     total_steps = settings.epochs * steps_per_epoch
     stop_step = min(total_steps, settings.max_steps) if settings.max_steps else total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings, total_steps))
@@ -297,7 +299,7 @@ def fit(
     elif resume and main:
         log.info("%s: no checkpoint in %s, starting from scratch", desc, out_dir)
 
-    train_model = torch.compile(raw) if settings.compile else raw
+    train_model = cast(nn.Module, torch.compile(raw)) if settings.compile else raw  # compile returns the wrapped module
     train_model = distributed.wrap_ddp(train_model, device, find_unused_parameters)
 
     loader_rng = torch.Generator()

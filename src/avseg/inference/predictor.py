@@ -19,12 +19,11 @@ from the track (silence past its ends, as in training). Outputs are resized back
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -259,7 +258,7 @@ class Predictor:
             raise RunError(f"{config_path}: needs a 'method:' key naming one of {sorted(METHODS)}, got {method!r}")
         spec = METHODS[method]
         raw.setdefault("data", {}).setdefault("root", ".")  # inference reads no dataset
-        cfg = from_dict(spec.config_cls, raw, source=str(config_path))
+        cfg: Any = from_dict(spec.config_cls, raw, source=str(config_path))  # the method's own config class
         dev = _resolve_device(device)
         model = _load_weights_file(spec, cfg, checkpoint, dev)
         return cls._from_config(model, cfg, dev, batch_size, name=str(checkpoint))
@@ -324,7 +323,8 @@ class Predictor:
             has_mask=torch.zeros(1, t, dtype=torch.bool), valid=torch.ones(1, t, dtype=torch.bool),
             labels=torch.zeros(1, 0), video_ids=["input"], frame_ids=[list(range(t))],
         )  # fmt: skip
-        out = self.model.predict(batch.to(self.device)).float()[0]  # (T, S, S) or (T, C, S, S)
+        predict = cast("Callable[[AVBatch], Tensor]", self.model.predict)  # every final model has predict(batch)
+        out = predict(batch.to(self.device)).float()[0]  # (T, S, S) or (T, C, S, S)
         if self.output == "semantic":
             out = _class_probabilities(out)
         else:
@@ -332,8 +332,8 @@ class Predictor:
         results = []
         for i, image in enumerate(images):
             up = F.interpolate(out[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-            up = up.clamp_(0.0, 1.0).cpu().numpy()
-            results.append(up[0] if self.output == "binary" else up)
+            probs = up.clamp_(0.0, 1.0).cpu().numpy()
+            results.append(probs[0] if self.output == "binary" else probs)
         return results
 
     def predict_frames(
@@ -421,7 +421,8 @@ class Predictor:
             t1 = time.perf_counter()
             windows = None
             if track is not None:
-                windows = torch.from_numpy(np.stack([w for _, w in pending]))
+                # an audio track gives every pending frame its window
+                windows = torch.from_numpy(np.stack([cast(np.ndarray, w) for _, w in pending]))
             t2 = time.perf_counter()
             outs = self._forward([sf.image for sf, _ in pending], windows)
             spent["model"] += time.perf_counter() - t2
@@ -459,23 +460,11 @@ def _dataset_class_names(root: Path, layout: str) -> list[str] | None:
 
 
 def _load_weights_file(spec: Any, cfg: Any, checkpoint: Path, device: torch.device) -> nn.Module:
-    """The method's final model with the weights of ``checkpoint``.
-
-    Methods load their final model from a run folder (``spec.load_predictor(cfg, run_dir, device)``
-    reads ``<stage folder>/best|last.safetensors``; the folder differs per method: ``segmenter``,
-    ``segment``, ``classifier``, ...). The checkpoint is presented as ``last.safetensors`` in every stage
-    folder of a temporary run folder (symlinks, nothing copied). Methods whose final model needs more than one file or a stage
-    marker (e.g. ``c2am``'s polarity) cannot be loaded from a bare checkpoint: use ``--run``.
+    """The method's final model with the weights of ``checkpoint``: ``spec.load_predictor(cfg, None, device,
+    weights=checkpoint)``, no run folder. Methods whose final model needs more than one file or a stage marker
+    (e.g. ``c2am``'s polarity) cannot be loaded from a bare checkpoint: use ``--run``.
     """
-    stages = spec.stages(cfg)
-    folders = {s.name for s in stages} | {o for s in stages for o in s.outputs if "/" not in o}
-    with tempfile.TemporaryDirectory(prefix="avseg-ckpt-") as tmp:
-        for folder in folders:
-            link = Path(tmp) / folder / "last.safetensors"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(checkpoint.resolve())
-        try:
-            return spec.load_predictor(cfg, Path(tmp), device)
-        except (RuntimeError, FileNotFoundError, ValueError) as exc:
-            message = str(exc).replace(tmp, "<checkpoint>")
-            raise ValueError(f"{checkpoint} cannot be loaded as method {spec.name}'s final model with this config ({message}); pass --run RUN instead") from exc
+    try:
+        return spec.load_predictor(cfg, None, device, weights=checkpoint)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"{checkpoint} cannot be loaded as method {spec.name}'s final model with this config ({exc}); pass --run RUN instead") from exc

@@ -23,9 +23,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,10 @@ from avseg.fileio import atomic_write_bytes, write_text_atomic
 from avseg.inference.predictor import FramePrediction, Predictor
 from avseg.inference.video import VideoError, VideoInfo, probe_video
 from avseg.visualize import contact_sheet, mask_image, overlay, save_image_atomic
+
+if TYPE_CHECKING:  # PyAV is imported where a video is written (it is slow to import)
+    from av import AudioFrame, AudioResampler, AudioStream, VideoStream
+    from av.container import InputContainer
 
 log = logging.getLogger("avseg")
 
@@ -113,7 +118,7 @@ class OverlayWriter:
         self.width, self.height = max(2, width - width % 2), max(2, height - height % 2)
         self.codec = _video_codec()
         self._out = av.open(str(self._tmp), "w", format="mp4")
-        self._video = self._out.add_stream(self.codec, rate=30)
+        self._video = cast("VideoStream", self._out.add_stream(self.codec, rate=30))  # _video_codec names a video codec
         self._video.width, self._video.height, self._video.pix_fmt = self.width, self.height, "yuv420p"
         self._video.time_base = Fraction(1, 1000)
         self._video.codec_context.time_base = Fraction(1, 1000)
@@ -124,7 +129,10 @@ class OverlayWriter:
         self._last_pts = -1
         self._held: tuple[np.ndarray, int] | None = None
         self._durations: dict[int, int] = {}
-        self._audio_in = self._audio_out = self._resampler = self._frames = None
+        self._audio_in: InputContainer | None = None
+        self._audio_out: AudioStream | None = None
+        self._resampler: AudioResampler | None = None
+        self._frames: Iterator[AudioFrame] | None = None
         self._audio_samples = 0
         self._audio_done = True
         if audio_source is not None:
@@ -150,6 +158,9 @@ class OverlayWriter:
     def _pull_audio(self, until: float | None) -> None:
         """Encode source audio up to ``until`` seconds (all of it when None)."""
         while not self._audio_done and (until is None or self._audio_samples / self._audio_rate < until):
+            # set together by _open_audio, which is what makes _audio_done False
+            assert self._audio_in is not None and self._frames is not None
+            assert self._resampler is not None and self._audio_out is not None
             try:
                 frame = next(self._frames)
             except StopIteration:
@@ -396,7 +407,8 @@ def segment_videos(
     if fps < 0 or not math.isfinite(fps):
         raise ValueError(f"--fps must be >= 0 (0 = every frame), got {fps}")
     out = Path(out)
-    results, failures = [], []
+    results: list[dict[str, Any]] = []
+    failures: list[str] = []
     for video, name in zip(videos, _output_names(videos)):
         try:
             s = segment_video(predictor, video, out / name, fps=fps, allow_silent=allow_silent, progress=progress)

@@ -27,9 +27,8 @@ from torch import Tensor, nn
 from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, num_classes_of, train_stage
-from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.types import AVBatch
@@ -157,9 +156,9 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def load_predictor(cfg: AVSWeakConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: AVSWeakConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = build_net(cfg, pretrained=False)
-    load_model_weights(net, final_checkpoint(run_dir))
+    load_model_weights(net, final_weights(run_dir, weights))
     return net.to(device).eval()
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -51,6 +51,32 @@ class Stage:
         return self.marker(run_dir).is_file()
 
 
+def final_checkpoint(run_dir: Path, stage: str = "segmenter") -> Path:
+    """The final weights a training stage left in its folder: ``best.safetensors`` (kept by validation), else ``last``."""
+    best = run_dir / stage / "best.safetensors"
+    return best if best.is_file() else run_dir / stage / "last.safetensors"
+
+
+def final_weights(run_dir: Path | None, weights: Path | None, stage: str = "segmenter") -> Path:
+    """``weights`` when given (a bare checkpoint), else the run's ``final_checkpoint(run_dir, stage)``."""
+    if weights is not None:
+        return Path(weights)
+    if run_dir is None:
+        raise ValueError("the final model needs a run folder or a weights file")
+    return final_checkpoint(Path(run_dir), stage)
+
+
+class LoadPredictor(Protocol):
+    """(config, run folder, device, weights=None) -> the final model in eval mode, ``predict(batch)`` ready.
+
+    ``weights``: a file holding the final model's weights, loaded instead of the run's final checkpoint
+    (``run_dir`` may then be None). A method whose final model needs more than that one file (c2am: the
+    polarity its activation-maps stage decided) raises ValueError without its run folder.
+    """
+
+    def __call__(self, cfg: Any, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """Everything about a registered method, read by the runner, the bench, the predictor and the tests.
@@ -61,7 +87,8 @@ class MethodSpec:
         stages: config -> the ordered stages.
         final_stage: the stage that completes the final model; the stages before it make pseudo masks
             (``avseg pseudo`` reruns those).
-        load_predictor: (config, run folder, device) -> the final model, ``predict(batch)`` ready.
+        load_predictor: (config, run folder, device, weights=None) -> the final model, ``predict(batch)`` ready
+            (see ``LoadPredictor``).
         output: "binary" (probabilities) or "semantic" (class scores).
         supervision: what the training sees ("video labels", "ground-truth masks", ...).
         description: one line for listings.
@@ -77,7 +104,7 @@ class MethodSpec:
     config_cls: type
     stages: Callable[[Any], list[Stage]]
     final_stage: str
-    load_predictor: Callable[[Any, Path, torch.device], Any]  # an eval-mode nn.Module with predict(batch)
+    load_predictor: LoadPredictor  # an eval-mode nn.Module with predict(batch)
     output: str  # "binary" | "semantic"
     supervision: str
     description: str = ""

@@ -186,12 +186,14 @@ def stages(cfg: C2AMConfig) -> list[Stage]:
     ]
 
 
-def load_predictor(cfg: C2AMConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: C2AMConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
+    if run_dir is None:
+        raise ValueError("c2am's final model needs its run folder: the polarity of the C2AM map is decided by its activation-maps stage")
     marker = read_marker("activation-maps", Path(run_dir))
     if marker is None:
         raise FileNotFoundError(f"{run_dir}/stages/activation-maps.json is missing: the polarity of the C2AM map is decided there; run the stage first")
     net = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level)
-    load_model_weights(net, Path(run_dir) / "c2am" / "last.safetensors")
+    load_model_weights(net, Path(weights) if weights is not None else Path(run_dir) / "c2am" / "last.safetensors")
     return C2AMPredictor(net, flip=bool(marker["polarity_flipped"]), threshold=cfg.c2am_threshold).to(device).eval()
 
 

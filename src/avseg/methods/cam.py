@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
-from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.heads import ClassifierHead
+from avseg.models.visual import encoder_channels
 from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.types import AVBatch
 
@@ -61,7 +61,7 @@ def calibrate(maps: Tensor, threshold: float) -> Tensor:
     return torch.where(maps <= threshold, low, high).clamp(0.0, 1.0)
 
 
-def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+def upsample_maps(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     """(N, h, w) -> (N, H, W) bilinear."""
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
@@ -119,7 +119,7 @@ class CAMNet(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.level = level
-        self.classifier = ClassifierHead(encoder.channels[level], num_classes)
+        self.classifier = ClassifierHead(encoder_channels(encoder)[level], num_classes)
         self.threshold = threshold
         self.cam_class = cam_class
 
@@ -178,9 +178,9 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def load_predictor(cfg: CAMConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: CAMConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = build_net(cfg, weights="none")
-    load_model_weights(net, final_checkpoint(run_dir, "classifier"))
+    load_model_weights(net, final_weights(run_dir, weights, "classifier"))
     return net.to(device).eval()
 
 

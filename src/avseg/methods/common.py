@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +92,8 @@ def binary_validator(data: DataConfig, device: torch.device, audio: bool, split:
         was_training = inner.training
         inner.eval()
         try:
-            result = evaluate_outputs(iterate_outputs(inner.predict, dataset, device, batch_size=batch_size), data.layout, "clean")
+            predict = cast("Callable[[AVBatch], Tensor]", inner.predict)  # every final model has predict(batch)
+            result = evaluate_outputs(iterate_outputs(predict, dataset, device, batch_size=batch_size), data.layout, "clean")
         finally:
             inner.train(was_training)
         return {f"{split}_miou": float(result["miou"]), f"{split}_fscore": float(result["fscore"])}

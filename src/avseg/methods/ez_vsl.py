@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,11 +30,11 @@ from torch import Tensor, nn
 from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
-from avseg.methods.ws_avs import final_checkpoint
 from avseg.models.segmenter import AUDIO_NORMS
+from avseg.models.visual import encoder_channels
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.types import AVBatch
 
@@ -118,7 +118,7 @@ class EZVSLNet(nn.Module):
         label_negatives: bool = False,
     ) -> None:
         super().__init__()
-        channels = tuple(visual_encoder.channels)
+        channels = encoder_channels(visual_encoder)
         if audio_norm not in AUDIO_NORMS:
             raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {audio_norm!r}")
         self.levels = tuple(levels)
@@ -127,8 +127,9 @@ class EZVSLNet(nn.Module):
         self.visual_encoder = visual_encoder
         self.audio_encoder = audio_encoder
         self.visual_proj = nn.ModuleDict({str(s): nn.Conv2d(channels[s], embed_dim, 1) for s in self.levels})
-        self.audio_norm: nn.Module = nn.BatchNorm1d(int(audio_encoder.out_dim)) if audio_norm == "batch" else nn.Identity()
-        self.audio_proj = nn.Linear(int(audio_encoder.out_dim), embed_dim)
+        audio_dim = int(cast(int, audio_encoder.out_dim))  # every audio encoder sets out_dim
+        self.audio_norm: nn.Module = nn.BatchNorm1d(audio_dim) if audio_norm == "batch" else nn.Identity()
+        self.audio_proj = nn.Linear(audio_dim, embed_dim)
         self.tau = tau
         self.scale_by_tau = scale_by_tau
         self.threshold = threshold
@@ -207,9 +208,9 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     return train_stage(model, train, s, ctx.path("ez-vsl"), resume=ctx.resume, desc="ez-vsl", evaluate=evaluate, best_key="val_miou" if evaluate else None)
 
 
-def load_predictor(cfg: EZVSLConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: EZVSLConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = build_net(cfg, pretrained=False)
-    load_model_weights(net, final_checkpoint(run_dir, "ez-vsl"))
+    load_model_weights(net, final_weights(run_dir, weights, "ez-vsl"))
     if cfg.ogl:
         net.attach_object_encoder(VISUAL_ENCODERS[cfg.ogl_visual](weights=cfg.ogl_weights), cfg.ogl_level, cfg.ogl_alpha)
     return net.to(device).eval()

@@ -15,9 +15,9 @@ from torch import nn
 
 from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import binary_validator, make_dataset, train_stage, without_pretrained_weights
-from avseg.methods.ws_avs import WSAVSNet, build_segmenter, final_checkpoint
+from avseg.methods.ws_avs import WSAVSNet, build_segmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 
 
@@ -61,9 +61,9 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     return train_stage(model, train, s, ctx.path("segmenter"), resume=ctx.resume, desc="supervised", evaluate=evaluate, best_key="val_miou" if evaluate else None)
 
 
-def load_predictor(cfg: SupervisedConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: SupervisedConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
-    load_model_weights(net, final_checkpoint(run_dir))
+    load_model_weights(net, final_weights(run_dir, weights))
     return net.to(device).eval()
 
 

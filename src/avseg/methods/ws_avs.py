@@ -31,11 +31,12 @@ from avseg.fileio import file_sha256, remove_stale_temporaries, write_text_atomi
 from avseg.losses.c2am import c2am_losses
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss, iou_loss
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage, without_pretrained_weights
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
+from avseg.models.visual import encoder_channels
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.pseudo.crf import dense_crf
 from avseg.pseudo.writer import PseudoMaskWriter, frame_relpaths
@@ -110,11 +111,12 @@ class C2AMNet(nn.Module):
 
     def __init__(self, encoder: nn.Module, level: int = 3) -> None:
         super().__init__()
-        if not 0 <= level < len(encoder.channels):
-            raise ValueError(f"c2am_level must be within 0..{len(encoder.channels) - 1}, got {level}")
+        channels = encoder_channels(encoder)
+        if not 0 <= level < len(channels):
+            raise ValueError(f"c2am_level must be within 0..{len(channels) - 1}, got {level}")
         self.encoder = encoder
         self.level = level
-        self.head = C2AMHead(encoder.channels[level])
+        self.head = C2AMHead(channels[level])
 
     def foreground(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         """frames (N, 3, H, W) -> (features (N, C, h, w), P (N, 1, h, w) in [0, 1])."""
@@ -145,12 +147,13 @@ class SaliencyNet(nn.Module):
     def __init__(self, encoder: nn.Module, channels: int = 64) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = PanopticFPNDecoder(tuple(encoder.channels), channels=channels, num_classes=1)
+        self.decoder = PanopticFPNDecoder(encoder_channels(encoder), channels=channels, num_classes=1)
 
     def logits(self, frames: Tensor) -> Tensor:
         return self.decoder(self.encoder(frames), out_size=frames.shape[-2:])[:, 0]  # (N, H, W)
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
+        assert batch.pseudo_masks is not None and batch.has_pseudo is not None  # its dataset reads a pseudo-mask folder
         frames = batch.frames.flatten(0, 1)
         target = batch.pseudo_masks.flatten(0, 1)
         keep = (batch.valid & batch.has_pseudo).flatten()
@@ -202,6 +205,7 @@ class WSAVSNet(nn.Module):
 
     def pseudo_mask_loss(self, logits: Tensor, batch: AVBatch) -> Tensor:
         """BCE of ``logits`` (B*T, H, W) against the pseudo masks of the valid frames that have one."""
+        assert batch.pseudo_masks is not None and batch.has_pseudo is not None  # its dataset reads a pseudo-mask folder
         keep = (batch.valid & batch.has_pseudo).flatten()
         return bce_loss(logits[keep], batch.pseudo_masks.flatten(0, 1)[keep])
 
@@ -379,6 +383,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
 
     def combine(batch: AVBatch) -> Tensor:
         a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
+        assert a is not None  # the writer's dataset reads the C2AM maps as its pseudo masks
         if saliency is None:
             return torch.stack([a, torch.zeros_like(a), (a > cfg.c2am_threshold).float()], dim=2)
         sal = saliency.predict(batch)
@@ -423,14 +428,9 @@ def stages(cfg: WSAVSConfig) -> list[Stage]:
     return out
 
 
-def final_checkpoint(run_dir: Path, stage: str = "segmenter") -> Path:
-    best = run_dir / stage / "best.safetensors"
-    return best if best.is_file() else run_dir / stage / "last.safetensors"
-
-
-def load_predictor(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> nn.Module:
+def load_predictor(cfg: WSAVSConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
-    load_model_weights(net, final_checkpoint(run_dir))
+    load_model_weights(net, final_weights(run_dir, weights))
     return net.to(device).eval()
 
 

@@ -236,6 +236,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
 
     def combine(batch: AVBatch) -> Tensor:
         a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
+        assert a is not None  # the writer's dataset reads the C2AM maps as its pseudo masks
         if saliency is None:
             sal = torch.zeros_like(a)
             eq6 = a > cfg.c2am_threshold

@@ -8,6 +8,8 @@ that keeps the contract: its "spectrogram" is a frozen pretrained embedding ``(N
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet
@@ -35,16 +37,18 @@ def mono_conv_from_rgb(conv: nn.Conv2d, average_weights: bool) -> nn.Conv2d:
     mono = nn.Conv2d(
         1,
         conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        # a Conv2d's size tuples have two entries (torch annotates them as tuple[int, ...])
+        kernel_size=cast("tuple[int, int]", conv.kernel_size),
+        stride=cast("tuple[int, int]", conv.stride),
+        padding=cast("str | tuple[int, int]", conv.padding),
+        dilation=cast("tuple[int, int]", conv.dilation),
         bias=conv.bias is not None,
     )
     if average_weights:
         with torch.no_grad():
             mono.weight.copy_(conv.weight.mean(dim=1, keepdim=True))
             if conv.bias is not None:
+                assert mono.bias is not None  # built with bias=True just above
                 mono.bias.copy_(conv.bias)
     return mono
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,7 +62,8 @@ class PanopticFPNDecoder(nn.Module):
 
         target = pyramid[0].shape[-2:]  # stride 4
         fused = None
-        for i, (x, convs) in enumerate(zip(pyramid, self.scale_heads)):
+        for i, (x, head) in enumerate(zip(pyramid, self.scale_heads)):
+            convs = cast(nn.ModuleList, head)  # scale_heads holds one ModuleList per level
             for k, conv in enumerate(convs):
                 x = conv(x)
                 if i > 0:

@@ -7,12 +7,14 @@ fusion (Eq. 1) at every stage; Panoptic-FPN decoder -> mask logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from torch import Tensor, nn
 
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.fusion import AVFusion
 from avseg.models.heads import ProjectionHead
+from avseg.models.visual import encoder_channels
 
 AUDIO_NORMS = ("batch", "none")
 
@@ -61,7 +63,7 @@ class AVSegmenter(nn.Module):
         audio_norm: str = "batch",
     ) -> None:
         super().__init__()
-        channels = tuple(visual_encoder.channels)
+        channels = encoder_channels(visual_encoder)
         if any(not 0 <= s < len(channels) for s in fusion_stages):
             raise ValueError(f"fusion_stages must be within 0..{len(channels) - 1}, got {fusion_stages}")
         if audio_norm not in AUDIO_NORMS:
@@ -71,7 +73,7 @@ class AVSegmenter(nn.Module):
         self.fusion_stages = tuple(sorted(set(fusion_stages)))
         decoder_in = channels
         if audio_encoder is not None:
-            audio_dim = int(audio_encoder.out_dim)
+            audio_dim = int(cast(int, audio_encoder.out_dim))  # every audio encoder sets out_dim
             self.audio_norm: nn.Module = nn.BatchNorm1d(audio_dim) if audio_norm == "batch" else nn.Identity()
             self.audio_proj = nn.Linear(audio_dim, embed_dim)
             self.visual_proj = nn.ModuleDict({str(s): ProjectionHead(channels[s], embed_dim, dropout=visual_dropout) for s in self.fusion_stages})

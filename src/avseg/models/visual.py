@@ -8,13 +8,23 @@ backbones and load their weights); they never download anything.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet
 
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["ResNetEncoder", "EfficientNetLiteEncoder", "TinyVisualEncoder", "group_norm"]
+if TYPE_CHECKING:  # an optional dependency (the `weights` extra), untyped: mypy reads it as Any
+    from efficientnet_lite_pytorch import EfficientNet
+
+__all__ = ["ResNetEncoder", "EfficientNetLiteEncoder", "TinyVisualEncoder", "encoder_channels", "group_norm"]
+
+
+def encoder_channels(encoder: nn.Module) -> tuple[int, ...]:
+    """The ``channels`` every visual encoder exposes (the widths of its pyramid levels, finest first)."""
+    return tuple(cast("tuple[int, ...]", encoder.channels))
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -60,7 +70,7 @@ class ResNetEncoder(nn.Module):
 def _out_channels(layer: nn.Sequential) -> int:
     last = layer[-1]
     bn = last.bn3 if hasattr(last, "bn3") else last.bn2  # Bottleneck ends with bn3, BasicBlock with bn2
-    return int(bn.num_features)
+    return int(cast(nn.BatchNorm2d, bn).num_features)
 
 
 class EfficientNetLiteEncoder(nn.Module):
@@ -76,7 +86,7 @@ class EfficientNetLiteEncoder(nn.Module):
             True the ImageNet-normalised frames of our batch contract are mapped to that range first.
     """
 
-    def __init__(self, backbone: nn.Module, tf_input_range: bool = True) -> None:
+    def __init__(self, backbone: EfficientNet, tf_input_range: bool = True) -> None:
         super().__init__()
         self.conv_stem = backbone._conv_stem
         self.bn0 = backbone._bn0
@@ -87,6 +97,8 @@ class EfficientNetLiteEncoder(nn.Module):
         # (x * std + mean) * 255 -> (p - 127) / 128, folded into one affine map per channel
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.input_scale: Tensor
+        self.input_shift: Tensor
         self.register_buffer("input_scale", std * 255.0 / 128.0, persistent=False)
         self.register_buffer("input_shift", (mean * 255.0 - 127.0) / 128.0, persistent=False)
 

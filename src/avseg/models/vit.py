@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from avseg.types import IMAGENET_MEAN, IMAGENET_STD
 from avseg.weights import load_state_dict_file
+
+if TYPE_CHECKING:  # timm is imported where a ViT is built, not at import time
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["VIT_CONFIGS", "ViTConfig", "ViTEncoder", "ViTOutput", "build_vit", "load_vit_weights", "vit_state_dict_from_file"]
 
@@ -62,7 +65,7 @@ class ViTEncoder(nn.Module):
             "half": mapped to (x - 0.5) / 0.5 first, the normalisation of the augreg / original ViT weights.
     """
 
-    def __init__(self, vit: nn.Module, input_norm: str = "imagenet") -> None:
+    def __init__(self, vit: VisionTransformer, input_norm: str = "imagenet") -> None:
         super().__init__()
         if input_norm not in ("imagenet", "half"):
             raise ValueError(f"input_norm must be 'imagenet' or 'half', got {input_norm!r}")
@@ -75,6 +78,8 @@ class ViTEncoder(nn.Module):
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         # imagenet-normalised x -> pixel p = x * std + mean -> (p - 0.5) / 0.5, folded into one affine map
+        self.input_scale: Tensor
+        self.input_shift: Tensor
         self.register_buffer("input_scale", std * 2.0, persistent=False)
         self.register_buffer("input_shift", mean * 2.0 - 1.0, persistent=False)
 
@@ -138,7 +143,7 @@ def vit_state_dict_from_file(path: Path | str) -> dict[str, Tensor]:
     return state
 
 
-def load_vit_weights(vit: nn.Module, state: dict[str, Tensor]) -> None:
+def load_vit_weights(vit: VisionTransformer, state: dict[str, Tensor]) -> None:
     """Load a timm ViT state dict into ``vit`` (position embedding resampled to its grid; head weights dropped).
 
     Raises ValueError naming the missing / unexpected keys when the checkpoint is not this architecture.

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.audio.frontends import FRONTENDS
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss
 from avseg.losses.segmentation import ce_loss
-from avseg.methods.pcas.config import IGNORE, PCASConfig
-from avseg.models.ast import build_ast, frame_segments
+from avseg.methods.pcas.config import IGNORE
+from avseg.models.ast import ASTEncoder, frame_segments
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import AttentionPool, ProjectionHead
-from avseg.models.visual import group_norm
+from avseg.models.visual import encoder_channels, group_norm
 from avseg.models.vit import build_vit
-from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.pseudo.crf import dense_crf_multi
 from avseg.types import AVBatch
 from avseg.visualize import denormalize
@@ -55,7 +52,7 @@ class CNNVisual(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.level = level
-        self.embed_dim = int(encoder.channels[level])
+        self.embed_dim = int(encoder_channels(encoder)[level])
         heads = next(h for h in (8, 4, 2, 1) if self.embed_dim % h == 0)
         self.pool = AttentionPool(self.embed_dim, num_heads=heads)
         self.patch_size = 4 * 2**level
@@ -103,42 +100,112 @@ class PCASNet(nn.Module):
     """Visual encoder + AST with TVP + classification heads + contrastive projections + segmentation head.
 
     ``mode`` ("look-listen" or "segment") selects the training objective; ``predict`` is the inference.
+    Takes its two encoders and the settings it reads; ``stages.build_model`` builds it from a ``PCASConfig``.
     """
 
-    def __init__(self, cfg: PCASConfig, num_classes: int, visual_weights: bool = True) -> None:
+    def __init__(
+        self,
+        visual: ViTVisual | CNNVisual,
+        audio: ASTEncoder,
+        num_classes: int,
+        *,
+        semantic: bool,
+        window_seconds: float,
+        # audio side: which part of each frame's window the AST reads; temporal visual prompts
+        audio_segment: Literal["centre", "window"],
+        segment_seconds: float,
+        tvp: bool,
+        tvp_detach: bool,
+        # Looking-before-Listening: classification
+        audio_cls_weight: float,
+        visual_cls_weight: float,
+        visual_sem_weight: float,
+        # Listening-before-Segmentation: progressive contrast in an embed_dim space
+        embed_dim: int,
+        cmc: bool,
+        cmc_weight: float,
+        cmc_tau: float,
+        cmpc: bool,
+        cmpc_weight: float,
+        cmpc_high: float,
+        cmpc_low: float,
+        cmpc_detach_audio: bool,
+        cmpc_sounding_only: bool,
+        cmcc: bool,
+        cmcc_weight: float,
+        cmcc_tau: float,
+        cmcc_crops: int,
+        cmcc_crop_fraction: float,
+        cmcc_crop_px: int | None,
+        cmcc_fg_fraction: float,
+        cmcc_bg_fraction: float,
+        cmcc_batch_negatives: bool,
+        fine_losses_after: int,
+        # class activation maps and pseudo labels
+        audio_threshold: float,
+        empty_audio: Literal["background", "top1"],
+        cam_source: Literal["sem", "cls"],
+        cam_high: float,
+        cam_low: float,
+        cam_flip: bool,
+        cam_norm: Literal["max", "minmax"],
+        # segmentation head
+        use_fpn: bool,
+        seg_channels: int,
+        seg_weight: float,
+        segment_joint: bool,
+        segment_audio: Literal["bias", "none"],
+        flip_augment: bool,
+        # inference
+        audio_gate: Literal["soft", "hard", "none"],
+        crf: bool,
+        crf_iterations: int,
+    ) -> None:
+        """Every setting means what the ``PCASConfig`` field of the same name means (``stages.build_model``
+        passes them); ``semantic``: the layout is AVSS (``predict`` returns class scores); ``window_seconds``:
+        the length of each frame's audio window (the front-end's); ``use_fpn``: a Panoptic-FPN head on the
+        CNN pyramid instead of the conv head on the patch map."""
         super().__init__()
-        self.cfg = cfg
+        # Registered in this order (visual, audio, heads, projections, segmentation head), as the state dict
+        # and the optimizer's parameter order have always had them.
+        self.visual = visual
+        self.audio = audio
         self.num_classes = num_classes  # K foreground classes; the segmentation head predicts K + 1
-        self.semantic = cfg.data.layout == "avss"
+        self.semantic = semantic
         self.output = "semantic" if self.semantic else "binary"  # what predict returns on this layout
         self.mode = "look-listen"
-        if cfg.is_vit:
-            path = cfg.visual_weights_path if visual_weights and cfg.visual_weights == "file" else None
-            self.visual: nn.Module = ViTVisual(cfg.visual, path, cfg.visual_input_norm, cfg.drop_path)
-        else:
-            weights = cfg.visual_weights if visual_weights else "none"
-            encoder = VISUAL_ENCODERS[cfg.visual](weights=weights, weights_path=Path(cfg.visual_weights_path) if cfg.visual_weights_path and weights != "none" else None)
-            self.visual = CNNVisual(encoder, cfg.visual_level)
+        self.window_seconds = window_seconds
+        self.audio_segment, self.segment_seconds, self.tvp, self.tvp_detach = audio_segment, segment_seconds, tvp, tvp_detach
+        self.audio_cls_weight, self.visual_cls_weight, self.visual_sem_weight = audio_cls_weight, visual_cls_weight, visual_sem_weight
+        self.cmc, self.cmc_weight, self.cmc_tau = cmc, cmc_weight, cmc_tau
+        self.cmpc, self.cmpc_weight, self.cmpc_high, self.cmpc_low = cmpc, cmpc_weight, cmpc_high, cmpc_low
+        self.cmpc_detach_audio, self.cmpc_sounding_only = cmpc_detach_audio, cmpc_sounding_only
+        self.cmcc, self.cmcc_weight, self.cmcc_tau, self.cmcc_crops = cmcc, cmcc_weight, cmcc_tau, cmcc_crops
+        self.cmcc_crop_fraction, self.cmcc_crop_px = cmcc_crop_fraction, cmcc_crop_px
+        self.cmcc_fg_fraction, self.cmcc_bg_fraction, self.cmcc_batch_negatives = cmcc_fg_fraction, cmcc_bg_fraction, cmcc_batch_negatives
+        self.fine_losses_after = fine_losses_after
+        self.audio_threshold, self.empty_audio = audio_threshold, empty_audio
+        self.cam_source, self.cam_high, self.cam_low, self.cam_flip, self.cam_norm = cam_source, cam_high, cam_low, cam_flip, cam_norm
+        self.seg_weight, self.segment_joint, self.segment_audio, self.flip_augment = seg_weight, segment_joint, segment_audio, flip_augment
+        self.audio_gate, self.crf, self.crf_iterations = audio_gate, crf, crf_iterations
         dv = self.visual.embed_dim
-        audio_path = cfg.audio_weights_path if visual_weights else None  # checkpoints overwrite them anyway
-        self.audio = build_ast(cfg.audio, prompt_dim=dv, weights_path=audio_path, weights_format=cfg.audio_weights_format, spec_norm=cfg.spec_norm, drop_path_rate=cfg.drop_path)
         da = self.audio.embed_dim
         k = num_classes
         self.audio_head = nn.Linear(da, k)
         self.cls_head = nn.Linear(dv, k)
         self.sem_head = nn.Linear(dv, k)  # on v_sem = mean of patches; on each patch it is the CAM
-        e = cfg.embed_dim
+        e = embed_dim
         # LayerNorm -> Linear (WS-AVS's projection without dropout): the LayerNorm takes away each vector's
         # common offset (ReLU features of a CNN are all positive and nearly parallel).
         self.proj_audio = ProjectionHead(da, e, dropout=0.0)
         self.proj_visual = ProjectionHead(dv, e, dropout=0.0)  # v_sem and every patch token (N, Dv, h, w)
         self.proj_cls = ProjectionHead(dv, e, dropout=0.0)  # v_cls of frames and of local crops
-        use_fpn = cfg.seg_head == "fpn" or (cfg.seg_head == "auto" and not cfg.is_vit)
         if use_fpn:
-            self.seg_head: nn.Module = PanopticFPNDecoder(tuple(self.visual.encoder.channels), channels=cfg.seg_channels, num_classes=k + 1)
+            self.seg_head: nn.Module = PanopticFPNDecoder(encoder_channels(self.visual.encoder), channels=seg_channels, num_classes=k + 1)
         else:
-            self.seg_head = ConvSegHead(dv, cfg.seg_channels, k + 1)
+            self.seg_head = ConvSegHead(dv, seg_channels, k + 1)
         self.use_fpn = use_fpn
+        self.steps: Tensor
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps seen (persisted)
         self.frozen: tuple[str, ...] = ()  # submodules kept frozen and in eval mode (BatchNorm statistics)
 
@@ -166,17 +233,14 @@ class PCASNet(nn.Module):
         vis = self.visual(x)
         v_sem = vis.patches.mean(dim=(2, 3))  # (N, Dv)
         prompts = None
-        if self.cfg.tvp:
+        if self.tvp:
             full = v_sem.new_zeros(b * t, v_sem.shape[1])
-            full[valid] = v_sem.detach() if self.cfg.tvp_detach else v_sem
+            full[valid] = v_sem.detach() if self.tvp_detach else v_sem
             prompts = full.view(b, t, -1)  # (B, T, Dv): prompt t = frame t's v_sem
-        segments = frame_segments(batch.audio, self.cfg.audio_segment, self._window_seconds(), self.cfg.segment_seconds)
+        segments = frame_segments(batch.audio, self.audio_segment, self.window_seconds, self.segment_seconds)
         a = self.audio(segments, batch.valid, prompts).sem  # (B, T, Da)
         labels = batch.labels[:, None].expand(b, t, -1).flatten(0, 1)[valid]  # (N, K)
         return Encoded(vis.cls, v_sem, vis.patches, vis.pyramid, a.flatten(0, 1)[valid], x, labels, valid)
-
-    def _window_seconds(self) -> float:
-        return FRONTENDS[self.cfg.data.audio_frontend].window_seconds
 
     def audio_probs(self, enc: Encoded) -> Tensor:
         """(N, K) per-frame probability that each class sounds."""
@@ -186,8 +250,8 @@ class PCASNet(nn.Module):
         """(N, K) bool: classes of the video labels that the audio head says sound in the frame."""
         probs = self.audio_probs(enc).detach() if probs is None else probs
         labelled = enc.labels > 0.5
-        on = labelled & (probs > self.cfg.audio_threshold)
-        if self.cfg.empty_audio == "top1":
+        on = labelled & (probs > self.audio_threshold)
+        if self.empty_audio == "top1":
             none = ~on.any(dim=1) & labelled.any(dim=1)
             top = probs.masked_fill(~labelled, -1.0).argmax(dim=1)
             on = on | (F.one_hot(top, probs.shape[1]).bool() & none[:, None])
@@ -197,14 +261,14 @@ class PCASNet(nn.Module):
         """(N, Dv, h, w) patch tokens -> (N, K, h, w) class activation maps: the classifier weights on each
         patch, without the bias (Zhou et al. 2016; the bias only shifts a map and would push every map of a
         rare class below zero)."""
-        head = self.sem_head if self.cfg.cam_source == "sem" else self.cls_head
+        head = self.sem_head if self.cam_source == "sem" else self.cls_head
         return torch.einsum("kd,ndhw->nkhw", head.weight, patches)
 
     def normalise_cams(self, cams: Tensor) -> Tensor:
         """(N, K, h, w) -> [0, 1] per class map: ``cam_norm`` "max" = ReLU then divided by the maximum (ToCo);
         "minmax" = rescaled between its minimum and maximum (every map then has a peak, which suits classes the
         audio says are sounding)."""
-        if self.cfg.cam_norm == "minmax":
+        if self.cam_norm == "minmax":
             flat = cams.flatten(2)
             lo, hi = flat.amin(dim=2)[:, :, None, None], flat.amax(dim=2)[:, :, None, None]
             return (cams - lo) / (hi - lo).clamp_min(1e-5)
@@ -219,16 +283,16 @@ class PCASNet(nn.Module):
 
     # -- training --
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
-        cfg = self.cfg
         if self.training:
             self.steps += 1
         frames, targets = batch.frames, None
         if self.mode == "segment":
             if batch.pseudo_masks is None:
                 raise ValueError("the segment stage needs pseudo labels (dataset pseudo_dir)")
+            assert batch.has_pseudo is not None  # loaded with the pseudo masks
             targets = (batch.pseudo_masks * 255.0).round().long()  # class-index PNG read as value / 255
             targets = targets.masked_fill(~(batch.has_pseudo & batch.valid)[:, :, None, None], IGNORE)
-        if self.training and cfg.flip_augment:
+        if self.training and self.flip_augment:
             flip = torch.rand(frames.shape[0], device=frames.device) < 0.5  # one flip per video
             frames = torch.where(flip[:, None, None, None, None], frames.flip(-1), frames)
             if targets is not None:
@@ -236,55 +300,53 @@ class PCASNet(nn.Module):
         enc = self.encode(batch, frames)
         losses: dict[str, Tensor] = {}
         total = enc.a_sem.new_zeros(())
-        train_look_listen = self.mode == "look-listen" or cfg.segment_joint
+        train_look_listen = self.mode == "look-listen" or self.segment_joint
         if train_look_listen:
             total = total + self._look_listen_losses(enc, losses)
         if self.mode == "segment":
             assert targets is not None
             logits = self.segment_logits(enc)  # (N, C, H, W)
             losses["seg"] = ce_loss(logits, targets.flatten(0, 1)[enc.valid], ignore_index=IGNORE)
-            total = total + cfg.seg_weight * losses["seg"]
+            total = total + self.seg_weight * losses["seg"]
         losses["loss"] = total
         return losses
 
     def _look_listen_losses(self, enc: Encoded, losses: dict[str, Tensor]) -> Tensor:
-        cfg = self.cfg
         y = enc.labels
         losses["cls_audio"] = F.binary_cross_entropy_with_logits(self.audio_head(enc.a_sem), y)
         losses["cls_visual"] = F.binary_cross_entropy_with_logits(self.cls_head(enc.v_cls), y)
         losses["cls_sem"] = F.binary_cross_entropy_with_logits(self.sem_head(enc.v_sem), y)
-        total = cfg.audio_cls_weight * losses["cls_audio"] + cfg.visual_cls_weight * losses["cls_visual"] + cfg.visual_sem_weight * losses["cls_sem"]
-        if cfg.cmc and cfg.cmc_weight > 0:
-            losses["cmc"] = cmc_loss(self.proj_audio(enc.a_sem), self.proj_visual(enc.v_sem), self.proj_cls(enc.v_cls), y, tau=cfg.cmc_tau)
-            total = total + cfg.cmc_weight * losses["cmc"]
-        fine = int(self.steps) > cfg.fine_losses_after or not self.training
-        need_sounding = (cfg.cmpc and cfg.cmpc_sounding_only) or cfg.cmcc
+        total = self.audio_cls_weight * losses["cls_audio"] + self.visual_cls_weight * losses["cls_visual"] + self.visual_sem_weight * losses["cls_sem"]
+        if self.cmc and self.cmc_weight > 0:
+            losses["cmc"] = cmc_loss(self.proj_audio(enc.a_sem), self.proj_visual(enc.v_sem), self.proj_cls(enc.v_cls), y, tau=self.cmc_tau)
+            total = total + self.cmc_weight * losses["cmc"]
+        fine = int(self.steps) > self.fine_losses_after or not self.training
+        need_sounding = (self.cmpc and self.cmpc_sounding_only) or self.cmcc
         sounding = self.sounding(enc) if need_sounding else None
-        if cfg.cmpc and cfg.cmpc_weight > 0 and fine:
+        if self.cmpc and self.cmpc_weight > 0 and fine:
             patches = self.proj_visual(enc.patches)  # (N, E, h, w)
-            audio = self.proj_audio(enc.a_sem.detach() if cfg.cmpc_detach_audio else enc.a_sem)
-            frame_mask = sounding.any(dim=1) if cfg.cmpc_sounding_only and sounding is not None else None
-            losses["cmpc"] = cmpc_loss(patches, audio, high=cfg.cmpc_high, low=cfg.cmpc_low, frame_mask=frame_mask)
-            total = total + cfg.cmpc_weight * losses["cmpc"]
-        if cfg.cmcc and cfg.cmcc_weight > 0 and fine:
+            audio = self.proj_audio(enc.a_sem.detach() if self.cmpc_detach_audio else enc.a_sem)
+            frame_mask = sounding.any(dim=1) if self.cmpc_sounding_only and sounding is not None else None
+            losses["cmpc"] = cmpc_loss(patches, audio, high=self.cmpc_high, low=self.cmpc_low, frame_mask=frame_mask)
+            total = total + self.cmpc_weight * losses["cmpc"]
+        if self.cmcc and self.cmcc_weight > 0 and fine:
             assert sounding is not None
             losses["cmcc"] = self._cmcc(enc, sounding)
-            total = total + cfg.cmcc_weight * losses["cmcc"]
+            total = total + self.cmcc_weight * losses["cmcc"]
         return total
 
     def _cmcc(self, enc: Encoded, sounding: Tensor) -> Tensor:
         """Class-token contrast between each frame's v_cls and the class tokens of random local crops."""
-        cfg = self.cfg
         n, _, h, w = enc.frames.shape
-        m = cfg.cmcc_crops
+        m = self.cmcc_crops
         with torch.no_grad():
             score, _ = self.foreground(self.normalise_cams(self.cams(enc.patches)), sounding)
             score = F.interpolate(score[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
-            fg, bg = (score >= cfg.cam_high).float(), (score < cfg.cam_low).float()
-        side = max(1, round(cfg.cmcc_crop_fraction * min(h, w)))
+            fg, bg = (score >= self.cam_high).float(), (score < self.cam_low).float()
+        side = max(1, round(self.cmcc_crop_fraction * min(h, w)))
         ps = self.visual.patch_size
-        crop_px = cfg.cmcc_crop_px or side
-        if cfg.is_vit:
+        crop_px = self.cmcc_crop_px or side
+        if isinstance(self.visual, ViTVisual):
             crop_px = max(ps, round(crop_px / ps) * ps)  # ViT input must be whole patches
         ys = torch.randint(0, h - side + 1, (n, m)).tolist()
         xs = torch.randint(0, w - side + 1, (n, m)).tolist()
@@ -299,9 +361,9 @@ class PCASNet(nn.Module):
         if crop_px != side:
             crop_batch = F.interpolate(crop_batch, size=(crop_px, crop_px), mode="bilinear", align_corners=False)
         crop_cls = self.proj_cls(self.visual(crop_batch).cls).view(n, m, -1)  # (N, M, E)
-        positive = (torch.stack(fg_frac) >= cfg.cmcc_fg_fraction).view(n, m)
-        negative = (torch.stack(bg_frac) >= cfg.cmcc_bg_fraction).view(n, m)
-        return cmcc_loss(self.proj_cls(enc.v_cls), crop_cls, positive, negative, tau=cfg.cmcc_tau, batch_negatives=cfg.cmcc_batch_negatives)
+        positive = (torch.stack(fg_frac) >= self.cmcc_fg_fraction).view(n, m)
+        negative = (torch.stack(bg_frac) >= self.cmcc_bg_fraction).view(n, m)
+        return cmcc_loss(self.proj_cls(enc.v_cls), crop_cls, positive, negative, tau=self.cmcc_tau, batch_negatives=self.cmcc_batch_negatives)
 
     def segment_logits(self, enc: Encoded) -> Tensor:
         """(N, K + 1, H, W) segmentation logits of the valid frames."""
@@ -311,7 +373,7 @@ class PCASNet(nn.Module):
             logits = self.seg_head(enc.pyramid, out_size=size)
         else:
             logits = self.seg_head(enc.patches, out_size=size)
-        if self.cfg.segment_audio == "bias":
+        if self.segment_audio == "bias":
             # class c's logit + log P(c sounds): a class the audio says is silent cannot win a pixel
             log_p = torch.log(self.audio_probs(enc).detach().clamp_min(1e-4)).to(logits.dtype)  # (N, K)
             logits = torch.cat([logits[:, :1], logits[:, 1:] + log_p[:, :, None, None]], dim=1)
@@ -325,16 +387,15 @@ class PCASNet(nn.Module):
         CAMs of the classes that sound in frame t (audio head, within the video labels), optionally
         averaged with the CAMs of the mirrored frame; padding frames are background with score 0.
         """
-        cfg = self.cfg
         b, t, _, h, w = batch.frames.shape
         enc = self.encode(batch)
         cams = self.normalise_cams(self.cams(enc.patches))
-        if cfg.cam_flip:
+        if self.cam_flip:
             flipped = self.encode(batch, batch.frames.flip(-1))
             cams = 0.5 * (cams + self.normalise_cams(self.cams(flipped.patches)).flip(-1))
         cams = F.interpolate(cams, size=(h, w), mode="bilinear", align_corners=False)
         score, ids = self.foreground(cams, self.sounding(enc))
-        label = torch.where(score >= cfg.cam_high, ids, torch.where(score < cfg.cam_low, torch.zeros_like(ids), torch.full_like(ids, IGNORE)))
+        label = torch.where(score >= self.cam_high, ids, torch.where(score < self.cam_low, torch.zeros_like(ids), torch.full_like(ids, IGNORE)))
         out = score.new_zeros(b * t, 2, h, w)
         out[enc.valid, 0] = label.float()
         out[enc.valid, 1] = score
@@ -347,15 +408,15 @@ class PCASNet(nn.Module):
         b, t, _, h, w = batch.frames.shape
         enc = self.encode(batch)
         probs = self.segment_logits(enc).softmax(dim=1)  # (N, C, H, W)
-        if self.cfg.audio_gate != "none":
+        if self.audio_gate != "none":
             gate = self.audio_probs(enc)  # (N, K)
-            if self.cfg.audio_gate == "hard":
-                gate = (gate > self.cfg.audio_threshold).to(probs.dtype)
+            if self.audio_gate == "hard":
+                gate = (gate > self.audio_threshold).to(probs.dtype)
             fg = probs[:, 1:] * gate[:, :, None, None]
             bg = probs[:, :1] + (probs[:, 1:] - fg).sum(dim=1, keepdim=True)  # silent classes -> background
             probs = torch.cat([bg, fg], dim=1)
-        if self.cfg.crf:
-            probs = _crf_batch(enc.frames, probs, self.cfg.crf_iterations)
+        if self.crf:
+            probs = _crf_batch(enc.frames, probs, self.crf_iterations)
         out = probs.new_zeros(b * t, probs.shape[1], h, w)
         out[:, 0] = 1.0
         out[enc.valid] = probs

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avseg.audio.frontends import FRONTENDS
 from avseg.config import TrainSettings
 from avseg.data.avsbench import collate_videos
 from avseg.engine import distributed as dist
@@ -19,13 +20,15 @@ from avseg.engine.checkpoint import load_model_weights
 from avseg.engine.evaluate import evaluate_outputs, iterate_outputs, save_class_png
 from avseg.engine.trainer import fit
 from avseg.fileio import unwrap_model, write_text_atomic
-from avseg.methods.base import MethodSpec, Stage, StageContext
+from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.common import make_dataset, num_classes_of
 from avseg.methods.pcas.config import IGNORE, PCASConfig
-from avseg.methods.pcas.model import LOOK_LISTEN_MODULES, PCASNet
+from avseg.methods.pcas.model import LOOK_LISTEN_MODULES, CNNVisual, PCASNet, ViTVisual
 from avseg.metrics.binary import BinaryAccumulator
 from avseg.metrics.classification import classification_scores
 from avseg.metrics.semantic import SemanticAccumulator
+from avseg.models.ast import build_ast
+from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.visualize import colormap, contact_sheet, denormalize, save_image_atomic, semantic_image
 
 log = logging.getLogger("avseg")
@@ -42,12 +45,13 @@ def param_groups(cfg: PCASConfig):
     heads) at ``settings.lr`` and Listening-before-Segmentation (projections, segmentation head) at
     ``settings.lr * segment_lr_scale``. Frozen parameters are left out; empty groups are dropped."""
 
-    def groups(model: nn.Module) -> list[dict]:
-        look, seg = [], []
+    def groups(model: nn.Module) -> list[dict[str, Any]]:
+        look: list[nn.Parameter] = []
+        seg: list[nn.Parameter] = []
         for name, p in unwrap_model(model).named_parameters():
             if p.requires_grad:
                 (look if name.split(".")[0] in LOOK_LISTEN_MODULES else seg).append(p)
-        out = []
+        out: list[dict[str, Any]] = []
         if look:
             out.append({"params": look})
         if seg:
@@ -76,7 +80,7 @@ def validator(cfg: PCASConfig, device: torch.device, split: str = "val"):
     dataset = make_dataset(cfg.data, split)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        inner = unwrap_model(model)
+        inner = cast(PCASNet, unwrap_model(model))  # the validator of PCAS's own stages
         was_training, mode = inner.training, inner.mode
         inner.eval()
         try:
@@ -127,8 +131,42 @@ def audio_classification_report(model: PCASNet, cfg: PCASConfig, split: str, dev
     return out
 
 
+def build_model(cfg: PCASConfig, num_classes: int, visual_weights: bool = True) -> PCASNet:
+    """The PCAS network of ``cfg``; ``visual_weights=False`` skips the pretrained encoder weights (a checkpoint
+    is loaded next). Visual encoder, then audio encoder, then (inside PCASNet) the heads: the order the
+    parameters were always initialised in, so a fixed seed gives the same model as before."""
+    visual: ViTVisual | CNNVisual
+    if cfg.is_vit:
+        path = cfg.visual_weights_path if visual_weights and cfg.visual_weights == "file" else None
+        visual = ViTVisual(cfg.visual, path, cfg.visual_input_norm, cfg.drop_path)
+    else:
+        weights = cfg.visual_weights if visual_weights else "none"
+        encoder = VISUAL_ENCODERS[cfg.visual](weights=weights, weights_path=Path(cfg.visual_weights_path) if cfg.visual_weights_path and weights != "none" else None)
+        visual = CNNVisual(encoder, cfg.visual_level)
+    audio_path = cfg.audio_weights_path if visual_weights else None  # checkpoints overwrite them anyway
+    audio = build_ast(cfg.audio, prompt_dim=visual.embed_dim, weights_path=audio_path, weights_format=cfg.audio_weights_format, spec_norm=cfg.spec_norm, drop_path_rate=cfg.drop_path)
+    assert cfg.data.audio_frontend is not None  # PCASConfig requires a wav front-end
+    return PCASNet(
+        visual, audio, num_classes,
+        semantic=cfg.data.layout == "avss", window_seconds=FRONTENDS[cfg.data.audio_frontend].window_seconds,
+        audio_segment=cfg.audio_segment, segment_seconds=cfg.segment_seconds, tvp=cfg.tvp, tvp_detach=cfg.tvp_detach,
+        audio_cls_weight=cfg.audio_cls_weight, visual_cls_weight=cfg.visual_cls_weight, visual_sem_weight=cfg.visual_sem_weight,
+        embed_dim=cfg.embed_dim, cmc=cfg.cmc, cmc_weight=cfg.cmc_weight, cmc_tau=cfg.cmc_tau,
+        cmpc=cfg.cmpc, cmpc_weight=cfg.cmpc_weight, cmpc_high=cfg.cmpc_high, cmpc_low=cfg.cmpc_low,
+        cmpc_detach_audio=cfg.cmpc_detach_audio, cmpc_sounding_only=cfg.cmpc_sounding_only,
+        cmcc=cfg.cmcc, cmcc_weight=cfg.cmcc_weight, cmcc_tau=cfg.cmcc_tau, cmcc_crops=cfg.cmcc_crops,
+        cmcc_crop_fraction=cfg.cmcc_crop_fraction, cmcc_crop_px=cfg.cmcc_crop_px, cmcc_fg_fraction=cfg.cmcc_fg_fraction,
+        cmcc_bg_fraction=cfg.cmcc_bg_fraction, cmcc_batch_negatives=cfg.cmcc_batch_negatives, fine_losses_after=cfg.fine_losses_after,
+        audio_threshold=cfg.audio_threshold, empty_audio=cfg.empty_audio, cam_source=cfg.cam_source, cam_high=cfg.cam_high,
+        cam_low=cfg.cam_low, cam_flip=cfg.cam_flip, cam_norm=cfg.cam_norm,
+        use_fpn=cfg.seg_head == "fpn" or (cfg.seg_head == "auto" and not cfg.is_vit), seg_channels=cfg.seg_channels,
+        seg_weight=cfg.seg_weight, segment_joint=cfg.segment_joint, segment_audio=cfg.segment_audio, flip_augment=cfg.flip_augment,
+        audio_gate=cfg.audio_gate, crf=cfg.crf, crf_iterations=cfg.crf_iterations,
+    )  # fmt: skip
+
+
 def _load(cfg: PCASConfig, path: Path, device: torch.device) -> PCASNet:
-    model = PCASNet(cfg, num_classes(cfg), visual_weights=False)
+    model = build_model(cfg, num_classes(cfg), visual_weights=False)
     load_model_weights(model, path)
     return model.to(device).eval()
 
@@ -137,7 +175,7 @@ def _load(cfg: PCASConfig, path: Path, device: torch.device) -> PCASNet:
 def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
     cfg: PCASConfig = ctx.config
     s = cfg.look_listen_train
-    model = PCASNet(cfg, num_classes(cfg))
+    model = build_model(cfg, num_classes(cfg))
     model.mode = "look-listen"
     train = make_dataset(cfg.data, "train", augment=True, sample_frames=cfg.train_frames, seed=s.seed)
     summary = _fit(model, train, s, ctx.path("look-listen"), cfg, ctx.resume, "look-listen")
@@ -177,6 +215,7 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
         gt_frames += 1
         hard = np.where(label == IGNORE, 0, label)  # ignored pixels count as background in the quality
         if semantic:
+            assert quality_sem is not None  # built for semantic layouts
             quality_sem.update(hard[None], fo.gt[None])
         quality_bin.update((hard > 0).astype(np.float32)[None], (fo.gt > 0).astype(np.int64)[None])
         keep = label != IGNORE
@@ -198,6 +237,7 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
         b = quality_bin.compute()
         quality.update(binary_miou=b["miou"], binary_fscore=b["fscore"])
         if semantic:
+            assert quality_sem is not None  # built for semantic layouts
             q = quality_sem.compute()
             quality.update(miou=q["miou"], fscore=q["fscore"], per_class_iou=q["per_class_iou"])
         else:
@@ -212,7 +252,7 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
 def stage_segment(ctx: StageContext) -> dict[str, Any]:
     cfg: PCASConfig = ctx.config
     s = cfg.segment_train
-    model = PCASNet(cfg, num_classes(cfg), visual_weights=False)
+    model = build_model(cfg, num_classes(cfg), visual_weights=False)
     load_model_weights(model, ctx.path("look-listen", "last.safetensors"))
     model.mode = "segment"
     if not cfg.segment_joint:  # only the segmentation head learns; the encoders' BatchNorm stays as trained
@@ -233,13 +273,8 @@ def stages(cfg: PCASConfig) -> list[Stage]:
     ]
 
 
-def final_checkpoint(run_dir: Path) -> Path:
-    best = run_dir / "segment" / "best.safetensors"
-    return best if best.is_file() else run_dir / "segment" / "last.safetensors"
-
-
-def load_predictor(cfg: PCASConfig, run_dir: Path, device: torch.device) -> nn.Module:
-    model = _load(cfg, final_checkpoint(Path(run_dir)), device)
+def load_predictor(cfg: PCASConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
+    model = _load(cfg, final_weights(run_dir, weights, "segment"), device)
     model.mode = "segment"
     return model
 
