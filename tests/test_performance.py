@@ -50,12 +50,14 @@ from avseg.types import AVBatch
 
 REPO = Path(__file__).resolve().parents[1]
 RANDOM_WEIGHTS = ["visual_weights=none", "audio_weights=none", "c2am_weights=none", "saliency_weights=none"]
+# The spectrogram audio encoder these checks were measured with (ws-avs/demo now hears aisfx embeddings).
+LOGMEL = ["data.audio_frontend=wsavs-logmel", "audio=small"]
 
 
 # --- helpers -------------------------------------------------------------------------------------------
 def _net(recipe: str = "ws-avs/demo", size: int = 32) -> WSAVSNet:
     """The recipe's WS-AVS model from random weights, without dropout (so two runs are comparable)."""
-    _, cfg = build_config("ws-avs", recipe, "unused", "s4", image_size=size, overrides=RANDOM_WEIGHTS + ["visual_dropout=0.0"])
+    _, cfg = build_config("ws-avs", recipe, "unused", "s4", image_size=size, overrides=RANDOM_WEIGHTS + (LOGMEL if recipe == "ws-avs/demo" else []) + ["visual_dropout=0.0"])
     torch.manual_seed(0)
     return WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
 
@@ -171,7 +173,7 @@ def test_bf16_autocast_matches_fp32_on_cpu() -> None:
 
 def _final_loss(seed: int, amp: bool, batch: AVBatch, steps: int) -> tuple[float, float]:
     """(first, last) loss of ``steps`` Adam steps (lr 1e-3) on one batch from initialisation ``seed``."""
-    _, cfg = build_config("ws-avs", "ws-avs/demo", "unused", "s4", image_size=32, overrides=RANDOM_WEIGHTS + ["visual_dropout=0.0"])
+    _, cfg = build_config("ws-avs", "ws-avs/demo", "unused", "s4", image_size=32, overrides=RANDOM_WEIGHTS + LOGMEL + ["visual_dropout=0.0"])
     torch.manual_seed(seed)
     net = WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

@@ -222,5 +222,5 @@ SPEC = MethodSpec(
     final_stage="ez-vsl", load_predictor=load_predictor, output="binary", supervision="audio-visual pairs",
     description="EZ-VSL (ECCV 2022): MIL audio-visual contrast, cosine heat map (+ OGL) thresholded -> mask",
     display="EZ-VSL", paper={"s4": (29.40, 35.70), "ms3": (23.58, 27.31)},
-    tiny=("visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "level=2"),
+    tiny=("visual=tiny", "visual_weights=none", "data.audio_frontend=wsavs-logmel", "audio=tiny", "audio_weights=none", "embed_dim=16", "level=2"),
 )  # fmt: skip

@@ -437,5 +437,5 @@ def load_predictor(cfg: WSAVSConfig, run_dir: Path | None, device: torch.device,
 SPEC = MethodSpec(
     name="ws-avs", config_cls=WSAVSConfig, stages=stages, final_stage="segmenter", load_predictor=load_predictor, output="binary",
     supervision="video labels", description="WS-AVS: M2ICL fusion + C2AM/saliency pseudo-mask refinement (NeurIPS 2023)",
-    display="WS-AVS", paper={"s4": (34.13, 51.76), "ms3": (30.85, 46.87)}, tiny=("visual=tiny", "visual_weights=none", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8", "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none"),
+    display="WS-AVS", paper={"s4": (34.13, 51.76), "ms3": (30.85, 46.87)}, tiny=("visual=tiny", "visual_weights=none", "data.audio_frontend=wsavs-logmel", "audio=tiny", "audio_weights=none", "embed_dim=16", "decoder_channels=8", "c2am_visual=tiny", "c2am_weights=none", "c2am_level=2", "saliency_visual=tiny", "saliency_weights=none"),
 )  # fmt: skip
