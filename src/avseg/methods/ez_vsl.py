@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, Literal, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +50,7 @@ class EZVSLConfig:
     audio_weights: str = "imagenet"
     level: int = 3  # the last visual stage (stride 32)
     embed_dim: int = 512
-    audio_norm: str = "batch"  # BatchNorm1d on the audio encoder output ("none": off)
+    audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the audio encoder output ("none": off)
     label_negatives: bool = False  # ours: videos sharing a label are no negatives (uses the video labels)
     tau: float = 0.03
     scale_by_tau: bool = False  # EZ-VSL's loss is the plain cross entropy (WS-AVS's code multiplies by tau)

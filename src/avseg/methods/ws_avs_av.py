@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -72,13 +72,13 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
     av_audio_weights: str = "imagenet"
     av_levels: list[int] = field(default_factory=lambda: [3])
     av_embed_dim: int = 512
-    av_audio_norm: str = "batch"  # BatchNorm1d on the AV model's audio encoder output ("none": off)
+    av_audio_norm: Literal["batch", "none"] = "batch"  # BatchNorm1d on the AV model's audio encoder output ("none": off)
     av_label_negatives: bool = False  # the AV contrast ignores batch videos sharing a label (uses the video labels)
     av_tau: float = 0.03
     av_train_frames: int | None = 1
     av_train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=64, optimizer="adam", schedule="constant"))
-    av_select: str = "components"
-    av_regions: str = "activation"  # components of: the C2AM initial mask ("activation") or the Eq. 6 mask ("pseudo")
+    av_select: Literal["components", "pixels"] = "components"
+    av_regions: Literal["activation", "pseudo"] = "activation"  # components of: the C2AM initial mask ("activation") or the Eq. 6 mask ("pseudo")
     av_threshold: float = 0.5
     av_keep_best: bool = True
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps / saliency stages are reused if identical
