@@ -88,12 +88,13 @@ def tiny_ws_run(synth_s4: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     Shared by the whole session: tests that write into a run folder copy it first.
     """
+    from fakes import LOGMEL_AUDIO
+
     from avseg.cli import main
 
     root = tmp_path_factory.mktemp("tiny-ws-run")
     argv = ["train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(synth_s4), "--layout", "s4",
             "--out", str(root / "run"), "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--device", "cpu",
-            # a spectrogram front-end (the demo recipe hears aisfx embeddings): features of silence are flat
-            "--set", "data.audio_frontend=wsavs-logmel", "--set", "audio=small"]  # fmt: skip
+            *(arg for o in LOGMEL_AUDIO for arg in ("--set", o))]  # fmt: skip
     assert main(argv) == 0
     return root / "run"

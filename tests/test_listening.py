@@ -272,31 +272,14 @@ def test_an_oracle_that_follows_the_sound_scores_full_marks(tiny_ws_run: Path, t
     """A fake model that recognises the exact features it hears: its own sound -> the ground truth, the swap
     sound -> the swap object, anything else -> nothing. End to end: swap IoU 1, FPR 0 in silence and noise,
     audio dependence = 100 (S4: no frame has an empty ground truth), G-mIoU 1."""
+    from fakes import sound_following_oracle
+
     from avseg.listening import Soundtracks, listen, synth_info, synth_videos
 
     ds = _factory(tiny_ws_run)()
     synth = synth_videos(ds, synth_info(ds.root, ds.layout), seed=0)
     tracks = Soundtracks(ds, 0, synth, tmp_path)
-    heard: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for record in ds.records:
-        t = len(record.frame_paths)
-        ds.audio_transform = None
-        own = ds.audio_features(record, t)[0]
-        ds.audio_transform = tracks.transform("swap")
-        heard[record.video_id] = (own, ds.audio_features(record, t)[0])
-
-    def oracle(batch) -> torch.Tensor:
-        out = torch.zeros(batch.masks.shape, dtype=torch.float32)
-        for b, vid in enumerate(batch.video_ids):
-            own, swap = heard[vid]
-            if torch.equal(batch.audio[b], own):
-                out[b] = (batch.masks[b] > 0).float()
-            elif torch.equal(batch.audio[b], swap):
-                video = synth[vid]
-                for t, j in enumerate(video.swap):
-                    if j is not None:
-                        out[b, t] = torch.from_numpy(video.target(t)).float()
-        return out
+    oracle = sound_following_oracle(ds, synth, tracks)
 
     result, _ = listen(oracle, _factory(tiny_ws_run), torch.device("cpu"), seed=0)
     assert result["swap_iou"] == 1.0 and result["miou_own"] == 1.0

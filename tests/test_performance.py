@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import LOGMEL_AUDIO
 from PIL import Image
 
 from avseg.data import layout as L
@@ -51,7 +52,7 @@ from avseg.types import AVBatch
 REPO = Path(__file__).resolve().parents[1]
 RANDOM_WEIGHTS = ["visual_weights=none", "audio_weights=none", "c2am_weights=none", "saliency_weights=none"]
 # The spectrogram audio encoder these checks were measured with (ws-avs/demo now hears aisfx embeddings).
-LOGMEL = ["data.audio_frontend=wsavs-logmel", "audio=small"]
+LOGMEL = list(LOGMEL_AUDIO)
 
 
 # --- helpers -------------------------------------------------------------------------------------------

@@ -344,6 +344,8 @@ def test_listening_swap_on_stamps_data(fake_stamps: Path, fake_backgrounds: Path
 
     from avseg.config import DataConfig
     from avseg.data.stamps import replay_video
+    from fakes import sound_following_oracle
+
     from avseg.listening import Soundtracks, deaf_ceiling, listen, swap_plan, synth_info, synth_videos
     from avseg.methods.common import make_dataset
 
@@ -375,25 +377,7 @@ def test_listening_swap_on_stamps_data(fake_stamps: Path, fake_backgrounds: Path
 
     (tmp_path / "work").mkdir()
     tracks = Soundtracks(ds, 0, videos, tmp_path / "work")
-    heard = {}
-    for record in ds.records:
-        t = len(record.frame_paths)
-        ds.audio_transform = None
-        own = ds.audio_features(record, t)[0]
-        ds.audio_transform = tracks.transform("swap")
-        heard[record.video_id] = (own, ds.audio_features(record, t)[0])
-
-    def oracle(batch) -> torch.Tensor:
-        out = torch.zeros(batch.masks.shape, dtype=torch.float32)
-        for b, vid in enumerate(batch.video_ids):
-            own, swap = heard[vid]
-            if torch.equal(batch.audio[b], own):
-                out[b] = (batch.masks[b] > 0).float()
-            elif torch.equal(batch.audio[b], swap):
-                for t, j in enumerate(videos[vid].swap):
-                    if j is not None:
-                        out[b, t] = torch.from_numpy(videos[vid].target(t)).float()
-        return out
+    oracle = sound_following_oracle(ds, videos, tracks)
 
     result, examples = listen(oracle, factory, torch.device("cpu"), seed=0)
     assert "swap" in result["conditions"] and result["synthetic"]
