@@ -104,6 +104,22 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
 
 
 # --- selection ----------------------------------------------------------------------------------------
+def _max_pool_spread(labels: Tensor, mask: Tensor, fill_only: bool) -> Tensor:
+    """Spread float labels (0 = none; zero outside ``mask``) inside ``mask`` by 3x3 max pooling until
+    nothing changes: every mask pixel takes its neighbourhood's largest label (``fill_only``: only pixels
+    still unlabelled do, so each keeps the first label that reaches it). Returns int64 labels."""
+    n, h, w = mask.shape
+    if h * w >= 2**24:
+        raise ValueError(f"frames of {h}x{w} pixels exceed the float32-exact label range")
+    for _ in range(h * w):
+        pooled = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
+        grown = torch.where(mask & (labels == 0) if fill_only else mask, pooled, labels)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long()
+
+
 def connected_components(mask: Tensor) -> Tensor:
     """(N, H, W) bool -> (N, H, W) int64 labels (8-connectivity), 0 = background, ids unique per frame.
 
@@ -111,17 +127,8 @@ def connected_components(mask: Tensor) -> Tensor:
     component): batched, on any device, no compiled dependency.
     """
     n, h, w = mask.shape
-    if h * w >= 2**24:
-        raise ValueError(f"frames of {h}x{w} pixels exceed the float32-exact label range")
     ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, h, w).expand(n, h, w)
-    labels = torch.where(mask, ids, torch.zeros_like(ids))
-    for _ in range(h * w):
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
-        grown = torch.where(mask, grown, torch.zeros_like(grown))
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    return labels.long()
+    return _max_pool_spread(torch.where(mask, ids, torch.zeros_like(ids)), mask, fill_only=False)
 
 
 def grow_within(seeds: Tensor, mask: Tensor) -> Tensor:
@@ -136,17 +143,7 @@ def grow_within(seeds: Tensor, mask: Tensor) -> Tensor:
         inside the mask (pixels reached by two labels in the same step take the larger); 0 where no seed
         is reachable and outside the mask. Breadth-first growth by 3x3 max pooling, one ring per step.
     """
-    n, h, w = mask.shape
-    if h * w >= 2**24:
-        raise ValueError(f"frames of {h}x{w} pixels exceed the float32-exact label range")
-    labels = torch.where(mask, seeds, torch.zeros_like(seeds)).float()
-    for _ in range(h * w):
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
-        grown = torch.where(mask & (labels == 0), grown, labels)
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    return labels.long()
+    return _max_pool_spread(torch.where(mask, seeds, torch.zeros_like(seeds)).float(), mask, fill_only=True)
 
 
 def select_by_audio(
