@@ -39,7 +39,7 @@ from avseg.methods import METHODS
 from avseg.methods.common import make_dataset
 from avseg.metrics.binary import BinaryAccumulator
 from avseg.metrics.localization import LocalizationAccumulator
-from avseg.runner import RunError, build_config, evaluate_run, load_run, record_classes, run_method
+from avseg.runner import RunError, build_config, evaluate_run, load_run, record_classes, reuse_override, run_method
 from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")
@@ -272,7 +272,7 @@ def run_bench(
             extra = list(per_method[method])
             source = spec.reuses
             if reuse and source in by_method and by_method[source].status == "ok" and not any(o.startswith("reuse_run=") for o in extra):
-                extra.append(f"reuse_run={json.dumps(str((out / source).resolve()))}")
+                extra.append(reuse_override(out / source))
             spec, cfg = build_config(method, f"{method}/{recipe}", str(data), layout, quick, image_size, extra)
             cfg = record_classes(spec, cfg)  # as run_method records it, so that a finished run compares equal
             if (run_dir / "config.yaml").is_file() and not _same_config(run_dir, method, cfg):

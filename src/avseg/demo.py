@@ -29,7 +29,7 @@ from avseg.listening import listen_run
 from avseg.methods import METHODS
 from avseg.methods.common import make_dataset
 from avseg.metrics.listening import format_table
-from avseg.runner import RunError, build_config, evaluate_run, load_run, run_method
+from avseg.runner import RunError, build_config, evaluate_run, load_run, reuse_override, run_method
 from avseg.visualize import contact_sheet, denormalize, overlay, save_image_atomic
 
 log = logging.getLogger("avseg")
@@ -90,7 +90,7 @@ def run_demo(
     stage_summaries: dict[str, Any] = {}
     for method, run_dir in runs.items():
         source = METHODS[method].reuses
-        overrides = [f"reuse_run={json.dumps(str(runs[source].resolve()))}"] if source in runs else []
+        overrides = [reuse_override(runs[source])] if source in runs else []
         if quick:
             spec, cfg = build_config(method, f"{method}/{recipe}", str(data_root), "s4", quick={k: QUICK[k] for k in ("epochs", "batch_size")}, image_size=QUICK["image_size"], overrides=overrides)
         else:

@@ -103,6 +103,12 @@ def reconfigure(spec: MethodSpec, cfg: Any, quick: dict[str, Any] | None = None,
     return from_dict(spec.config_cls, apply_overrides(to_dict(cfg), extra), source=f"{source} + overrides")
 
 
+def reuse_override(source_run: Path) -> str:
+    """The dotted override that lets a method take its first stages from ``source_run`` when identical
+    (``reuse_run``, ``MethodSpec.reuses``): the absolute path, quoted so that the value parses as a string."""
+    return f"reuse_run={json.dumps(str(Path(source_run).resolve()))}"
+
+
 def check_data(cfg: Any) -> None:
     """Fail early, before a run folder is made, when the dataset is not where the config says."""
     root = Path(cfg.data.root)
@@ -325,4 +331,4 @@ def _warn_unfinished(spec: MethodSpec, cfg: Any, run_dir: Path) -> None:
             log.warning("%s: stage %s is %s; evaluating what is there (`avseg train --out %s --resume` completes the run)", run_dir, stage.name, state, run_dir)
 
 
-__all__ = ["build_config", "reconfigure", "run_method", "evaluate_run", "load_run", "RunError", "QUICK_TRAIN_FLAGS"]
+__all__ = ["build_config", "reconfigure", "reuse_override", "run_method", "evaluate_run", "load_run", "RunError", "QUICK_TRAIN_FLAGS"]
