@@ -195,3 +195,46 @@ def test_same_config_counts_a_new_setting_at_its_default(synth_s4: Path, tmp_pat
     cfg.label_negatives = True
     assert not _same_config(run, "ez-vsl", cfg)
     assert not _same_config(run, "cam", cfg)
+
+
+def _fake_bench(folder: Path, rows: list, ceiling: float = 0.405) -> Path:
+    from avseg.bench import BenchRow, write_results
+
+    baselines = [{"name": "all foreground", "miou_clean": 0.03, "fscore_clean": 0.04, "miou_avsbench": 0.03, "fscore_avsbench": 0.04, "empty_gt_frames": 0, "frames": 10}]
+    bench_rows = [BenchRow(method=m, display=m.upper(), status=status, miou_clean=miou, fscore_clean=0.5, audio_dependence=dep,
+                           fpr_silence=0.01, fpr_noise=0.02, swap_iou=0.3, g_miou=0.4, error="" if status == "ok" else "boom")
+                  for m, status, miou, dep in rows]  # fmt: skip
+    folder.mkdir(parents=True)
+    write_results(folder, bench_rows, data=folder, layout="s4", recipe="demo", command=None, seconds=1.0,
+                  baselines=baselines, deaf={"miou_clean": ceiling, "frames": 10})  # fmt: skip
+    return folder
+
+
+def test_bench_summary_means_over_seeds_and_refuses_other_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from avseg.bench import summarize_benches
+
+    a = _fake_bench(tmp_path / "s0", [("pcas", "ok", 0.30, 27.0), ("cam", "ok", 0.10, 0.0)])
+    b = _fake_bench(tmp_path / "s1", [("pcas", "ok", 0.20, 13.0), ("cam", "failed", None, None)])
+    c = _fake_bench(tmp_path / "s2", [("pcas", "ok", 0.25, 20.0), ("cam", "ok", 0.12, 0.0)])
+    summary = summarize_benches([a, b, c])
+    pcas, cam = summary["methods"]
+    assert pcas["n"] == 3 and pcas["columns"]["miou_clean"]["mean"] == pytest.approx(25.0)
+    assert pcas["columns"]["miou_clean"]["sd"] == pytest.approx(5.0)  # sample sd of 30, 20, 25
+    assert pcas["columns"]["audio_dependence"]["values"] == [27.0, 13.0, 20.0]
+    assert cam["n"] == 2 and cam["columns"]["miou_clean"]["mean"] == pytest.approx(11.0)  # the failed seed is not counted
+    assert len(summary["failed"]) == 1 and "CAM" in summary["failed"][0] and "boom" in summary["failed"][0]
+    assert summary["deaf_ceiling"] == pytest.approx(40.5)
+
+    out = tmp_path / "summary"
+    args = build_parser().parse_args(["bench-summary", str(a), str(b), str(c), "--out", str(out)])
+    assert args.func(args) == 0
+    md = (out / "summary.md").read_text()
+    assert "| PCAS |  | 3 | 25.0 ± 5.0 | 50.0 ± 0.0 | +20.0 ± 7.0 |" in md
+    assert "*every visible object* (deaf ceiling) | - | - | 40.5 |" in md and "## Failed rows" in md
+    assert (out / "summary.json").is_file() and "bench-summary" in capsys.readouterr().out
+
+    other = _fake_bench(tmp_path / "other", [("pcas", "ok", 0.3, 1.0)], ceiling=0.5)
+    with pytest.raises(RunError, match="same test frames"):
+        summarize_benches([a, other])
+    with pytest.raises(RunError, match="no results.json"):
+        summarize_benches([a, tmp_path / "missing"])

@@ -470,6 +470,129 @@ def write_results(
     write_text_atomic(out / "results.md", "\n".join(lines))
 
 
+# --- several seeds -----------------------------------------------------------------------------------
+SUMMARY_COLUMNS = (
+    ("miou_clean", "mIoU", 100.0), ("fscore_clean", "F", 100.0), ("audio_dependence", "audio dep.", 1.0),
+    ("fpr_silence", "FPR silence", 100.0), ("fpr_noise", "FPR noise", 100.0), ("swap_iou", "swap IoU", 100.0),
+    ("g_miou", "G-mIoU", 100.0),
+)  # (results.json key, table heading, scale to % or points)
+
+
+def summarize_benches(folders: list[Path]) -> dict[str, Any]:
+    """Mean and sample standard deviation per method and column over several bench folders (one per seed).
+
+    Every folder must hold a ``results.json`` of the same test frames (same deaf ceiling and constant
+    baselines, so the same data and split); a method counts in a folder only where its status is ``ok``
+    (``n`` says how many), and failed rows are listed. Values are % (audio dependence: points).
+    """
+
+    if len(folders) < 2:
+        raise RunError("a seed summary needs at least two bench folders")
+    loaded: list[tuple[Path, dict[str, Any]]] = []
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise RunError(f"{path}: no results.json (not a finished bench folder)")
+        try:
+            loaded.append((Path(folder), json.loads(path.read_text())))
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path}: not valid JSON ({exc})") from exc
+
+    def fingerprint(results: dict[str, Any]) -> tuple:
+        deaf = results.get("deaf_ceiling") or {}
+        base = [(b.get("name"), round(b.get("miou_clean", 0.0), 6), b.get("frames")) for b in results.get("baselines", [])]
+        return (round(deaf.get("miou_clean", -1.0), 6), deaf.get("frames"), tuple(base))
+
+    first_folder, first = loaded[0]
+    for folder, results in loaded[1:]:
+        if fingerprint(results) != fingerprint(first):
+            raise RunError(f"{folder} and {first_folder} were not measured on the same test frames "
+                           "(their deaf ceilings or constant baselines differ): summarize benches of one dataset only")  # fmt: skip
+    order: list[str] = []
+    values: dict[str, dict[str, list[float]]] = {}
+    display: dict[str, str] = {}
+    supervision: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    failed: list[str] = []
+    for folder, results in loaded:
+        for row in results["methods"]:
+            method = row["method"]
+            if method not in order:
+                order.append(method)
+            display[method], supervision[method] = row.get("display") or method, row.get("supervision", "")
+            if row.get("status") != "ok":
+                failed.append(f"{display[method]} in {folder}: {row.get('status')} ({row.get('failed_stage', '')}) {row.get('error', '')}".rstrip())
+                continue
+            counts[method] = counts.get(method, 0) + 1
+            for key, _, scale in SUMMARY_COLUMNS:
+                if row.get(key) is not None:
+                    values.setdefault(method, {}).setdefault(key, []).append(scale * float(row[key]))
+
+    def stats(xs: list[float]) -> dict[str, Any]:
+        arr = np.asarray(xs, dtype=np.float64)
+        return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else None, "values": [float(x) for x in xs]}
+
+    methods = [
+        {"method": m, "display": display[m], "supervision": supervision[m], "n": counts.get(m, 0),
+         "columns": {key: stats(xs) for key, xs in values.get(m, {}).items()}}
+        for m in order
+    ]  # fmt: skip
+    deaf_values = [100.0 * r["deaf_ceiling"]["miou_clean"] for _, r in loaded if r.get("deaf_ceiling")]
+    return {
+        "folders": [str(f) for f, _ in loaded],
+        "methods": methods,
+        "deaf_ceiling": deaf_values[0] if deaf_values else None,
+        "baselines": {b["name"]: 100.0 * b["miou_clean"] for b in first.get("baselines", [])},
+        "frames": (first.get("deaf_ceiling") or {}).get("frames"),
+        "failed": failed,
+    }
+
+
+def write_summary(out: Path, summary: dict[str, Any], command: str | None = None) -> str:
+    """summary.json and summary.md (mean ± sd over the seeds, then every seed's value) into ``out``; returns the markdown."""
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+
+    def cell(method: dict[str, Any], key: str) -> str:
+        c = method["columns"].get(key)
+        if c is None:
+            return "-"
+        sign = "+" if key == "audio_dependence" else ""
+        sd = "" if c["sd"] is None else f" ± {c['sd']:.1f}"
+        return f"{c['mean']:{sign}.1f}{sd}"
+
+    heads = [h for _, h, _ in SUMMARY_COLUMNS]
+    n_folders = len(summary["folders"])
+    lines = [f"# Bench over {n_folders} seeds", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [
+        "Folders: " + ", ".join(f"`{f}`" for f in summary["folders"]) + f". Test frames: {summary['frames'] or '-'}, clean protocol. "
+        "Mean ± sample standard deviation over the seeds where the method finished (`n`); mIoU, F, FPR, swap IoU, "
+        "G-mIoU in %, audio dependence in points (docs/metrics.md, Listening).",
+        "",
+        "| method | supervision | n | " + " | ".join(heads) + " |",
+        "|---|---|---|" + "---|" * len(heads),
+    ]
+    for m in summary["methods"]:
+        lines.append(f"| {m['display']} | {m['supervision']} | {m['n']} | " + " | ".join(cell(m, k) for k, _, _ in SUMMARY_COLUMNS) + " |")
+    for name, miou in summary["baselines"].items():
+        lines.append(f"| *{name}* (constant) | - | - | {miou:.1f} | " + " | ".join("-" for _ in heads[1:]) + " |")
+    if summary["deaf_ceiling"] is not None:
+        lines.append(f"| *every visible object* (deaf ceiling) | - | - | {summary['deaf_ceiling']:.1f} | - | 0.0 | " + " | ".join("-" for _ in heads[3:]) + " |")
+    lines += ["", "## Every seed", "", "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for m in summary["methods"]:
+        per = [", ".join(f"{v:.1f}" for v in m["columns"][k]["values"]) if k in m["columns"] else "-" for k, _, _ in SUMMARY_COLUMNS]
+        lines.append(f"| {m['display']} | " + " | ".join(per) + " |")
+    if summary["failed"]:
+        lines += ["", "## Failed rows (not counted)", ""] + [f"- {f}" for f in summary["failed"]]
+    text = "\n".join(lines) + "\n"
+    write_text_atomic(out / "summary.md", text)
+    return text
+
+
 def _font(size: int):
     from PIL import ImageFont
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from avseg.audio.decode import AudioError
-from avseg.bench import resolve_methods, run_bench
+from avseg.bench import resolve_methods, run_bench, summarize_benches, write_summary
 from avseg.data.cache import build_cache
 from avseg.data.composite import build_composite
 from avseg.data.errors import DataError
@@ -223,6 +223,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
         print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+def cmd_bench_summary(args: argparse.Namespace) -> int:
+    summary = summarize_benches([Path(f) for f in args.folders])
+    command = " ".join(shlex.quote(p) for p in ["avseg", "bench-summary", *args.folders, "--out", str(args.out)])
+    text = write_summary(Path(args.out), summary, command=command)
+    print(json.dumps(summary, indent=2) if args.json else text)
     return 0
 
 
@@ -438,6 +446,11 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--grid-rows", type=int, default=6, dest="grid_rows", help="test frames in grid.png (default 6)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON instead of the markdown table")
     b.set_defaults(func=cmd_bench)
+    m = sub.add_parser("bench-summary", help="mean ± sd over several bench folders of one dataset (one per seed), with the listening columns")
+    m.add_argument("folders", nargs="+", help="bench folders (each holding results.json), e.g. runs/bench-seed0 runs/bench-seed1 ...")
+    m.add_argument("--out", required=True, help="folder for summary.md / summary.json")
+    m.add_argument("--json", action="store_true", help="print the summary as JSON instead of the markdown table")
+    m.set_defaults(func=cmd_bench_summary)
 
 
 def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
