@@ -26,7 +26,7 @@ demo: $(BIN)/.installed
 
 # Lint and type-check (configured in pyproject.toml), then the tests.
 test: $(BIN)/.installed
-	$(BIN)/ruff check src
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 

@@ -50,8 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from avseg.audio import feature_shape
-from avseg.engine.trainer import build_optimizer
 from avseg.config import TrainSettings
+from avseg.engine.trainer import build_optimizer
 from avseg.losses.segmentation import bce_loss
 from avseg.methods.ws_avs import C2AMNet, SaliencyNet, WSAVSNet, build_segmenter
 from avseg.models.zoo import VISUAL_ENCODERS
@@ -293,7 +293,7 @@ def train_row(
     row.fps, row.ms, row.spread, row.peak_mib = frames / sec, sec * 1e3, spread, peak_mib(device)
     if not torch.isfinite(last["loss"]).item():
         row.note = "NON-FINITE LOSS"
-    del model, optimizer, run, last
+    model = optimizer = run = last = None  # free before _release()
     _release()
     return row
 
@@ -329,7 +329,7 @@ def infer_row(
     warmup = max(args.warmup, 2) if variant.compile else args.warmup
     sec, spread = time_blocks(step, device, args.steps, warmup, args.repeats)
     row.fps, row.ms, row.spread, row.peak_mib = frames / sec, sec * 1e3, spread, peak_mib(device)
-    del model
+    model = None  # free before _release()
     _release()
     return row
 
@@ -382,13 +382,13 @@ class Bench:
         what_p = f"ws-avs train, proposal: masked BCE ({self.b}x{self.t})"
         for v in [v for v in self.variants() if v.name in (best_variant(dev).name, "all+compile")]:
             self.add(guarded(lambda v=v: train_row("model", what_p, lambda: MaskedLossWSAVS(build_segmenter(cfg), cfg.tau, cfg.m2icl_scale_by_tau, cfg.m2icl_weight), train_batch, cfg.segmenter_train, v, dev, args), "model", what_p, v.name))
-        del train_batch
+        train_batch = None  # free before _release()
         _release()
         infer_batch = self.batch(self.infer_batch, 1)
         what = f"ws-avs infer ({self.infer_batch}x1)"
         for v in self.variants():
             self.add(guarded(lambda v=v: infer_row("model", what, lambda: build_wsavs(cfg), lambda m, b: m.predict(b), ("segmenter",), infer_batch, v, dev, args), "model", what, v.name))
-        del infer_batch
+        infer_batch = None  # free before _release()
         _release()
 
     # pseudo-mask stages, model-only: C2AM and saliency training steps and inference
@@ -417,13 +417,13 @@ class Bench:
             for v in variants:
                 what = f"{name} train ({b}x{t})"
                 self.add(guarded(lambda v=v: train_row("stages", what, build, train_batch, settings, v, dev, args), "stages", what, v.name))
-            del train_batch
+            train_batch = None  # free before _release()
             _release()
             infer_batch = self.batch(self.infer_batch, 1)
             for v in variants:
                 what = f"{name} infer ({self.infer_batch}x1)"
                 self.add(guarded(lambda v=v: infer_row("stages", what, build, predict, parts, infer_batch, v, dev, args), "stages", what, v.name))
-            del infer_batch
+            infer_batch = None  # free before _release()
             _release()
 
     # cost against frames per video and batch size
@@ -435,19 +435,19 @@ class Bench:
             batch = self.batch(videos, t)
             what = f"video length: {videos} videos x {t} frames"
             self.add(guarded(lambda: train_row("sweep", what, lambda: build_wsavs(cfg), batch, cfg.segmenter_train, v, dev, args), "sweep", what, v.name))
-            del batch
+            batch = None  # free before _release()
             _release()
         for frames in sorted({max(2, args.batch // 4), args.batch, 2 * args.batch} if dev.type == "cpu" else {args.batch // 4, args.batch // 2, args.batch, 2 * args.batch}):
             batch = self.batch(frames, 1)
             what = f"train batch: {frames} videos x 1 frame"
             self.add(guarded(lambda: train_row("sweep", what, lambda: build_wsavs(cfg), batch, cfg.segmenter_train, v, dev, args), "sweep", what, v.name))
-            del batch
+            batch = None  # free before _release()
             _release()
         for frames in sorted({max(1, self.infer_batch // 4), self.infer_batch, 4 * self.infer_batch} if dev.type == "cuda" else {max(1, args.batch // 4), args.batch}):
             batch = self.batch(frames, 1)
             what = f"infer batch: {frames} frames"
             self.add(guarded(lambda: infer_row("sweep", what, lambda: build_wsavs(cfg), lambda m, b: m.predict(b), ("segmenter",), batch, v, dev, args), "sweep", what, v.name))
-            del batch
+            batch = None  # free before _release()
             _release()
 
     # the real input pipeline: loaders alone, the engine's fit() on them, the pseudo-mask stages

@@ -88,9 +88,9 @@ def tiny_ws_run(synth_s4: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     Shared by the whole session: tests that write into a run folder copy it first.
     """
-    from fakes import LOGMEL_AUDIO
-
     from avseg.cli import main
+
+    from fakes import LOGMEL_AUDIO
 
     root = tmp_path_factory.mktemp("tiny-ws-run")
     argv = ["train", "--method", "ws-avs", "--config", "ws-avs/demo", "--data", str(synth_s4), "--layout", "s4",

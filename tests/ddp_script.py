@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from avseg.engine import fit
 from avseg.config import TrainSettings
-from avseg.engine import distributed
+from avseg.engine import distributed, fit
 from avseg.types import AVBatch
 
 FRAME = (3, 4, 4)  # tiny frames: (C, H, W)

@@ -11,6 +11,7 @@ import pytest
 from avseg.config import (
     ConfigError,
     DataConfig,
+    TrainSettings,
     apply_overrides,
     dump_yaml,
     from_dict,
@@ -18,7 +19,6 @@ from avseg.config import (
     load_yaml,
     to_dict,
 )
-from avseg.config import TrainSettings
 
 
 @dataclass

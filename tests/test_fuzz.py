@@ -25,8 +25,8 @@ from PIL import Image
 from avseg.audio.decode import AudioError, decode_audio_stream, load_audio
 from avseg.data import layout as L
 from avseg.data.avsbench import read_frame, read_mask, read_probability_png
-from avseg.data.index import avss_classes, index_videos, read_metadata
 from avseg.data.errors import DataError
+from avseg.data.index import avss_classes, index_videos, read_metadata
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.data.validate import validate_dataset
 from avseg.metrics import (

@@ -272,9 +272,9 @@ def test_an_oracle_that_follows_the_sound_scores_full_marks(tiny_ws_run: Path, t
     """A fake model that recognises the exact features it hears: its own sound -> the ground truth, the swap
     sound -> the swap object, anything else -> nothing. End to end: swap IoU 1, FPR 0 in silence and noise,
     audio dependence = 100 (S4: no frame has an empty ground truth), G-mIoU 1."""
-    from fakes import sound_following_oracle
-
     from avseg.listening import Soundtracks, listen, synth_info, synth_videos
+
+    from fakes import sound_following_oracle
 
     ds = _factory(tiny_ws_run)()
     synth = synth_videos(ds, synth_info(ds.root, ds.layout), seed=0)

@@ -172,9 +172,9 @@ def test_m2icl_label_negatives_drop_same_label_candidates() -> None:
 def test_the_engine_turns_negative_audio_on_for_any_stage(fake_s4: Path, tmp_path: Path) -> None:
     """negative_audio is a setting of the one training loop: whatever the method's own fit wrapper (PCAS has
     one), the loop turns it on in the dataset; a stage without wav audio is refused with its name."""
+    from avseg.config import TrainSettings
     from avseg.data.avsbench import collate_videos
     from avseg.engine.trainer import fit
-    from avseg.config import TrainSettings
 
     class Probe(torch.nn.Module):
         def __init__(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import avseg.weights as W
 from avseg.models import (
     AUDIO_ENCODERS,
     AUDIO_WEIGHT_CHOICES,
@@ -25,7 +26,6 @@ from avseg.models import (
     UnsafeCheckpointError,
     WeightsNotFoundError,
 )
-import avseg.weights as W
 from avseg.models.zoo import build_audio_resnet18, build_visual_resnet18, build_visual_tiny
 
 HAS_EFFICIENTNET = all(

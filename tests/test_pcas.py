@@ -20,10 +20,10 @@ from avseg.data.synthetic import generate
 from avseg.losses.pcas import cmc_loss, cmcc_loss, cmpc_loss, cmpc_targets
 from avseg.methods.pcas.config import IGNORE
 from avseg.methods.pcas.stages import build_model, num_classes
-from avseg.pseudo.crf import dense_crf_multi
 from avseg.metrics.classification import average_precision
 from avseg.models.ast import AST_CONFIGS, ASTConfig, ASTEncoder, build_ast, frame_segments, sequence_layout
 from avseg.models.vit import VIT_CONFIGS, build_vit
+from avseg.pseudo.crf import dense_crf_multi
 from avseg.runner import RECIPES, build_config, evaluate_run, run_method
 
 TINY_TRAIN = {"epochs": 1, "batch_size": 2, "max_steps": 2, "log_every": 1, "workers": 0}

@@ -36,18 +36,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import LOGMEL_AUDIO
 from PIL import Image
 
+from avseg.cli import build_parser
 from avseg.data import layout as L
 from avseg.data.avsbench import AVSBenchDataset, collate_videos
-from avseg.cli import build_parser
 from avseg.data.cache import CachedDataset, build_cache, collate_cached, read_index
 from avseg.data.errors import DataError
 from avseg.data.gpu_augment import _bilinear_crop, _nearest_crop, augment_batch, crop_size
 from avseg.methods.ws_avs import WSAVSNet, build_segmenter
 from avseg.runner import build_config
 from avseg.types import AVBatch
+
+from fakes import LOGMEL_AUDIO
 
 REPO = Path(__file__).resolve().parents[1]
 RANDOM_WEIGHTS = ["visual_weights=none", "audio_weights=none", "c2am_weights=none", "saliency_weights=none"]

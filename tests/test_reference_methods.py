@@ -51,8 +51,8 @@ def test_registry_contract(name: str, synth_s4: Path) -> None:
 
 @pytest.mark.parametrize("method", BINARY_METHODS)
 def test_method_trains_and_predicts(method: str, synth_s4: Path, tmp_path: Path) -> None:
-    from avseg.methods.common import make_dataset
     from avseg.data.avsbench import collate_videos
+    from avseg.methods.common import make_dataset
 
     run_dir = tmp_path / method
     summaries = train_tiny(method, synth_s4, run_dir)

@@ -19,8 +19,8 @@ from PIL import Image
 from avseg.cli import main
 from avseg.data import layout as L
 from avseg.data.avsbench import read_mask
-from avseg.data.index import index_videos
 from avseg.data.errors import DataError
+from avseg.data.index import index_videos
 from avseg.data.stamps import (
     CURATED_STAMPS,
     DEFAULT_STAMPS_DIR,
@@ -344,10 +344,10 @@ def test_listening_swap_on_stamps_data(fake_stamps: Path, fake_backgrounds: Path
 
     from avseg.config import DataConfig
     from avseg.data.stamps import replay_video
-    from fakes import sound_following_oracle
-
     from avseg.listening import Soundtracks, deaf_ceiling, listen, swap_plan, synth_info, synth_videos
     from avseg.methods.common import make_dataset
+
+    from fakes import sound_following_oracle
 
     root = tmp_path / "s4"
     generate("s4", root, num_videos=10, seed=5, size=SIZE, stamps=fake_stamps, backgrounds=fake_backgrounds)
