@@ -19,23 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avseg.data.avsbench import collate_videos
 from avseg.methods.common import make_dataset
-from avseg.methods.ws_avs import _load_c2am
+from avseg.methods.ws_avs import _load_c2am, activation_map
 from avseg.metrics.binary import BinaryAccumulator
 from avseg.runner import load_run
 
 VARIANTS = ("as is", "border cells masked")
-
-
-def normalised(fg: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 1, h, w) foreground probability -> (N, H, W) map, min-max normalised per frame (as C2AMNet.activation)."""
-    a = F.interpolate(fg, size=size, mode="bilinear", align_corners=False)[:, 0]
-    lo = a.flatten(1).min(1).values[:, None, None]
-    hi = a.flatten(1).max(1).values[:, None, None]
-    return (a - lo) / (hi - lo).clamp_min(1e-6)
 
 
 def mask_border(fg: torch.Tensor) -> torch.Tensor:
@@ -64,7 +55,7 @@ def score(run: Path, batch_videos: int = 4) -> tuple[bool, dict[str, float]]:
             keep = batch.has_mask.flatten()
             gt = batch.masks.flatten(0, 1).float()[keep].numpy()
             for key, f in zip(VARIANTS, (fg, mask_border(fg))):
-                pred = normalised(f, tuple(frames.shape[-2:]))[keep] > cfg.c2am_threshold
+                pred = activation_map(f, frames.shape[-2:])[keep] > cfg.c2am_threshold
                 accs[key].update(pred.float().numpy(), gt)
     return flip, {k: 100.0 * float(acc.compute()["miou"]) for k, acc in accs.items()}
 

@@ -133,12 +133,16 @@ class C2AMNet(nn.Module):
     def activation(self, frames: Tensor, flip: bool) -> Tensor:
         """(N, 3, H, W) -> (N, H, W) activation map A in [0, 1], min-max normalised per frame."""
         _, fg = self.foreground(frames)
-        if flip:
-            fg = 1.0 - fg
-        a = F.interpolate(fg, size=frames.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        lo = a.flatten(1).min(1).values[:, None, None]
-        hi = a.flatten(1).max(1).values[:, None, None]
-        return (a - lo) / (hi - lo).clamp_min(1e-6)
+        return activation_map(1.0 - fg if flip else fg, frames.shape[-2:])
+
+
+def activation_map(fg: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """C2AM foreground probability (N, 1, h, w) -> (N, H, W) activation map A: bilinearly upsampled to
+    ``size``, min-max normalised per frame."""
+    a = F.interpolate(fg, size=size, mode="bilinear", align_corners=False)[:, 0]
+    lo = a.flatten(1).min(1).values[:, None, None]
+    hi = a.flatten(1).max(1).values[:, None, None]
+    return (a - lo) / (hi - lo).clamp_min(1e-6)
 
 
 class SaliencyNet(nn.Module):
