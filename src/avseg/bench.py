@@ -508,42 +508,36 @@ def summarize_benches(folders: list[Path]) -> dict[str, Any]:
         if fingerprint(results) != fingerprint(first):
             raise RunError(f"{folder} and {first_folder} were not measured on the same test frames "
                            "(their deaf ceilings or constant baselines differ): summarize benches of one dataset only")  # fmt: skip
-    order: list[str] = []
-    values: dict[str, dict[str, list[float]]] = {}
-    display: dict[str, str] = {}
-    supervision: dict[str, str] = {}
-    counts: dict[str, int] = {}
+    per_method: dict[str, dict[str, Any]] = {}  # in the order the methods first appear
     failed: list[str] = []
     for folder, results in loaded:
         for row in results["methods"]:
-            method = row["method"]
-            if method not in order:
-                order.append(method)
-            display[method], supervision[method] = row.get("display") or method, row.get("supervision", "")
+            m = per_method.setdefault(row["method"], {"n": 0, "values": {}})
+            m["display"], m["supervision"] = row.get("display") or row["method"], row.get("supervision", "")
             if row.get("status") != "ok":
-                failed.append(f"{display[method]} in {folder}: {row.get('status')} ({row.get('failed_stage', '')}) {row.get('error', '')}".rstrip())
+                failed.append(f"{m['display']} in {folder}: {row.get('status')} ({row.get('failed_stage', '')}) {row.get('error', '')}".rstrip())
                 continue
-            counts[method] = counts.get(method, 0) + 1
+            m["n"] += 1
             for key, _, scale in SUMMARY_COLUMNS:
                 if row.get(key) is not None:
-                    values.setdefault(method, {}).setdefault(key, []).append(scale * float(row[key]))
+                    m["values"].setdefault(key, []).append(scale * float(row[key]))
 
     def stats(xs: list[float]) -> dict[str, Any]:
         arr = np.asarray(xs, dtype=np.float64)
         return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else None, "values": [float(x) for x in xs]}
 
     methods = [
-        {"method": m, "display": display[m], "supervision": supervision[m], "n": counts.get(m, 0),
-         "columns": {key: stats(xs) for key, xs in values.get(m, {}).items()}}
-        for m in order
+        {"method": name, "display": m["display"], "supervision": m["supervision"], "n": m["n"],
+         "columns": {key: stats(xs) for key, xs in m["values"].items()}}
+        for name, m in per_method.items()
     ]  # fmt: skip
-    deaf_values = [100.0 * r["deaf_ceiling"]["miou_clean"] for _, r in loaded if r.get("deaf_ceiling")]
+    deaf = first.get("deaf_ceiling")  # the same in every folder (checked above)
     return {
         "folders": [str(f) for f, _ in loaded],
         "methods": methods,
-        "deaf_ceiling": deaf_values[0] if deaf_values else None,
+        "deaf_ceiling": 100.0 * deaf["miou_clean"] if deaf else None,
         "baselines": {b["name"]: 100.0 * b["miou_clean"] for b in first.get("baselines", [])},
-        "frames": (first.get("deaf_ceiling") or {}).get("frames"),
+        "frames": (deaf or {}).get("frames"),
         "failed": failed,
     }
 
