@@ -1,5 +1,6 @@
 """Does C2AM's border artefact cost accuracy? Test mIoU of a WS-AVS run's C2AM maps, as they are and with
-the outermost feature cells replaced by the frame's median foreground probability.
+the outermost feature cells replaced by the frame's median foreground probability (``c2am_border: 1``,
+``ws_avs.mask_border_cells``), from the same trained C2AM and polarity.
 
 C2AM's head reads one pyramid level (stride 8 with ``c2am_level: 1``); its outermost cells see mostly zero
 padding, and a trained head can light them whatever the image (docs/results/listening, "Three seeds"). This
@@ -22,19 +23,11 @@ import torch
 
 from avseg.data.avsbench import collate_videos
 from avseg.methods.common import make_dataset
-from avseg.methods.ws_avs import _load_c2am, activation_map
+from avseg.methods.ws_avs import _load_c2am, activation_map, mask_border_cells
 from avseg.metrics.binary import BinaryAccumulator
 from avseg.runner import load_run
 
 VARIANTS = ("as is", "border cells masked")
-
-
-def mask_border(fg: torch.Tensor) -> torch.Tensor:
-    """The outermost ring of feature cells replaced by each frame's median."""
-    median = fg.flatten(1).median(1).values[:, None, None, None].expand_as(fg)
-    border = torch.ones_like(fg, dtype=torch.bool)
-    border[..., 1:-1, 1:-1] = False
-    return torch.where(border, median, fg)
 
 
 def score(run: Path, batch_videos: int = 4) -> tuple[bool, dict[str, float]]:
@@ -54,7 +47,7 @@ def score(run: Path, batch_videos: int = 4) -> tuple[bool, dict[str, float]]:
             fg = 1.0 - fg if flip else fg
             keep = batch.has_mask.flatten()
             gt = batch.masks.flatten(0, 1).float()[keep].numpy()
-            for key, f in zip(VARIANTS, (fg, mask_border(fg))):
+            for key, f in zip(VARIANTS, (fg, mask_border_cells(fg, 1))):
                 pred = activation_map(f, frames.shape[-2:])[keep] > cfg.c2am_threshold
                 accs[key].update(pred.float().numpy(), gt)
     return flip, {k: 100.0 * float(acc.compute()["miou"]) for k, acc in accs.items()}

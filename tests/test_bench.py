@@ -153,6 +153,12 @@ def test_reuse_refuses_other_settings(synth_s4: Path, tmp_path: Path) -> None:
     assert "activation-maps" in reuse_problem(ws_dir, "activation-maps", same)  # not finished there
     _, other = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"])
     assert "c2am_level differs" in reuse_problem(ws_dir, "c2am", other)
+    # c2am_border changes the maps, not the trained C2AM: the training is shared, the maps are not
+    _, border = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["c2am_border=1"])
+    assert reuse_problem(ws_dir, "c2am", border) is None
+    run_method(spec, cfg, ws_dir, resume=True, only=["c2am", "activation-maps"])
+    assert reuse_problem(ws_dir, "activation-maps", same) is None
+    assert "c2am_border differs" in reuse_problem(ws_dir, "activation-maps", border)
     # C2AM never reads audio: another audio front-end does not block reuse; another image size does
     _, other_audio = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["data.audio_frontend=aisfx-logmel", "data.audio_window=clip"])
     assert reuse_problem(ws_dir, "c2am", other_audio) is None

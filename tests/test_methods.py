@@ -369,6 +369,31 @@ def test_border_band_skips_the_padding_ring_of_the_feature_map() -> None:
     assert np.isfinite(_border_excess(tiny, skip=32))  # the band shrinks to fit small frames
 
 
+def test_c2am_border_cells_do_not_become_object() -> None:
+    """A head that lights the outermost ring of feature cells whatever the image (the padding artefact):
+    the plain map marks the frame's edge as object; with ``border=1`` the ring takes the frame's median
+    and only the object in the middle is above the threshold."""
+    from avseg.methods.ws_avs import C2AMNet, mask_border_cells
+    from avseg.models.zoo import VISUAL_ENCODERS
+
+    fg = torch.full((2, 1, 8, 8), 0.2)
+    fg[:, :, 3:5, 3:5] = 0.7  # the object
+    fg[:, :, 0, :], fg[:, :, -1, :], fg[:, :, :, 0], fg[:, :, :, -1] = 0.95, 0.95, 0.95, 0.95  # the artefact
+    masked = mask_border_cells(fg, 1)
+    assert torch.equal(masked[:, :, 1:-1, 1:-1], fg[:, :, 1:-1, 1:-1])
+    assert torch.allclose(masked[:, :, 0, :], torch.tensor(0.2))  # the median of the frame
+    assert torch.equal(mask_border_cells(fg, 0), fg) and torch.equal(mask_border_cells(fg, 4), fg)  # off / nothing left
+
+    for border, edge_marked in ((0, True), (1, False)):
+        net = C2AMNet(VISUAL_ENCODERS["tiny"](weights="none"), level=2, border=border).eval()
+        net.foreground = lambda frames: (frames, fg)  # type: ignore[method-assign]
+        mask = net.activation(torch.zeros(2, 3, 64, 64), flip=False) > 0.5
+        assert bool(mask[:, 0, :].all()) is edge_marked
+        assert mask[:, 28:36, 28:36].all()  # the object is found either way
+    with pytest.raises(ValueError, match="c2am_border"):
+        C2AMNet(VISUAL_ENCODERS["tiny"](weights="none"), level=2, border=-1)
+
+
 def test_a_run_records_its_class_vocabulary_and_refuses_another(synth_s4: Path, tmp_path: Path) -> None:
     from avseg.data.index import class_names
 

@@ -35,7 +35,7 @@ from avseg.engine import distributed as dist
 from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext, read_marker
 from avseg.methods.cam import calibrate, check_threshold
-from avseg.methods.ws_avs import C2AMNet, stage_activation_maps, stage_c2am
+from avseg.methods.ws_avs import C2AMNet, check_border, stage_activation_maps, stage_c2am
 from avseg.models.zoo import VISUAL_ENCODERS
 from avseg.types import AVBatch
 
@@ -51,6 +51,7 @@ class C2AMConfig:
     c2am_weights: str = "imagenet"
     c2am_level: int = 3
     c2am_threshold: float = 0.3  # mask = normalised map > threshold (also the initial masks' threshold)
+    c2am_border: int = 0  # rings of outermost feature cells replaced by the frame's median (ws_avs.mask_border_cells)
     crf: bool = False  # dense CRF on the training frames' initial masks (not used at inference)
     c2am_train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=10, lr=1e-4, batch_size=16, optimizer="adam", schedule="constant"))
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps stages are reused if identical
@@ -61,6 +62,7 @@ class C2AMConfig:
         if self.c2am_visual not in VISUAL_ENCODERS:
             raise ValueError(f"c2am_visual {self.c2am_visual!r} is not one of {sorted(VISUAL_ENCODERS)}")
         check_threshold("c2am_threshold", self.c2am_threshold)
+        check_border("c2am_border", self.c2am_border)
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {"c2am_train": self.c2am_train}
@@ -92,9 +94,9 @@ class C2AMPredictor(nn.Module):
 # Config keys each shareable stage reads (cumulative: a stage depends on the ones before it).
 REUSE_KEYS: dict[str, tuple[str, ...]] = {
     "c2am": ("data", "c2am_visual", "c2am_weights", "c2am_level", "c2am_train"),
-    "activation-maps": ("data", "c2am_visual", "c2am_weights", "c2am_level", "c2am_train", "c2am_threshold", "crf"),
+    "activation-maps": ("data", "c2am_visual", "c2am_weights", "c2am_level", "c2am_train", "c2am_border", "c2am_threshold", "crf"),
     "saliency": (
-        "data", "c2am_visual", "c2am_weights", "c2am_level", "c2am_train", "c2am_threshold", "crf",
+        "data", "c2am_visual", "c2am_weights", "c2am_level", "c2am_train", "c2am_border", "c2am_threshold", "crf",
         "refinement", "saliency_visual", "saliency_weights", "saliency_train",
     ),
 }  # fmt: skip
@@ -192,7 +194,7 @@ def load_predictor(cfg: C2AMConfig, run_dir: Path | None, device: torch.device, 
     marker = read_marker("activation-maps", Path(run_dir))
     if marker is None:
         raise FileNotFoundError(f"{run_dir}/stages/activation-maps.json is missing: the polarity of the C2AM map is decided there; run the stage first")
-    net = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level)
+    net = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level, border=cfg.c2am_border)
     load_model_weights(net, Path(weights) if weights is not None else Path(run_dir) / "c2am" / "last.safetensors")
     return C2AMPredictor(net, flip=bool(marker["polarity_flipped"]), threshold=cfg.c2am_threshold).to(device).eval()
 

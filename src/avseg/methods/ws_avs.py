@@ -77,6 +77,9 @@ class WSAVSConfig:
     # A > 0, the whole frame. A floor keeps only pixels whose activation also exceeds it (0 = the paper's rule).
     eq6_floor: float = 0.0
     c2am_level: int = 3  # pyramid level the C2AM head reads (3 = stride 32; 2 = stride 16 for small frames)
+    # Rings of outermost C2AM feature cells replaced by the frame's median before the map is upsampled (0 = the
+    # paper's map). Those cells see mostly zero padding, and a trained head can light them whatever the image.
+    c2am_border: int = 0
     crf: bool = False
     saliency_visual: str = "resnet50"
     saliency_weights: str = "imagenet"
@@ -92,6 +95,7 @@ class WSAVSConfig:
             raise ValueError(f"eq6_floor must be in [0, 1), got {self.eq6_floor}")
         if not 0.0 < self.c2am_threshold < 1.0:
             raise ValueError(f"c2am_threshold must be in (0, 1), got {self.c2am_threshold}")
+        check_border("c2am_border", self.c2am_border)
         if self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.data.layout == "avss":
@@ -106,16 +110,27 @@ class WSAVSConfig:
 
 
 # --- models -------------------------------------------------------------------------------------------
-class C2AMNet(nn.Module):
-    """Visual encoder + C2AM head on the last stage; trained with the C2AM contrastive losses."""
+def check_border(name: str, rings: int) -> None:
+    if isinstance(rings, bool) or not isinstance(rings, int) or rings < 0:
+        raise ValueError(f"{name} must be a whole number of feature-cell rings >= 0, got {rings!r}")
 
-    def __init__(self, encoder: nn.Module, level: int = 3) -> None:
+
+class C2AMNet(nn.Module):
+    """Visual encoder + C2AM head on the last stage; trained with the C2AM contrastive losses.
+
+    ``border``: rings of outermost feature cells that ``activation`` replaces by the frame's median
+    (:func:`mask_border_cells`); training does not use it.
+    """
+
+    def __init__(self, encoder: nn.Module, level: int = 3, border: int = 0) -> None:
         super().__init__()
         channels = encoder_channels(encoder)
         if not 0 <= level < len(channels):
             raise ValueError(f"c2am_level must be within 0..{len(channels) - 1}, got {level}")
+        check_border("c2am_border", border)
         self.encoder = encoder
         self.level = level
+        self.border = border
         self.head = C2AMHead(channels[level])
 
     def foreground(self, frames: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,7 +148,26 @@ class C2AMNet(nn.Module):
     def activation(self, frames: Tensor, flip: bool) -> Tensor:
         """(N, 3, H, W) -> (N, H, W) activation map A in [0, 1], min-max normalised per frame."""
         _, fg = self.foreground(frames)
+        fg = mask_border_cells(fg, self.border)
         return activation_map(1.0 - fg if flip else fg, frames.shape[-2:])
+
+
+def mask_border_cells(fg: Tensor, rings: int) -> Tensor:
+    """C2AM foreground probability (N, 1, h, w) with its ``rings`` outermost rings of cells replaced by
+    each frame's median (unchanged for 0, and when no cell would be left inside the rings).
+
+    A padded CNN's outermost cells see mostly zero padding; on the synthetic benches C2AM's trained head
+    lit them whatever the image (0.92 on a blank frame), and min-max normalisation then turns the frame's
+    edge into "object". The median is the frame's typical level, so masked cells are neither object nor
+    its absence, and normalisation sees only the cells that saw the image.
+    """
+    h, w = fg.shape[-2:]
+    if rings <= 0 or h <= 2 * rings or w <= 2 * rings:
+        return fg
+    median = fg.flatten(1).median(1).values.view(-1, *([1] * (fg.dim() - 1))).expand_as(fg)
+    border = torch.ones_like(fg, dtype=torch.bool)
+    border[..., rings:-rings, rings:-rings] = False
+    return torch.where(border, median, fg)
 
 
 def activation_map(fg: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -234,13 +268,13 @@ def build_segmenter(cfg: Any, use_audio: bool = True) -> AVSegmenter:
 def stage_c2am(ctx: StageContext) -> dict[str, Any]:
     cfg: WSAVSConfig = ctx.config
     s = cfg.c2am_train
-    model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights=cfg.c2am_weights), level=cfg.c2am_level)
+    model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights=cfg.c2am_weights), level=cfg.c2am_level, border=cfg.c2am_border)
     train = make_dataset(cfg.data, "train", augment=True, audio=False, seed=s.seed)
     return train_stage(model, train, s, ctx.path("c2am"), resume=ctx.resume, desc="c2am")
 
 
 def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> C2AMNet:
-    model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level)
+    model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level, border=cfg.c2am_border)
     load_model_weights(model, run_dir / "c2am" / "last.safetensors")
     return model.to(device).eval()
 
@@ -304,8 +338,9 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
             polarity = json.loads(polarity_path.read_text())
         except ValueError:
             polarity = {}
-        if polarity.get("c2am_sha256") != digest or polarity.get("frames") != frames or "flip" not in polarity:
-            log.warning("activation-maps: %s belongs to another C2AM checkpoint or dataset; recomputing every map", polarity_path)
+        stale = polarity.get("c2am_sha256") != digest or polarity.get("frames") != frames or polarity.get("c2am_border", 0) != cfg.c2am_border
+        if stale or "flip" not in polarity:
+            log.warning("activation-maps: %s belongs to another C2AM checkpoint, dataset or c2am_border; recomputing every map", polarity_path)
             polarity = None
     if polarity is None:
         for folder in (maps_dir, init_dir):  # anything here came from another checkpoint or decision
@@ -318,7 +353,8 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
         cell = 4 * 2**cfg.c2am_level  # every encoder's pyramid has strides 4, 8, 16, 32
         excess = [_border_excess(o.output, skip=cell) for o in iterate_outputs(raw, train, ctx.device, batch_size=4, progress="c2am polarity")]
         border = float(np.mean(excess))
-        polarity = {"flip": bool(border > 0.0), "border_excess": border, "border_skip_px": cell, "frames": len(excess), "c2am_sha256": digest}
+        polarity = {"flip": bool(border > 0.0), "border_excess": border, "border_skip_px": cell, "frames": len(excess), "c2am_sha256": digest,
+                    "c2am_border": cfg.c2am_border}  # fmt: skip
         write_text_atomic(polarity_path, json.dumps(polarity, indent=2))
     flip = bool(polarity["flip"])
 
@@ -352,7 +388,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     if written < frames:
         log.info("activation-maps: kept %d frames written by an earlier run, wrote %d", frames - written, written)
     return {"frames": frames, "written": written, "reused": frames - written, "polarity_flipped": flip,
-            "border_excess": polarity["border_excess"], "threshold": cfg.c2am_threshold, "crf": cfg.crf}
+            "border_excess": polarity["border_excess"], "threshold": cfg.c2am_threshold, "crf": cfg.crf, "c2am_border": cfg.c2am_border}
 
 
 def stage_saliency(ctx: StageContext) -> dict[str, Any]:
