@@ -194,3 +194,36 @@ def test_the_engine_turns_negative_audio_on_for_any_stage(fake_s4: Path, tmp_pat
     silent = AVSBenchDataset(fake_s4, "s4", "train", image_size=32, audio_frontend=None, augment=True)
     with pytest.raises(ValueError, match="probe: negative_audio"):
         fit(Probe(), silent, settings, tmp_path / "run2", collate_fn=collate_videos, desc="probe")
+
+
+def test_negative_audio_add_mode_keeps_every_positive(fake_s4: Path) -> None:
+    """"add": every video keeps its own sound and target, and round(fraction x videos) negative items
+    follow them, each showing a video drawn per epoch with a negative soundtrack and empty targets."""
+    ds = AVSBenchDataset(fake_s4, "s4", "train", image_size=32, audio_frontend="wsavs-logmel", augment=True, seed=1)
+    n = len(ds.records)
+    own = [ds[i] for i in range(n)]
+    ds.set_negative_audio(0.5, ("silence", "other"), mode="add")
+    assert len(ds) == n + round(0.5 * n) and ds.negative_extra == round(0.5 * n)
+    for i in range(n):  # the positives are untouched
+        s = ds[i]
+        assert s.negative == "" and torch.equal(s.audio, own[i].audio) and torch.equal(s.masks, own[i].masks)
+    bases = set()
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i in range(n, len(ds)):
+            s, base = ds[i], ds.base_index(i)
+            bases.add(base)
+            assert s.negative in ("silence", "other") and s.video_id == ds.records[base].video_id
+            assert int(s.masks.sum()) == 0 and float(s.labels.sum()) == 0 and torch.equal(s.has_mask, own[base].has_mask)
+            kind, helper = ds.negative_plan(i)
+            if kind == "other":
+                assert ds.records[helper].category != ds.records[base].category
+    assert len(bases) > 1  # drawn per epoch, not always the same video
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    ds.set_negative_audio(1.0, ("noise",), mode="add")
+    assert len(ds) == 2 * n  # balanced: as many negatives as videos
+    with pytest.raises(ValueError, match=r"negative_audio must be in \[0, 1\)"):
+        ds.set_negative_audio(1.0, ("noise",))  # replace mode would leave no positive
+    with pytest.raises(ValueError, match="negative_mode"):
+        ds.set_negative_audio(0.3, ("noise",), mode="both")

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from avseg.fileio import write_text_atomic
-from avseg.types import NEGATIVE_KINDS
+from avseg.types import NEGATIVE_KINDS, NEGATIVE_MODES
 
 T = TypeVar("T")
 
@@ -315,6 +315,9 @@ class TrainSettings:
     # recipes; applied by the dataset, before the audio front-end (``AVSBenchDataset.set_negative_audio``).
     negative_audio: float = 0.0
     negative_kinds: tuple[str, ...] = NEGATIVE_KINDS
+    # "replace": the negatives are drawn among the training videos (which lose their own target that epoch);
+    # "add": round(negative_audio x videos) negative items are added, every video keeps its own target.
+    negative_mode: str = "replace"
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -343,7 +346,11 @@ class TrainSettings:
         )
         need(self.log_every >= 1, f"log_every must be >= 1 (got {self.log_every})")
         need(self.progress in ("auto", "on", "off"), f"progress must be auto, on or off (got {self.progress!r})")
-        need(0.0 <= self.negative_audio < 1.0, f"negative_audio must be in [0, 1) (got {self.negative_audio})")
+        need(self.negative_mode in NEGATIVE_MODES, f"negative_mode must be one of {', '.join(NEGATIVE_MODES)} (got {self.negative_mode!r})")
+        if self.negative_mode == "add":
+            need(0.0 <= self.negative_audio <= 1.0, f"negative_audio must be in [0, 1] with negative_mode add (got {self.negative_audio})")
+        else:
+            need(0.0 <= self.negative_audio < 1.0, f"negative_audio must be in [0, 1) (got {self.negative_audio})")
         self.negative_kinds = tuple(self.negative_kinds)
         need(
             bool(self.negative_kinds) and all(k in NEGATIVE_KINDS for k in self.negative_kinds),

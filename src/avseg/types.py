@@ -24,6 +24,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Negative-audio training: what a training clip may hear instead of its own sound (AVSBenchDataset, TrainSettings).
 NEGATIVE_KINDS = ("silence", "noise", "other")
+NEGATIVE_MODES = ("replace", "add")  # negative-audio training: negatives replace videos, or are added to them
 
 
 @dataclass

@@ -20,7 +20,7 @@ from avseg.data import layout as L
 from avseg.data.errors import DataError
 from avseg.data.index import VideoRecord, class_names, index_videos
 from avseg.data.safe_pickle import load_tensor_pickle
-from avseg.types import IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS, AVBatch
+from avseg.types import IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS, NEGATIVE_MODES, AVBatch
 
 
 # --- file readers ------------------------------------------------------------------------------------
@@ -176,6 +176,12 @@ class AVSBenchDataset(Dataset):
             makes the sound they carry (AVSBench-Robust's balanced training). Needs a wav front-end.
             Masks, pseudo masks and labels become zeros; ``has_mask`` / ``has_pseudo`` are kept, so a
             frame is trained on an empty target only where it would have been trained anyway.
+        negative_mode: "replace" (default): the negatives are drawn among the videos, which lose their own
+            sound and target that epoch; "add": every video keeps its own sound and target, and
+            ``round(negative_audio x videos)`` negative items follow them (indices ``len(records)`` and
+            up), each a video drawn per epoch from the (seed, epoch, index, 3) stream with a negative
+            soundtrack. "add" takes no positive target away (S4 trains on one mask per video), at the
+            cost of longer epochs; its fraction may reach 1 (as many negatives as videos).
         negative_kinds: which negatives, drawn uniformly: "silence" (zeros), "noise" (white noise at the
             clip's RMS), "other" (the soundtrack of another video of the split that shares no label).
         audio_transform: ``(record, wave, sample_rate) -> wave`` applied to every decoded waveform (S,)
@@ -206,6 +212,7 @@ class AVSBenchDataset(Dataset):
         audio_transform: Callable[[VideoRecord, np.ndarray, int], np.ndarray] | None = None,
         negative_audio: float = 0.0,
         negative_kinds: tuple[str, ...] = NEGATIVE_KINDS,
+        negative_mode: str = "replace",
     ) -> None:
         if audio_window not in ("centred", "clip"):
             raise ValueError(f"audio_window must be 'centred' or 'clip', got {audio_window!r}")
@@ -224,13 +231,13 @@ class AVSBenchDataset(Dataset):
         self.pseudo_labels = pseudo_labels
         self.audio_transform = audio_transform
         self._audio_memo: dict[tuple, torch.Tensor] = {}  # see _memo_key
-        self.set_negative_audio(negative_audio, negative_kinds)
         self.seed = seed
         self.sample_frames = sample_frames
         self.epoch = 0
         self.records = index_videos(self.root, layout, split)
         if max_videos is not None:
             self.records = self.records[:max_videos]
+        self.set_negative_audio(negative_audio, negative_kinds, negative_mode)
         if not self.records:
             raise DataError(L.metadata_path(self.root, layout), f"no videos in split {split!r}")
         self.classes = class_names(self.root, layout)
@@ -255,7 +262,17 @@ class AVSBenchDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) + self.negative_extra
+
+    def base_index(self, index: int) -> int:
+        """The video item ``index`` shows: itself, or for an added negative item ("add" mode) a video drawn
+        per epoch."""
+        n = len(self.records)
+        if not 0 <= index < n + self.negative_extra:
+            raise IndexError(f"index {index} out of range for {n + self.negative_extra} items")
+        if index < n:
+            return index
+        return int(np.random.default_rng([self.seed, self.epoch, index, 3]).integers(n))
 
     def pseudo_path(self, record: VideoRecord, k: int) -> Path:
         assert self.pseudo_dir is not None
@@ -342,17 +359,21 @@ class AVSBenchDataset(Dataset):
             wave = np.asarray(self.audio_transform(record, wave, sr), dtype=np.float32)
         return wave, sr
 
-    def set_negative_audio(self, fraction: float, kinds: tuple[str, ...] | list[str] = NEGATIVE_KINDS) -> None:
+    def set_negative_audio(self, fraction: float, kinds: tuple[str, ...] | list[str] = NEGATIVE_KINDS, mode: str = "replace") -> None:
         """Turn negative-audio training on (``fraction`` > 0) or off; see the class docstring."""
         kinds = tuple(kinds)
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"negative_audio must be in [0, 1), got {fraction}")
+        if mode not in NEGATIVE_MODES:
+            raise ValueError(f"negative_mode must be one of {NEGATIVE_MODES}, got {mode!r}")
+        if not (0.0 <= fraction <= 1.0 if mode == "add" else 0.0 <= fraction < 1.0):
+            raise ValueError(f"negative_audio must be in [0, 1{']' if mode == 'add' else ')'} with negative_mode {mode}, got {fraction}")
         if not kinds or any(k not in NEGATIVE_KINDS for k in kinds):
             raise ValueError(f"negative_kinds must be a non-empty subset of {NEGATIVE_KINDS}, got {kinds}")
         if fraction > 0 and self.audio_frontend in (None, "pkl"):
             raise ValueError("negative_audio replaces the soundtrack before the audio front-end: it needs a wav front-end (not None or 'pkl')")
         self.negative_audio = float(fraction)
         self.negative_kinds = kinds
+        self.negative_mode = mode
+        self.negative_extra = round(fraction * len(self.records)) if mode == "add" else 0
 
     def negative_plan(self, index: int) -> tuple[str, int]:
         """(kind, helper) of video ``index`` this epoch: kind "" = its own sound; helper = the noise seed or
@@ -360,13 +381,17 @@ class AVSBenchDataset(Dataset):
         if self.negative_audio <= 0:
             return "", -1
         rng = np.random.default_rng([self.seed, self.epoch, index, 2])
-        if rng.random() >= self.negative_audio:
+        if self.negative_mode == "add":
+            if index < len(self.records):
+                return "", -1
+        elif rng.random() >= self.negative_audio:
             return "", -1
         kind = self.negative_kinds[int(rng.integers(len(self.negative_kinds)))]
         if kind == "other":
-            own = set(self.records[index].label_names or ())
+            base = self.base_index(index)
+            own = set(self.records[base].label_names or ())
             # S4/MS3 label names, AVSS: no metadata labels -> any other video (stated in the docs)
-            choices = [i for i, r in enumerate(self.records) if i != index and not (own & set(r.label_names or ()))]
+            choices = [i for i, r in enumerate(self.records) if i != base and not (own & set(r.label_names or ()))]
             if not choices:
                 kind = "silence"
             else:
@@ -407,10 +432,11 @@ class AVSBenchDataset(Dataset):
         return frames, masks_raw
 
     def __getitem__(self, index: int) -> VideoSample:
-        record = self.records[index]
+        base = self.base_index(index)  # index itself, unless an added negative item ("add" mode)
+        record = self.records[base]
         t = len(record.frame_paths)
         size = self.image_size
-        frames, masks_raw = self.decode_raw(index)
+        frames, masks_raw = self.decode_raw(base)
         pseudo_raw: list[np.ndarray] | None = None
         if self.pseudo_dir is not None:
             pseudo_raw = [read_probability_png(self.pseudo_path(record, k)) for k in record.frame_numbers]

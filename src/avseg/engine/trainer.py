@@ -228,7 +228,7 @@ def fit(
         if set_negative is None:
             raise ValueError(f"{desc}: negative_audio={settings.negative_audio} needs a dataset that can replace its soundtrack (set_negative_audio)")
         try:
-            set_negative(settings.negative_audio, settings.negative_kinds)
+            set_negative(settings.negative_audio, settings.negative_kinds, settings.negative_mode)
         except ValueError as exc:
             raise ValueError(f"{desc}: negative_audio={settings.negative_audio}: {exc} (this stage trains without audio from wav files: set it on a stage that hears audio)") from exc
     device = resolve_device(settings.device)
