@@ -154,7 +154,7 @@ def test_reuse_refuses_other_settings(synth_s4: Path, tmp_path: Path) -> None:
     _, other = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["c2am_level=1"])
     assert "c2am_level differs" in reuse_problem(ws_dir, "c2am", other)
     # c2am_border changes the maps, not the trained C2AM: the training is shared, the maps are not
-    _, border = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["c2am_border=1"])
+    _, border = build_config("c2am", "c2am/demo", str(synth_s4), "s4", QUICK, SIZE, base + ["c2am_border=0"])  # the recipes say 1
     assert reuse_problem(ws_dir, "c2am", border) is None
     run_method(spec, cfg, ws_dir, resume=True, only=["c2am", "activation-maps"])
     assert reuse_problem(ws_dir, "activation-maps", same) is None

@@ -239,7 +239,7 @@ def test_recipes_in_sync_with_ws_avs(recipe: str) -> None:
             assert {k: ws["data"].get(k) for k in image} == image, f"c2am/{recipe}.yaml: data differs from ws-avs/{recipe}.yaml"
         elif key != "method":
             assert ws.get(key, value) == value, f"c2am/{recipe}.yaml: {key} differs from ws-avs/{recipe}.yaml"
-    for key in ("c2am_visual", "c2am_weights", "c2am_level", "c2am_threshold", "c2am_train", "crf"):
+    for key in ("c2am_visual", "c2am_weights", "c2am_level", "c2am_border", "c2am_threshold", "c2am_train", "crf"):
         assert ws.get(key) == c2am.get(key), f"c2am/{recipe}.yaml: {key} differs from ws-avs/{recipe}.yaml"
     if recipe == "demo":  # the audio-visual model of ws-avs-av is the EZ-VSL demo model
         ez = load_yaml(RECIPES / "ez-vsl" / "demo.yaml")
