@@ -6,6 +6,7 @@ and the recipes (valid, and in sync with ws-avs where they share its settings)."
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,26 @@ def test_ws_avs_av_pseudo_masks_are_audio_selected(synth_s4: Path, tmp_path: Pat
             eq6 = read_probability_png(run_dir / "pseudo" / "eq6" / rel) > 0.5
             assert (run_dir / "pseudo" / "av-maps" / rel).is_file()
             assert not (kept & ~eq6).any()  # the selection only removes regions
+    # `avseg pseudo --from activation-maps` reruns what reads the maps; the audio-visual model reads only
+    # frames and audio (Stage.reads), so it is kept, and the segmenter (outside the pseudo stages) goes stale.
+    from avseg.cli import main
+
+    def written() -> dict[str, int]:
+        return {p.stem: p.stat().st_mtime_ns for p in (run_dir / "stages").glob("*.json")}
+
+    before, av_weights = written(), (run_dir / "av-model" / "last.safetensors").stat().st_mtime_ns
+    time.sleep(0.01)
+    assert main(["pseudo", "--run", str(run_dir), "--from", "activation-maps"]) == 0
+    after = written()
+    assert after["c2am"] == before["c2am"] and after["av-model"] == before["av-model"]
+    assert (run_dir / "av-model" / "last.safetensors").stat().st_mtime_ns == av_weights
+    for name in ("activation-maps", "saliency", "pseudo-masks", "segmenter"):
+        assert after[name] > before[name], f"{name} was not rerun / marked stale"
+    assert load_yaml(run_dir / "stages" / "segmenter.json")["stale"] is True
+    # --force reruns every pseudo stage, the audio-visual model included
+    time.sleep(0.01)
+    assert main(["pseudo", "--run", str(run_dir), "--force"]) == 0
+    assert written()["av-model"] > after["av-model"]
 
 
 def test_ez_vsl_ogl_mixes_object_map(synth_s4: Path, tmp_path: Path) -> None:

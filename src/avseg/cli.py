@@ -158,7 +158,9 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     if args.from_stage is not None and args.from_stage not in pseudo:
         raise RunError(f"--from {args.from_stage!r}: the pseudo-mask stages of {spec.name} are {', '.join(pseudo)}")
     only = pseudo[pseudo.index(args.from_stage):] if args.from_stage else pseudo
-    summaries = run_method(spec, cfg, run_dir, resume=True, only=only, force=args.force or bool(args.from_stage))
+    # --from X reruns X, and after it what reads X's outputs (directly or not); --force reruns every stage named.
+    force: bool | set[str] = True if args.force else {args.from_stage} if args.from_stage else False
+    summaries = run_method(spec, cfg, run_dir, resume=True, only=only, force=force)
     print(json.dumps({k: v.get("quality", v.get("seconds")) for k, v in summaries.items()}, default=str))
     return 0
 

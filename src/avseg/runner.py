@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -149,17 +150,20 @@ def run_method(
     run_dir: Path,
     resume: bool = False,
     only: list[str] | None = None,
-    force: bool = False,
+    force: bool | Collection[str] = False,
     max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Run the method's stages in ``run_dir``; finished stages are skipped unless ``force``.
+    """Run the method's stages in ``run_dir``; finished stages are skipped unless ``force`` (True: every
+    stage of this call; a collection: those stages).
 
     Writes config.yaml, git revision and environment into the run folder (rank 0) and one JSON marker
     per finished stage under ``stages/``. Returns {stage name: summary}.
 
     Stages form a chain, so once a stage has (re)computed its outputs in this call, every later stage
-    that ran before is stale: its outputs are removed and it runs again from scratch (stages outside
-    ``only`` are marked stale instead, and the next ``train --resume`` recomputes them).
+    that ran before and reads them is stale: its outputs are removed and it runs again from scratch
+    (stages outside ``only`` are marked stale instead, and the next ``train --resume`` recomputes them).
+    A stage reads every earlier stage's outputs unless it names what it reads (``Stage.reads``); a stale
+    stage counts as changed for the stages that read it.
 
     ``max_steps`` caps every training stage for this call only (it is not written to config.yaml): a
     stage it stops early gets a marker with ``"truncated": true``, and a later call without it (e.g.
@@ -190,15 +194,20 @@ def run_method(
     if dist.is_dist() and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank())
     summaries: dict[str, Any] = {}
-    upstream_changed: str | None = None  # the first stage that (re)computed its outputs in this call
-    for stage in stages:
+    changed: dict[str, str] = {}  # stage -> the stage whose rerun in this call changed (or staled) its outputs
+    for i, stage in enumerate(stages):
+        reads = names[:i] if stage.reads is None else stage.reads
+        upstream_changed = next((changed[n] for n in reads if n in changed), None)
         # Rank 0 reads the run folder and every rank takes the same decisions from what it read.
         marker = dist.broadcast_object(read_marker(stage.name, run_dir) if dist.is_main() else None)
         if only is not None and stage.name not in only:
-            if upstream_changed and marker is not None and not marker.get("stale") and dist.is_main():
-                _mark_stale(stage, run_dir, marker, upstream_changed)
+            if upstream_changed:
+                changed[stage.name] = upstream_changed
+                if marker is not None and not marker.get("stale") and dist.is_main():
+                    _mark_stale(stage, run_dir, marker, upstream_changed)
             continue
-        fresh = force or upstream_changed is not None or bool(marker and marker.get("stale"))
+        forced = force is True or (not isinstance(force, bool) and stage.name in force)
+        fresh = forced or upstream_changed is not None or bool(marker and marker.get("stale"))
         if marker is not None and not fresh and _finished(marker, max_steps):
             log.info("stage %s: done earlier, skipped (%s)", stage.name, stage.marker(run_dir))
             summaries[stage.name] = marker
@@ -231,8 +240,8 @@ def run_method(
         summaries[stage.name] = summary
         # A resumed stage whose checkpoint did not move (nothing left to train) changed nothing downstream.
         unchanged = marker is not None and not fresh and marker.get("steps") is not None and marker.get("steps") == summary.get("steps")
-        if upstream_changed is None and not unchanged:
-            upstream_changed = stage.name
+        if not unchanged:
+            changed[stage.name] = stage.name
         log.info("stage %s: finished in %.1f s", stage.name, summary["seconds"])
     dist.barrier()
     return summaries

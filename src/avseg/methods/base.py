@@ -43,6 +43,9 @@ class Stage:
     description: str = ""
     all_ranks: bool = False  # training stages run on every torchrun process; others on rank 0 only
     outputs: tuple[str, ...] = ()  # run-folder paths the stage writes; removed before a forced rerun
+    # Earlier stages whose outputs it reads (None: every earlier stage). When one of them reruns, this one is
+    # stale; a stage that reads only the data (e.g. ws-avs-av's audio-visual model) says ().
+    reads: tuple[str, ...] | None = None
 
     def marker(self, run_dir: Path) -> Path:
         return run_dir / "stages" / f"{self.name}.json"

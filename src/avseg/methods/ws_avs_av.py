@@ -34,6 +34,7 @@ variant keeps only the salient regions that an audio-visual similarity map selec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -296,13 +297,14 @@ def stages(cfg: WSAVSAudioConfig) -> list[Stage]:
     out: list[Stage] = []
     for stage in ws_avs.stages(cfg):
         if stage.name == "pseudo-masks":
-            out.append(Stage("av-model", stage_av_model, "train the audio-visual (EZ-VSL-style) model on the training frames", all_ranks=True, outputs=("av-model",)))
+            out.append(Stage("av-model", stage_av_model, "train the audio-visual (EZ-VSL-style) model on the training frames", all_ranks=True,
+                             outputs=("av-model",), reads=()))  # frames and audio only: C2AM / saliency reruns leave it valid
             out.append(Stage(
                 "pseudo-masks", stage_pseudo_masks, "Eq. 6 pseudo masks kept where the audio-visual map selects them",
                 outputs=("pseudo/masks", "pseudo/eq6", "pseudo/av-maps", "pseudo/saliency", "pseudo/manifest.json", "pseudo/contact_sheet.png"),
             ))  # fmt: skip
         elif stage.name in REUSE_KEYS:  # shared with ws-avs: taken from reuse_run when identical
-            out.append(Stage(stage.name, reusable(stage.name, stage.run), stage.description, stage.all_ranks, stage.outputs))
+            out.append(dataclasses.replace(stage, run=reusable(stage.name, stage.run)))
         else:
             out.append(stage)
     return out
