@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from avseg.fileio import write_text_atomic
-from avseg.types import NEGATIVE_KINDS, NEGATIVE_MODES
+from avseg.types import NEGATIVE_KINDS, negative_audio_problem
 
 T = TypeVar("T")
 
@@ -346,16 +346,9 @@ class TrainSettings:
         )
         need(self.log_every >= 1, f"log_every must be >= 1 (got {self.log_every})")
         need(self.progress in ("auto", "on", "off"), f"progress must be auto, on or off (got {self.progress!r})")
-        need(self.negative_mode in NEGATIVE_MODES, f"negative_mode must be one of {', '.join(NEGATIVE_MODES)} (got {self.negative_mode!r})")
-        if self.negative_mode == "add":
-            need(0.0 <= self.negative_audio <= 1.0, f"negative_audio must be in [0, 1] with negative_mode add (got {self.negative_audio})")
-        else:
-            need(0.0 <= self.negative_audio < 1.0, f"negative_audio must be in [0, 1) (got {self.negative_audio})")
         self.negative_kinds = tuple(self.negative_kinds)
-        need(
-            bool(self.negative_kinds) and all(k in NEGATIVE_KINDS for k in self.negative_kinds),
-            f"negative_kinds must be a non-empty subset of {', '.join(NEGATIVE_KINDS)} (got {self.negative_kinds})",
-        )
+        problem = negative_audio_problem(self.negative_audio, self.negative_kinds, self.negative_mode)
+        need(problem is None, problem or "")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         # "auto" / "cuda" are checked against the hardware in check_device() when fit() resolves them.
         if self.device == "cpu":

@@ -194,6 +194,7 @@ def run_method(
     if dist.is_dist() and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank())
     summaries: dict[str, Any] = {}
+    forced = set(names) if force is True else set(force or ())
     changed: dict[str, str] = {}  # stage -> the stage whose rerun in this call changed (or staled) its outputs
     for i, stage in enumerate(stages):
         reads = names[:i] if stage.reads is None else stage.reads
@@ -206,8 +207,7 @@ def run_method(
                 if marker is not None and not marker.get("stale") and dist.is_main():
                     _mark_stale(stage, run_dir, marker, upstream_changed)
             continue
-        forced = force is True or (not isinstance(force, bool) and stage.name in force)
-        fresh = forced or upstream_changed is not None or bool(marker and marker.get("stale"))
+        fresh = stage.name in forced or upstream_changed is not None or bool(marker and marker.get("stale"))
         if marker is not None and not fresh and _finished(marker, max_steps):
             log.info("stage %s: done earlier, skipped (%s)", stage.name, stage.marker(run_dir))
             summaries[stage.name] = marker

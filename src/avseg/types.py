@@ -27,6 +27,18 @@ NEGATIVE_KINDS = ("silence", "noise", "other")
 NEGATIVE_MODES = ("replace", "add")  # negative-audio training: negatives replace videos, or are added to them
 
 
+def negative_audio_problem(fraction: float, kinds: tuple[str, ...], mode: str) -> str | None:
+    """What is wrong with these negative-audio settings (None: nothing); TrainSettings and the dataset both
+    check them. "replace" keeps a fraction < 1 (1 would leave no positive); "add" may reach 1."""
+    if mode not in NEGATIVE_MODES:
+        return f"negative_mode must be one of {', '.join(NEGATIVE_MODES)} (got {mode!r})"
+    if not (0.0 <= fraction <= 1.0 if mode == "add" else 0.0 <= fraction < 1.0):
+        return f"negative_audio must be in [0, 1{']' if mode == 'add' else ')'} with negative_mode {mode} (got {fraction})"
+    if not kinds or any(k not in NEGATIVE_KINDS for k in kinds):
+        return f"negative_kinds must be a non-empty subset of {', '.join(NEGATIVE_KINDS)} (got {kinds})"
+    return None
+
+
 @dataclass
 class AVBatch:
     """A batch of videos.

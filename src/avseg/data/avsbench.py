@@ -20,7 +20,7 @@ from avseg.data import layout as L
 from avseg.data.errors import DataError
 from avseg.data.index import VideoRecord, class_names, index_videos
 from avseg.data.safe_pickle import load_tensor_pickle
-from avseg.types import IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS, NEGATIVE_MODES, AVBatch
+from avseg.types import IMAGENET_MEAN, IMAGENET_STD, NEGATIVE_KINDS, AVBatch, negative_audio_problem
 
 
 # --- file readers ------------------------------------------------------------------------------------
@@ -362,12 +362,8 @@ class AVSBenchDataset(Dataset):
     def set_negative_audio(self, fraction: float, kinds: tuple[str, ...] | list[str] = NEGATIVE_KINDS, mode: str = "replace") -> None:
         """Turn negative-audio training on (``fraction`` > 0) or off; see the class docstring."""
         kinds = tuple(kinds)
-        if mode not in NEGATIVE_MODES:
-            raise ValueError(f"negative_mode must be one of {NEGATIVE_MODES}, got {mode!r}")
-        if not (0.0 <= fraction <= 1.0 if mode == "add" else 0.0 <= fraction < 1.0):
-            raise ValueError(f"negative_audio must be in [0, 1{']' if mode == 'add' else ')'} with negative_mode {mode}, got {fraction}")
-        if not kinds or any(k not in NEGATIVE_KINDS for k in kinds):
-            raise ValueError(f"negative_kinds must be a non-empty subset of {NEGATIVE_KINDS}, got {kinds}")
+        if problem := negative_audio_problem(fraction, kinds, mode):
+            raise ValueError(problem)
         if fraction > 0 and self.audio_frontend in (None, "pkl"):
             raise ValueError("negative_audio replaces the soundtrack before the audio front-end: it needs a wav front-end (not None or 'pkl')")
         self.negative_audio = float(fraction)
