@@ -386,3 +386,22 @@ def test_listening_swap_on_stamps_data(fake_stamps: Path, fake_backgrounds: Path
     assert {c for v in result["swap_objects"].values() for c in v if c is not None} <= set(info["classes"])
     ceiling = deaf_ceiling(root, "s4")
     assert ceiling is not None and ceiling["miou_clean"] == pytest.approx(result["deaf_ceiling"])
+
+
+def test_bench_with_the_stamps_recipes(fake_stamps: Path, fake_backgrounds: Path, tmp_path: Path):
+    """``avseg bench --recipe stamps`` finds a recipe for every method that ships one (cam, ez-vsl, supervised)
+    and scores them on a stamp composite with the listening columns and the data's deaf ceiling."""
+    from avseg.bench import run_bench
+    from avseg.runner import RECIPES
+
+    shipped = sorted(p.parent.name for p in RECIPES.glob("*/stamps.yaml"))
+    assert {"cam", "ez-vsl", "supervised"} <= set(shipped)
+    root = tmp_path / "s4"
+    generate("s4", root, num_videos=10, seed=3, size=SIZE, stamps=fake_stamps, backgrounds=fake_backgrounds)
+    quick = {"epochs": 1, "max_steps": 2, "batch_size": 2, "device": "cpu"}
+    rows = run_bench(root, "s4", shipped, tmp_path / "bench", recipe="stamps", quick=quick, image_size=SIZE, device="cpu", grid_rows=2)
+    assert [r.status for r in rows] == ["ok"] * len(shipped), [r.error for r in rows]
+    for row in rows:
+        assert row.swap_iou is not None and row.fpr_silence is not None and row.audio_dependence is not None
+    assert {r.method: r.audio_dependence for r in rows}["cam"] == 0.0  # no audio input: deaf by construction
+    assert "deaf ceiling" in (tmp_path / "bench" / "results.md").read_text()
