@@ -244,3 +244,11 @@ def test_bench_summary_means_over_seeds_and_refuses_other_data(tmp_path: Path, c
         summarize_benches([a, other])
     with pytest.raises(RunError, match="no results.json"):
         summarize_benches([a, tmp_path / "missing"])
+    # Benches of one dataset per seed (--across-data): the constants and the deaf ceiling are averaged too.
+    both = summarize_benches([a, other], across_data=True)
+    assert both["deaf_ceiling"] == pytest.approx(45.25) and both["deaf_ceiling_values"] == pytest.approx([40.5, 50.0])
+    assert both["methods"][0]["columns"]["miou_clean"]["values"] == pytest.approx([30.0, 30.0])
+    args = build_parser().parse_args(["bench-summary", str(a), str(other), "--out", str(tmp_path / "across"), "--across-data"])
+    assert args.func(args) == 0
+    md = (tmp_path / "across" / "summary.md").read_text()
+    assert "--across-data" in md and "| *every visible object* (deaf ceiling) | 40.5, 50.0 | - | 0.0 |" in md

@@ -478,12 +478,15 @@ SUMMARY_COLUMNS = (
 )  # (results.json key, table heading, scale to % or points)
 
 
-def summarize_benches(folders: list[Path]) -> dict[str, Any]:
+def summarize_benches(folders: list[Path], across_data: bool = False) -> dict[str, Any]:
     """Mean and sample standard deviation per method and column over several bench folders (one per seed).
 
     Every folder must hold a ``results.json`` of the same test frames (same deaf ceiling and constant
-    baselines, so the same data and split); a method counts in a folder only where its status is ``ok``
-    (``n`` says how many), and failed rows are listed. Values are % (audio dependence: points).
+    baselines, so the same data and split), unless ``across_data``: then each folder benches its own
+    dataset (e.g. one generated per seed) and the constants and the deaf ceiling are averaged over the
+    folders as well (``baseline_values`` / ``deaf_ceiling_values`` keep each folder's). A method counts in
+    a folder only where its status is ``ok`` (``n`` says how many), and failed rows are listed. Values are
+    % (audio dependence: points).
     """
 
     if len(folders) < 2:
@@ -505,7 +508,7 @@ def summarize_benches(folders: list[Path]) -> dict[str, Any]:
 
     first_folder, first = loaded[0]
     for folder, results in loaded[1:]:
-        if fingerprint(results) != fingerprint(first):
+        if not across_data and fingerprint(results) != fingerprint(first):
             raise RunError(f"{folder} and {first_folder} were not measured on the same test frames "
                            "(their deaf ceilings or constant baselines differ): summarize benches of one dataset only")  # fmt: skip
     per_method: dict[str, dict[str, Any]] = {}  # in the order the methods first appear
@@ -531,13 +534,22 @@ def summarize_benches(folders: list[Path]) -> dict[str, Any]:
          "columns": {key: stats(xs) for key, xs in m["values"].items()}}
         for name, m in per_method.items()
     ]  # fmt: skip
-    deaf = first.get("deaf_ceiling")  # the same in every folder (checked above)
+    # The same in every folder (checked above) unless across_data: then the mean of the folders'.
+    ceilings = [100.0 * r["deaf_ceiling"]["miou_clean"] for _, r in loaded if r.get("deaf_ceiling")]
+    baseline_values: dict[str, list[float]] = {}
+    for _, results in loaded:
+        for b in results.get("baselines", []):
+            baseline_values.setdefault(b["name"], []).append(100.0 * b["miou_clean"])
+    frames = {(r.get("deaf_ceiling") or {}).get("frames") for _, r in loaded}
     return {
         "folders": [str(f) for f, _ in loaded],
         "methods": methods,
-        "deaf_ceiling": 100.0 * deaf["miou_clean"] if deaf else None,
-        "baselines": {b["name"]: 100.0 * b["miou_clean"] for b in first.get("baselines", [])},
-        "frames": (deaf or {}).get("frames"),
+        "across_data": across_data,
+        "deaf_ceiling": float(np.mean(ceilings)) if len(ceilings) == len(loaded) else None,
+        "deaf_ceiling_values": ceilings,
+        "baselines": {name: float(np.mean(xs)) for name, xs in baseline_values.items()},
+        "baseline_values": baseline_values,
+        "frames": frames.pop() if len(frames) == 1 else None,
         "failed": failed,
     }
 
@@ -565,7 +577,9 @@ def write_summary(out: Path, summary: dict[str, Any], command: str | None = None
     lines += [
         "Folders: " + ", ".join(f"`{f}`" for f in summary["folders"]) + f". Test frames: {summary['frames'] or '-'}, clean protocol. "
         "Mean ± sample standard deviation over the seeds where the method finished (`n`); mIoU, F, FPR, swap IoU, "
-        "G-mIoU in %, audio dependence in points (docs/metrics.md, Listening).",
+        "G-mIoU in %, audio dependence in points (docs/metrics.md, Listening)."
+        + (" Each folder benches its own dataset (`--across-data`): the constants and the deaf ceiling are the means "
+           "of the folders' own (every seed's below)." if summary.get("across_data") else ""),
         "",
         "| method | supervision | n | " + " | ".join(heads) + " |",
         "|---|---|---|" + "---|" * len(heads),
@@ -580,6 +594,12 @@ def write_summary(out: Path, summary: dict[str, Any], command: str | None = None
     for m in summary["methods"]:
         per = [", ".join(f"{v:.1f}" for v in m["columns"][k]["values"]) if k in m["columns"] else "-" for k, _, _ in SUMMARY_COLUMNS]
         lines.append(f"| {m['display']} | " + " | ".join(per) + " |")
+    if summary.get("across_data"):
+        for name, values in summary["baseline_values"].items():
+            lines.append(f"| *{name}* (constant) | " + ", ".join(f"{v:.1f}" for v in values) + " |" + " - |" * (len(heads) - 1))
+        if summary["deaf_ceiling_values"]:
+            ceilings = ", ".join(f"{v:.1f}" for v in summary["deaf_ceiling_values"])
+            lines.append(f"| *every visible object* (deaf ceiling) | {ceilings} | - | 0.0 |" + " - |" * (len(heads) - 3))
     if summary["failed"]:
         lines += ["", "## Failed rows (not counted)", ""] + [f"- {f}" for f in summary["failed"]]
     text = "\n".join(lines) + "\n"

@@ -229,8 +229,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_summary(args: argparse.Namespace) -> int:
-    summary = summarize_benches([Path(f) for f in args.folders])
-    command = " ".join(shlex.quote(p) for p in ["avseg", "bench-summary", *args.folders, "--out", str(args.out)])
+    summary = summarize_benches([Path(f) for f in args.folders], across_data=args.across_data)
+    flags = ["--across-data"] if args.across_data else []
+    command = " ".join(shlex.quote(p) for p in ["avseg", "bench-summary", *args.folders, "--out", str(args.out), *flags])
     text = write_summary(Path(args.out), summary, command=command)
     print(json.dumps(summary, indent=2) if args.json else text)
     return 0
@@ -448,10 +449,12 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--grid-rows", type=int, default=6, dest="grid_rows", help="test frames in grid.png (default 6)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON instead of the markdown table")
     b.set_defaults(func=cmd_bench)
-    m = sub.add_parser("bench-summary", help="mean ± sd over several bench folders of one dataset (one per seed), with the listening columns")
+    m = sub.add_parser("bench-summary", help="mean ± sd over several bench folders (one per seed), with the listening columns")
     m.add_argument("folders", nargs="+", help="bench folders (each holding results.json), e.g. runs/bench-seed0 runs/bench-seed1 ...")
     m.add_argument("--out", required=True, help="folder for summary.md / summary.json")
     m.add_argument("--json", action="store_true", help="print the summary as JSON instead of the markdown table")
+    m.add_argument("--across-data", action="store_true", dest="across_data",
+                   help="each folder benches its own dataset (e.g. generated with its seed): average the constants and deaf ceilings too")
     m.set_defaults(func=cmd_bench_summary)
 
 
