@@ -271,6 +271,14 @@ def test_recipes_in_sync_with_ws_avs(recipe: str) -> None:
         assert av["av_levels"] == [ez["level"]]
 
 
+@pytest.mark.parametrize(("method", "differs"), [("cam", {}), ("ez-vsl", {"level": 2})])
+def test_stamps_recipes_are_the_demo_settings(method: str, differs: dict) -> None:
+    """<method>/stamps.yaml says it is <method>/demo.yaml except the keys named here (measured on the stamp composite)."""
+    demo = load_yaml(RECIPES / method / "demo.yaml")
+    stamps = load_yaml(RECIPES / method / "stamps.yaml")
+    assert stamps == {**demo, **differs}, f"{method}/stamps.yaml: differs from {method}/demo.yaml beyond {sorted(differs)}"
+
+
 def test_heat_maps_threshold_mask_matches_metrics(synth_s4: Path, tmp_path: Path) -> None:
     """Binary metrics on predict() equal the metrics of the documented mask (heat map > threshold)."""
     from avseg.engine.evaluate import iterate_outputs
