@@ -255,6 +255,25 @@ def test_sample_frames(fake_s4: Path) -> None:
         AVSBenchDataset(fake_s4, "s4", "test", audio_frontend=None, sample_frames=6)
 
 
+def test_masked_frames(fake_s4: Path, fake_ms3: Path) -> None:
+    # S4 train: only frame 1 has a mask, so an item is that frame alone, with the full video's geometry
+    full = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend=None, augment=True)
+    masked = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend=None, augment=True, masked_frames=True)
+    assert len(masked) == len(full)
+    for i in range(len(full)):
+        f, m = full[i], masked[i]
+        assert f.has_mask.tolist() == [True, False, False, False, False]
+        assert m.frames.shape[0] == 1 and m.frame_ids == [1] and bool(m.has_mask[0]) and bool(m.valid[0])
+        assert torch.equal(m.frames[0], f.frames[0]) and torch.equal(m.masks[0], f.masks[0])
+    batch = collate_videos([masked[0], masked[1]])
+    assert batch.frames.shape[:2] == (2, 1)
+    # MS3 train has a mask on every frame: nothing is dropped
+    ms3 = AVSBenchDataset(fake_ms3, "ms3", "train", image_size=16, audio_frontend=None, masked_frames=True)[0]
+    assert ms3.frames.shape[0] == 5 and bool(ms3.has_mask.all())
+    with pytest.raises(ValueError, match="exclude each other"):
+        AVSBenchDataset(fake_s4, "s4", "train", audio_frontend=None, masked_frames=True, sample_frames=1)
+
+
 # --- memo of costly audio features ------------------------------------------------------------------------
 def _counting_frontend(monkeypatch: pytest.MonkeyPatch, memoise: bool = True) -> list[int]:
     """Register front-end 'counting' (16 kHz, 1 s windows -> (T, 1, 4, 1) means); returns its call log."""

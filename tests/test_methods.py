@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -236,6 +237,25 @@ def test_supervised_end_to_end(synth_s4: Path, tmp_path: Path, capsys: pytest.Ca
         assert result["method"] == "supervised" and 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
     assert main(["pseudo", "--run", str(run)]) == 2  # no pseudo-mask stages
     assert "no pseudo-mask stages" in capsys.readouterr().err
+
+
+def test_supervised_trains_on_the_masked_frames_only_when_asked(synth_s4: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avseg.methods import supervised
+
+    items: list[int] = []
+    real = supervised.make_dataset
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        ds = real(*args, **kwargs)
+        items.append(ds[0].frames.shape[0])
+        return ds
+
+    monkeypatch.setattr(supervised, "make_dataset", spy)
+    train(synth_s4, tmp_path / "all", *TINY, method="supervised")
+    train(synth_s4, tmp_path / "masked", *TINY, "--set", "train_frames=masked", method="supervised")
+    assert items == [5, 1]  # S4 train: frame 1 alone carries a mask
+    with pytest.raises(ConfigError, match="train_frames: expected one of"):
+        runner.build_config("supervised", "supervised/demo", str(synth_s4), "s4", overrides=["train_frames=every"])
 
 
 @pytest.mark.parametrize("method", ["ws-avs", "supervised"])

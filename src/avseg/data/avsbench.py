@@ -170,6 +170,10 @@ class AVSBenchDataset(Dataset):
         sample_frames: when set, each item keeps this many of the video's frames, drawn at random (from
             the same (seed, epoch, index) stream) in ascending order: the per-frame sampling of the
             official training code, with T = sample_frames in the batch.
+        masked_frames: each item keeps only the frames that have a ground-truth mask (S4 train: frame 1),
+            padded (valid=False) to the most any video has. For models that see each frame on its own and
+            learn only from masks (the supervised reference): the frames without masks cost a forward and
+            backward pass and teach nothing but BatchNorm statistics. A video without any mask is an error.
         max_videos: keep only the first videos of the split (quick runs, previews).
         negative_audio: fraction of the videos (drawn per epoch from the (seed, epoch, index, 2) stream)
             whose soundtrack is replaced by a negative one and whose targets are emptied: nothing they show
@@ -209,6 +213,7 @@ class AVSBenchDataset(Dataset):
         sample_frames: int | None = None,
         max_videos: int | None = None,
         pseudo_labels: bool = False,
+        masked_frames: bool = False,
         audio_transform: Callable[[VideoRecord, np.ndarray, int], np.ndarray] | None = None,
         negative_audio: float = 0.0,
         negative_kinds: tuple[str, ...] = NEGATIVE_KINDS,
@@ -233,6 +238,7 @@ class AVSBenchDataset(Dataset):
         self._audio_memo: dict[tuple, torch.Tensor] = {}  # see _memo_key
         self.seed = seed
         self.sample_frames = sample_frames
+        self.masked_frames = masked_frames
         self.epoch = 0
         self.records = index_videos(self.root, layout, split)
         if max_videos is not None:
@@ -250,6 +256,13 @@ class AVSBenchDataset(Dataset):
             if not 1 <= sample_frames <= shortest:
                 raise ValueError(f"sample_frames must be in 1..{shortest} (frames of the shortest video), got {sample_frames}")
             self.pad_to = sample_frames
+        if masked_frames:
+            if sample_frames is not None:
+                raise ValueError("masked_frames and sample_frames exclude each other (both choose the frames of an item)")
+            for r in self.records:
+                if all(m is None for m in r.mask_paths):
+                    raise DataError(r.frame_paths[0].parent, f"video {r.video_id} of split {split!r} has no ground-truth mask (masked_frames keeps only frames with one)")
+            self.pad_to = max(sum(m is not None for m in r.mask_paths) for r in self.records)
         if audio_frontend not in (None, "pkl"):
             if audio_frontend not in FRONTENDS:
                 raise ValueError(f"unknown audio front-end {audio_frontend!r}; expected one of {sorted(FRONTENDS)} or 'pkl'")
@@ -473,6 +486,8 @@ class AVSBenchDataset(Dataset):
         )  # fmt: skip
         if self.sample_frames is not None:
             sample = _select(sample, sample_frame_indices(self.seed, self.epoch, index, t, self.sample_frames))
+        elif self.masked_frames:
+            sample = _select(sample, [i for i in range(t) if bool(has_mask[i])])
         return _pad(sample, self.pad_to)
 
 

@@ -40,6 +40,7 @@ def make_dataset(
     seed: int = 0,
     max_videos: int | None = None,
     pseudo_labels: bool = False,
+    masked_frames: bool = False,
 ) -> AVSBenchDataset:
     """The dataset of one split as the data config describes it (``audio=False`` skips audio decoding;
     ``pseudo_labels``: the pseudo PNGs are class ids, see ``AVSBenchDataset``)."""
@@ -48,7 +49,7 @@ def make_dataset(
         audio_frontend=data.audio_frontend if audio else None, audio_window=data.audio_window,
         pad_to=10 if data.layout == "avss" else None, augment=augment, pseudo_dir=pseudo_dir,
         seed=seed, sample_frames=sample_frames, max_videos=max_videos if max_videos is not None else data.max_videos,
-        pseudo_labels=pseudo_labels,
+        pseudo_labels=pseudo_labels, masked_frames=masked_frames,
     )  # fmt: skip
 
 

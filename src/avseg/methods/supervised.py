@@ -36,6 +36,10 @@ class SupervisedConfig:
     m2icl_weight: float = 0.0  # plain BCE + IoU; set > 0 to add the M2ICL term
     fusion_stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     decoder_channels: int = 128
+    # "all": every frame of a training video goes through the model, those without a mask only for BatchNorm
+    # statistics (S4 train: 1 mask in 5 frames); "masked": only the frames with a mask (5x fewer images per
+    # step on S4, the same loss: the segmenter sees each frame on its own). MS3 train has a mask on every frame.
+    train_frames: Literal["all", "masked"] = "all"
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=16, optimizer="adam", schedule="constant"))
     select_best: bool = True
 
@@ -55,8 +59,8 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     cfg: SupervisedConfig = ctx.config
     s = cfg.train
     model = WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
-    # All frames of a video: S4 train videos have ground truth on frame 1 only.
-    train = make_dataset(cfg.data, "train", augment=True, seed=s.seed)
+    # S4 train videos have ground truth on frame 1 only (train_frames: masked keeps just that one).
+    train = make_dataset(cfg.data, "train", augment=True, seed=s.seed, masked_frames=cfg.train_frames == "masked")
     evaluate = binary_validator(cfg.data, ctx.device, audio=True) if cfg.select_best else None
     return train_stage(model, train, s, ctx.path("segmenter"), resume=ctx.resume, desc="supervised", evaluate=evaluate, best_key="val_miou" if evaluate else None)
 
