@@ -227,6 +227,23 @@ def test_listen_run_is_reproducible_and_writes_json_and_picture(tiny_ws_run: Pat
     assert set(other_seed) == set(first)
 
 
+def test_durations_do_not_follow_wall_clock_steps(tiny_ws_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A listen on this machine once reported 38799 s for a 6-minute pass: the VM's wall clock stepped
+    # while it ran. Durations (listen, eval, stages, bench, demo) are read from the monotonic clock.
+    import itertools
+    import time
+
+    from avseg.listening import listen_run
+    from avseg.runner import evaluate_run
+
+    steps = itertools.count()
+    monkeypatch.setattr(time, "time", lambda: 1.7e9 + 36000.0 * next(steps))  # +10 h at every reading
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ws_run, run)
+    assert 0 <= listen_run(run, device="cpu")["seconds"] < 600
+    assert 0 <= evaluate_run(run, "test", "clean", device="cpu")["seconds"] < 600
+
+
 def test_cli_listen_prints_a_table_and_json(tiny_ws_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from avseg.cli import main
 

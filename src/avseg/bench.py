@@ -257,7 +257,7 @@ def run_bench(
     keys = grid_keys(Path(data), layout, grid_rows)
     pictures: dict[str, dict[tuple[str, int], Any]] = {}
     by_method: dict[str, BenchRow] = {}
-    started = time.time()
+    started = time.perf_counter()
     for i, method in enumerate(execution_order(methods) if reuse else methods, 1):
         spec = METHODS[method]
         paper = spec.paper.get(layout)
@@ -287,7 +287,7 @@ def run_bench(
             row.pseudo_miou_eq6 = (pseudo.get("quality_eq6") or {}).get("miou")
             phase = "eval"
             log.info("bench [%d/%d] %s: trained in %.1f s; evaluating on test", i, len(methods), method, row.train_seconds)
-            t0 = time.time()
+            t0 = time.perf_counter()
             collected: dict[tuple[str, int], Any] = {}
             wanted = set(keys)
 
@@ -310,7 +310,7 @@ def run_bench(
             listened = listen_run(run_dir, "test", seed=0, device=device)
             for key in ("miou_other", "audio_dependence", "fpr_silence", "fpr_noise", "g_miou", "swap_iou"):
                 setattr(row, key, listened.get(key))
-            row.eval_seconds = round(time.time() - t0, 1)
+            row.eval_seconds = round(time.perf_counter() - t0, 1)
             row.status = "ok"
             log.info("bench [%d/%d] %s: mIoU %.4f F %.4f (clean)", i, len(methods), method, row.miou_clean, row.fscore_clean)
         except Exception as exc:  # a failed method is a row of the table, not the end of the bench
@@ -326,7 +326,7 @@ def run_bench(
     rows = [by_method[m] for m in methods]
     baselines = trivial_baselines(Path(data), layout)
     deaf = deaf_ceiling(Path(data), layout)
-    write_results(out, rows, data=Path(data), layout=layout, recipe=recipe, command=command, seconds=time.time() - started, baselines=baselines, deaf=deaf)
+    write_results(out, rows, data=Path(data), layout=layout, recipe=recipe, command=command, seconds=time.perf_counter() - started, baselines=baselines, deaf=deaf)
     write_chart(out / "chart.png", rows, title=f"{Path(data).name} ({layout}), test split, clean protocol", floor=baselines[0]["miou_clean"])
     write_grid(out / "grid.png", rows, pictures, keys)
     return rows

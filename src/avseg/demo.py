@@ -74,7 +74,7 @@ def run_demo(
     weak = [m for m in methods if m in WEAK_METHODS]
     if unknown or "supervised" not in methods or not weak:
         raise RunError(f"demo methods: the supervised reference and at least one of {WEAK_METHODS}, among {KNOWN_METHODS}; got {sorted(methods)}")
-    start = time.time()
+    start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data" / "s4"
@@ -116,7 +116,7 @@ def run_demo(
         listening[method] = listen_run(run_dir, "test", seed=seed)
     # pseudo masks (WS-AVS) / pseudo labels (PCAS, binary) against the training frames' ground truth
     pseudo = {m: (stage_summaries[m].get("pseudo-masks") or stage_summaries[m].get("pseudo-labels") or {}).get("quality", {}) for m in weak}
-    seconds = round(time.time() - start, 1)
+    seconds = round(time.perf_counter() - start, 1)
     # The listening numbers of every run (their full results: RUN/eval/listen-test.json).
     summary = {m: {k: r.get(k) for k in LISTEN_KEYS} for m, r in listening.items()}
     metrics = {

@@ -465,7 +465,7 @@ def listen_run(
     def factory() -> AVSBenchDataset:
         return make_dataset(cfg.data, split, audio=cfg.data.audio_frontend is not None, max_videos=max_videos)
 
-    start = time.time()
+    start = time.perf_counter()
     result, examples = listen(predictor.predict, factory, dev, seed=seed, batch_size=batch_size, progress=f"listen {split}")
     result = {"method": spec.name, "split": split, "layout": cfg.data.layout, "run": str(run_dir), "protocol": "clean",
               "max_videos": max_videos, **result}  # fmt: skip
@@ -473,7 +473,7 @@ def listen_run(
         picture = run_dir / "eval" / f"listen-{split}.png"
         listen_sheet(examples, picture)
         result["picture"] = str(picture)
-    result["seconds"] = round(time.time() - start, 2)
+    result["seconds"] = round(time.perf_counter() - start, 2)
     write_text_atomic(run_dir / "eval" / f"listen-{split}.json", json.dumps(result, indent=2, default=float) + "\n")
     return result
 

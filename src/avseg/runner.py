@@ -215,7 +215,7 @@ def run_method(
         if fresh and marker is None and not dist.broadcast_object(_has_outputs(stage, run_dir) if dist.is_main() else None):
             fresh = False  # nothing to remove (first run of this stage)
         log.info("stage %s: %s%s", stage.name, stage.description, " (from scratch)" if fresh else "")
-        start = time.time()
+        start = time.perf_counter()
         if fresh and dist.is_main():
             _remove_outputs(stage, run_dir)
         dist.barrier()
@@ -230,7 +230,7 @@ def run_method(
             summary = {}
         dist.barrier()
         if dist.is_main():
-            summary = {"stage": stage.name, **summary, "seconds": round(time.time() - start, 2)}
+            summary = {"stage": stage.name, **summary, "seconds": round(time.perf_counter() - start, 2)}
             if _stopped_early(stage, run_dir):
                 summary["truncated"] = True
                 log.warning("stage %s: stopped by max_steps after %s steps; `avseg train --out %s --resume` "
@@ -324,10 +324,10 @@ def evaluate_run(
     dev = resolve_device(device)
     predictor = spec.load_predictor(cfg, Path(run_dir), dev)
     dataset = make_dataset(cfg.data, split, audio=cfg.data.audio_frontend is not None)
-    start = time.time()
+    start = time.perf_counter()
     outputs = iterate_outputs(predictor.predict, dataset, dev, batch_size=4, progress=f"eval {split}")
     result = evaluate_outputs(outputs, cfg.data.layout, protocol, batch_frames=batch_frames, num_classes=getattr(dataset, "num_semantic_classes", None), save_dir=save_pred, keep=keep)
-    result.update({"method": spec.name, "split": split, "layout": cfg.data.layout, "run": str(run_dir), "seconds": round(time.time() - start, 2)})
+    result.update({"method": spec.name, "split": split, "layout": cfg.data.layout, "run": str(run_dir), "seconds": round(time.perf_counter() - start, 2)})
     write_text_atomic(Path(run_dir) / "eval" / f"{split}-{protocol}.json", json.dumps(result, indent=2, default=float))
     return result
 
