@@ -255,7 +255,7 @@ def test_sample_frames(fake_s4: Path) -> None:
         AVSBenchDataset(fake_s4, "s4", "test", audio_frontend=None, sample_frames=6)
 
 
-def test_masked_frames(fake_s4: Path, fake_ms3: Path) -> None:
+def test_masked_frames(fake_s4: Path, fake_ms3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # S4 train: only frame 1 has a mask, so an item is that frame alone, with the full video's geometry
     full = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend=None, augment=True)
     masked = AVSBenchDataset(fake_s4, "s4", "train", image_size=16, audio_frontend=None, augment=True, masked_frames=True)
@@ -272,6 +272,18 @@ def test_masked_frames(fake_s4: Path, fake_ms3: Path) -> None:
     assert ms3.frames.shape[0] == 5 and bool(ms3.has_mask.all())
     with pytest.raises(ValueError, match="exclude each other"):
         AVSBenchDataset(fake_s4, "s4", "train", audio_frontend=None, masked_frames=True, sample_frames=1)
+
+    # a video without any mask has nothing to train on: refused, naming the video and its folder
+    import dataclasses
+
+    from avseg.data import avsbench
+
+    records = index_videos(fake_s4, "s4", "train")
+    stripped = [records[0], dataclasses.replace(records[1], mask_paths=(None,) * len(records[1].mask_paths)), *records[2:]]
+    monkeypatch.setattr(avsbench, "index_videos", lambda root, layout, split: stripped)
+    with pytest.raises(DataError, match=f"video {records[1].video_id} of split 'train' has no ground-truth mask") as exc:
+        AVSBenchDataset(fake_s4, "s4", "train", audio_frontend=None, masked_frames=True)
+    assert str(records[1].frame_paths[0].parent) in str(exc.value)
 
 
 # --- memo of costly audio features ------------------------------------------------------------------------
