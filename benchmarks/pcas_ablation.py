@@ -43,7 +43,7 @@ def run_variant(method: str, recipe: str, data: Path, layout: str, out: Path, ov
     from avseg.runner import build_config, evaluate_run, run_method
 
     spec, cfg = build_config(method, recipe, str(data), layout, quick={"seed": seed}, image_size=image_size, overrides=overrides)
-    start = time.time()
+    start = time.perf_counter()
     summaries = run_method(spec, cfg, out, resume=True)
     train_seconds = sum(float(s.get("seconds", 0.0)) for s in summaries.values())
     row: dict[str, Any] = {"run": str(out), "train_seconds": round(train_seconds, 1), "overrides": overrides}
@@ -62,7 +62,7 @@ def run_variant(method: str, recipe: str, data: Path, layout: str, out: Path, ov
     else:
         pm = summaries.get("pseudo-masks", {})
         row["pseudo"] = pm.get("quality")
-    row["wall_seconds"] = round(time.time() - start, 1)
+    row["wall_seconds"] = round(time.perf_counter() - start, 1)
     audio, pseudo = row.get("audio") or {}, row.get("pseudo") or {}
     row["audio_video_map"] = (audio.get("video") or {}).get("map")
     row["audio_frame_map"] = (audio.get("frame") or {}).get("map")

@@ -326,12 +326,12 @@ def test_resume_after_sigkill_equals_uninterrupted(synth_s4: Path, uninterrupted
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = run / "segmenter" / "train_state.pt"
-    deadline = time.time() + 120
+    deadline = time.monotonic() + 120
     try:
         # Kill in the segmenter stage, after its first checkpoint (the stages before it are done).
         while not (state.is_file() and (run / "stages" / "c2am.json").is_file()):
             assert proc.poll() is None, f"training ended (rc {proc.returncode}) before it could be killed"
-            assert time.time() < deadline, "training did not reach the segmenter stage in time"
+            assert time.monotonic() < deadline, "training did not reach the segmenter stage in time"
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
     finally:
