@@ -6,6 +6,7 @@ and the recipes (valid, and in sync with ws-avs where they share its settings)."
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -271,7 +272,7 @@ def test_recipes_in_sync_with_ws_avs(recipe: str) -> None:
         assert av["av_levels"] == [ez["level"]]
 
 
-@pytest.mark.parametrize(("method", "differs"), [("cam", {}), ("ez-vsl", {"level": 2})])
+@pytest.mark.parametrize(("method", "differs"), [("cam", {"threshold_from": "val"}), ("ez-vsl", {"level": 2, "threshold_from": "val"})])
 def test_stamps_recipes_are_the_demo_settings(method: str, differs: dict) -> None:
     """<method>/stamps.yaml says it is <method>/demo.yaml except the keys named here (measured on the stamp composite)."""
     demo = load_yaml(RECIPES / method / "demo.yaml")
@@ -299,3 +300,52 @@ def test_heat_maps_threshold_mask_matches_metrics(synth_s4: Path, tmp_path: Path
             b.update(fo.output[None], fo.gt[None])
     assert a.compute()["miou"] == pytest.approx(b.compute()["miou"])
     assert a.compute()["fscore_at_0.5"] == pytest.approx(b.compute()["fscore_at_0.5"])
+
+
+def test_sweep_thresholds_scores_each_mask_with_the_clean_protocol() -> None:
+    """sweep_thresholds gives, per threshold, the clean mIoU of ``map > t`` (empty ground truth: 1 if the mask is
+    empty, else 0), and choose_threshold's rule keeps the best (ties: nearest 0.5)."""
+    from avseg.methods.common import sweep_thresholds
+    from avseg.metrics.binary import frame_iou_clean
+
+    rng = np.random.default_rng(0)
+    gts = torch.zeros(3, 16, 16, dtype=torch.bool)
+    gts[0, 4:10, 4:10] = True
+    gts[1, 0:3, :] = True  # frame 2 has an empty ground truth
+    maps = torch.from_numpy(rng.uniform(0.0, 0.58, size=(3, 16, 16))).float()
+    maps[gts] = 0.72  # objects at 0.72, background below 0.58: any t in [0.58, 0.72) separates them
+    maps[2, 0, 0] = 0.9  # one bright pixel where nothing sounds
+    sweep = sweep_thresholds(maps, gts, grid=(0.3, 0.5, 0.6, 0.65, 0.7, 0.8, 0.95))
+    for t, miou in sweep.items():
+        assert miou == pytest.approx(float(frame_iou_clean((maps > t).float(), gts).mean()))
+    assert sweep[0.6] == sweep[0.65] == sweep[0.7] == pytest.approx(2 / 3)  # frame 3 marks its bright pixel
+    assert sweep[0.95] == pytest.approx(1 / 3) and sweep[0.3] < sweep[0.5] < sweep[0.6]
+    best = max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
+    assert best == 0.6
+    with pytest.raises(ValueError, match="shape"):
+        sweep_thresholds(maps, gts[:2])
+
+
+@pytest.mark.parametrize("method", ["cam", "ez-vsl"])
+def test_threshold_chosen_on_validation(method: str, synth_s4: Path, tmp_path: Path) -> None:
+    """threshold_from: val adds the threshold stage: it keeps the grid value with the best validation mIoU, the
+    predictor binarises at it, and evaluating the run on validation reproduces the stage's figure."""
+    from avseg.methods.common import THRESHOLD_GRID
+
+    run_dir = tmp_path / method
+    summaries = train_tiny(method, synth_s4, run_dir, extra=("threshold_from=val",))
+    assert list(summaries)[-1] == "threshold"
+    marker = json.loads((run_dir / "stages" / "threshold.json").read_text())
+    assert marker["threshold"] in THRESHOLD_GRID and marker["split"] == "val" and marker["frames"] > 0
+    assert marker["sweep"][f"{marker['threshold']:.2f}"] == max(marker["sweep"].values()) == pytest.approx(marker["miou"], abs=1e-5)
+    spec, cfg = load_run(run_dir)
+    predictor = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
+    assert predictor.threshold == marker["threshold"]
+    assert evaluate_run(run_dir, split="val")["miou"] == pytest.approx(marker["miou"], abs=1e-3)
+    (run_dir / "stages" / "threshold.json").unlink()
+    with pytest.raises(FileNotFoundError, match="threshold.json is missing"):
+        spec.load_predictor(cfg, run_dir, torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs the run folder"):
+        spec.load_predictor(cfg, None, torch.device("cpu"), weights=run_dir / "x.safetensors")
+    with pytest.raises(Exception, match="threshold_from: expected one of"):
+        train_tiny(method, synth_s4, tmp_path / "bad", extra=("threshold_from=test",))

@@ -13,6 +13,8 @@ Inference (documented binarisation rule):
 3. mask = heat map > ``threshold`` (default 0.5). ``predict`` returns the heat map remapped monotonically
    so that ``threshold`` lands on 0.5 (:func:`calibrate`): the metrics' 0.5 threshold gives exactly this
    mask, and their F-score sweep still sees the whole map.
+   ``threshold_from: val``: the threshold is the grid value that scores best on the validation split (the
+   ``threshold`` stage, ``common.threshold_stage``; docs/reference-methods.md).
 
 The helpers :func:`minmax_normalize` and :func:`calibrate` are shared by the other heat-map methods.
 """
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
-from avseg.methods.common import binary_validator, make_dataset, num_classes_of, train_stage
+from avseg.methods.common import binary_validator, check_threshold_source, chosen_threshold, make_dataset, num_classes_of, threshold_stage, train_stage
 from avseg.models.heads import ClassifierHead
 from avseg.models.visual import encoder_channels
 from avseg.models.zoo import VISUAL_ENCODERS
@@ -82,6 +84,7 @@ class CAMConfig:
     level: int = 3  # pyramid level of the classifier (3 = stride 32)
     train_frames: int | None = None  # frames per video and step; None = all (image only: every frame has the label)
     threshold: float = 0.5  # mask = normalised CAM > threshold
+    threshold_from: Literal["config", "val"] = "config"  # "config": ``threshold``; "val": the threshold stage's choice on validation
     cam_class: Literal["predicted", "labelled"] = "predicted"  # "predicted" (scores > 0.5, else top-1) | "labelled" (oracle: test labels)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=16, optimizer="adam", schedule="constant"))
     select_best: bool = True  # keep the checkpoint with the best validation mIoU (as ws-avs does)
@@ -96,6 +99,7 @@ class CAMConfig:
         if self.cam_class not in ("predicted", "labelled"):
             raise ValueError(f"cam_class must be 'predicted' or 'labelled', got {self.cam_class!r}")
         check_threshold("threshold", self.threshold)
+        check_threshold_source(self.threshold_from)
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {"train": self.train}
@@ -180,13 +184,15 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 def load_predictor(cfg: CAMConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = build_net(cfg, weights="none")
+    net.threshold = chosen_threshold(cfg.threshold_from, cfg.threshold, run_dir)
     load_model_weights(net, final_weights(run_dir, weights, "classifier"))
     return net.to(device).eval()
 
 
 SPEC = MethodSpec(
     name="cam", config_cls=CAMConfig,
-    stages=lambda cfg: [Stage("classifier", stage_train, "train the image classifier on video labels", all_ranks=True, outputs=("classifier",))],
+    stages=lambda cfg: [Stage("classifier", stage_train, "train the image classifier on video labels", all_ranks=True, outputs=("classifier",))]
+    + ([threshold_stage(load_predictor, audio=False, after="classifier")] if cfg.threshold_from == "val" else []),
     final_stage="classifier", load_predictor=load_predictor, output="binary", supervision="video labels, image only",
     description="CAM (Zhou et al. 2016): image classifier on video labels, CAM > 0.5 -> mask; no audio",
     display="CAM", paper={"s4": (19.26, 27.88), "ms3": (12.65, 19.83)},

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,8 @@ from avseg.data.index import class_names
 from avseg.engine.evaluate import evaluate_outputs, iterate_outputs
 from avseg.engine.trainer import fit
 from avseg.fileio import unwrap_model
+from avseg.methods.base import Stage, StageContext, read_marker
+from avseg.metrics.binary import frame_iou_clean
 from avseg.types import AVBatch
 
 log = logging.getLogger("avseg")
@@ -100,6 +103,85 @@ def binary_validator(data: DataConfig, device: torch.device, audio: bool, split:
         return {f"{split}_miou": float(result["miou"]), f"{split}_fscore": float(result["fscore"])}
 
     return evaluate
+
+
+# --- binarisation threshold chosen on validation (heat-map methods) --------------------------------------
+THRESHOLD_SOURCES = ("config", "val")
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05, 0.10, ..., 0.95
+
+
+def check_threshold_source(value: str) -> None:
+    if value not in THRESHOLD_SOURCES:
+        raise ValueError(f"threshold_from must be one of {', '.join(THRESHOLD_SOURCES)}, got {value!r}")
+
+
+def sweep_thresholds(maps: Tensor, gts: Tensor, grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 64) -> dict[float, float]:
+    """Clean-protocol mIoU of the masks ``maps > t`` for every ``t`` of ``grid``.
+
+    maps: (N, H, W) heat maps in [0, 1] (any float dtype); gts: (N, H, W) binary ground truth. A frame with an
+    empty ground truth scores 1 when its mask is empty, else 0 (docs/metrics.md, clean protocol).
+    """
+    if maps.shape != gts.shape or maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"sweep_thresholds needs (N, H, W) maps and ground truth of one shape with N > 0, got {tuple(maps.shape)} and {tuple(gts.shape)}")
+    sums = {float(t): 0.0 for t in grid}
+    for start in range(0, maps.shape[0], chunk):
+        m = maps[start : start + chunk].float()
+        g = gts[start : start + chunk]
+        for t in sums:
+            sums[t] += float(frame_iou_clean((m > t).float(), g).sum())
+    return {t: v / maps.shape[0] for t, v in sums.items()}
+
+
+def choose_threshold(
+    heatmap: Callable[[AVBatch], Tensor], data: DataConfig, device: torch.device, *, audio: bool, split: str = "val",
+    grid: Sequence[float] = THRESHOLD_GRID,
+) -> dict[str, Any]:  # fmt: skip
+    """The threshold of ``grid`` whose masks ``heatmap > t`` score the best clean mIoU on ``split``'s frames
+    with a ground-truth mask (ties: the value nearest 0.5); returns the stage marker's summary (the whole sweep
+    included)."""
+    dataset = make_dataset(data, split, audio=audio)
+    maps: list[Tensor] = []
+    gts: list[Tensor] = []
+    for fo in iterate_outputs(heatmap, dataset, device):
+        if fo.gt is not None:
+            maps.append(torch.from_numpy(fo.output).float())
+            gts.append(torch.from_numpy(fo.gt != 0))
+    if not maps:
+        raise ValueError(f"the {split} split of {data.root} has no frame with a ground-truth mask: threshold_from: val cannot choose a threshold there")
+    sweep = sweep_thresholds(torch.stack(maps), torch.stack(gts), grid)
+    best = max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
+    return {"threshold": best, "split": split, "frames": len(maps), "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
+
+
+def threshold_stage(load: Callable[[Any, Path, torch.device], nn.Module], *, audio: bool, after: str) -> Stage:
+    """The stage ``threshold`` of a heat-map method whose config says ``threshold_from: val``: it loads the
+    final model (``load(config, run_dir, device)``, which must not itself read this stage's choice) and
+    keeps the threshold of ``THRESHOLD_GRID`` that scores best on the validation split."""
+
+    def run(ctx: StageContext) -> dict[str, Any]:
+        net = load(dataclasses.replace(ctx.config, threshold_from="config"), ctx.run_dir, ctx.device)
+        result = choose_threshold(cast("Callable[[AVBatch], Tensor]", net.heatmap), ctx.config.data, ctx.device, audio=audio)
+        log.info("threshold: %.2f (validation mIoU %.1f over %d frames; %.1f at the configured %.2f)", result["threshold"], 100 * result["miou"],
+                 result["frames"], 100 * result["sweep"].get(f"{ctx.config.threshold:.2f}", float("nan")), ctx.config.threshold)  # fmt: skip
+        return result
+
+    return Stage("threshold", run, "choose the heat map's binarisation threshold on the validation split", reads=(after,))
+
+
+def chosen_threshold(source: str, fixed: float, run_dir: Path | None) -> float:
+    """The binarisation threshold a predictor uses: ``fixed`` (``threshold_from: config``), else the one the run's
+    ``threshold`` stage chose on validation."""
+    if source == "config":
+        return fixed
+    if run_dir is None:
+        raise ValueError("threshold_from: val needs the run folder: the threshold chosen on validation is in its stages/threshold.json")
+    marker = read_marker("threshold", Path(run_dir))
+    if marker is None:
+        raise FileNotFoundError(
+            f"{run_dir}/stages/threshold.json is missing: with threshold_from: val the threshold stage chooses the "
+            f"binarisation threshold; finish the run first (avseg train --resume --out {run_dir})"
+        )
+    return float(marker["threshold"])
 
 
 def valid_frames(batch: AVBatch) -> Tensor:

