@@ -349,3 +349,26 @@ def test_threshold_chosen_on_validation(method: str, synth_s4: Path, tmp_path: P
         spec.load_predictor(cfg, None, torch.device("cpu"), weights=run_dir / "x.safetensors")
     with pytest.raises(Exception, match="threshold_from: expected one of"):
         train_tiny(method, synth_s4, tmp_path / "bad", extra=("threshold_from=test",))
+
+
+def test_resume_with_other_settings_says_which_finished_stages_are_kept(synth_s4: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`train --resume --set ...` skips finished stages whatever the settings while config.yaml takes the new
+    ones: the change is logged and appended to config-changes.json with the stages kept; a new stage runs."""
+    from avseg.runner import reconfigure
+
+    run_dir = tmp_path / "cam"
+    train_tiny("cam", synth_s4, run_dir)
+    assert not (run_dir / "config-changes.json").exists()
+    spec, cfg = load_run(run_dir)
+    run_method(spec, cfg, run_dir, resume=True)  # same settings: nothing to say
+    assert not (run_dir / "config-changes.json").exists()
+    lr = cfg.train.lr
+    cfg = reconfigure(spec, cfg, None, ["train.lr=0.123", "threshold_from=config"])
+    with caplog.at_level("WARNING", logger="avseg"):
+        summaries = run_method(spec, cfg, run_dir, resume=True)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "settings changed on --resume" in message and f"train.lr: {lr!r} -> 0.123" in message and "classifier" in message
+    history = json.loads((run_dir / "config-changes.json").read_text())
+    assert history == [{"changed": {"threshold_from": ["val", "config"], "train.lr": [lr, 0.123]}, "stages_kept": ["classifier"]}]
+    assert list(summaries) == ["classifier"] and summaries["classifier"]["stage"] == "classifier"  # kept, not retrained
+    assert load_run(run_dir)[1].train.lr == 0.123  # config.yaml says the new value; config-changes.json says what was kept

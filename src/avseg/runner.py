@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from avseg.config import TrainSettings, apply_overrides, from_dict, load_yaml, to_dict
+from avseg.config import TrainSettings, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 from avseg.data.index import class_names
 from avseg.data.layout import LAYOUTS, metadata_path
 from avseg.engine import distributed as dist
@@ -182,6 +183,8 @@ def run_method(
         if name not in names:
             raise RunError(f"method {spec.name} has no stage {name!r}; its stages: {', '.join(names)}")
     if dist.is_main():
+        if resume and config_file.is_file():
+            note_changed_settings(run_dir, [s.name for s in stages if s.is_done(run_dir)], load_yaml(config_file), {"method": spec.name, **to_dict(cfg)})
         prepare_run_dir(run_dir, {"method": spec.name, **to_dict(cfg)})
         for folder in (run_dir, run_dir / "stages"):  # half-written markers of a killed run
             if removed := remove_stale_temporaries(folder):
@@ -245,6 +248,42 @@ def run_method(
         log.info("stage %s: finished in %.1f s", stage.name, summary["seconds"])
     dist.barrier()
     return summaries
+
+
+def settings_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """{dotted key: [old value, new value]} for every setting that differs between two config mappings (a key
+    on one side only counts as None on the other)."""
+    out: dict[str, list[Any]] = {}
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(settings_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = [a, b]
+    return out
+
+
+def note_changed_settings(run_dir: Path, finished: list[str], old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """On ``--resume`` with other settings, say which finished stages keep what they computed with the old ones.
+
+    ``run_method`` skips finished stages whatever the settings, while config.yaml takes the new ones, so the
+    change is logged and appended to ``config-changes.json`` in the run (the settings before and after, the
+    stages kept): the run folder keeps saying how its outputs were made. Returns the changes.
+    """
+    changes = settings_changes(old, yaml.safe_load(dump_yaml(new)))
+    if not changes or not finished:
+        return changes
+    listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+    log.warning(
+        "%s: settings changed on --resume (%s). The finished stages %s are kept as they were computed (recorded in "
+        "config-changes.json); to recompute one with the new settings, `avseg pseudo --run %s --from STAGE` (pseudo-mask "
+        "stages) or remove the stage's stages/STAGE.json and its outputs, then resume.", run_dir, listed, ", ".join(finished), run_dir,
+    )  # fmt: skip
+    path = run_dir / "config-changes.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    history.append({"changed": changes, "stages_kept": finished})
+    write_text_atomic(path, json.dumps(history, indent=2, default=str) + "\n")
+    return changes
 
 
 def _finished(marker: dict[str, Any], max_steps: int | None) -> bool:
