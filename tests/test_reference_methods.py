@@ -305,7 +305,7 @@ def test_heat_maps_threshold_mask_matches_metrics(synth_s4: Path, tmp_path: Path
 def test_sweep_thresholds_scores_each_mask_with_the_clean_protocol() -> None:
     """sweep_thresholds gives, per threshold, the clean mIoU of ``map > t`` (empty ground truth: 1 if the mask is
     empty, else 0), and choose_threshold's rule keeps the best (ties: nearest 0.5)."""
-    from avseg.methods.common import sweep_thresholds
+    from avseg.methods.common import best_threshold, sweep_thresholds
     from avseg.metrics.binary import frame_iou_clean
 
     rng = np.random.default_rng(0)
@@ -320,8 +320,7 @@ def test_sweep_thresholds_scores_each_mask_with_the_clean_protocol() -> None:
         assert miou == pytest.approx(float(frame_iou_clean((maps > t).float(), gts).mean()))
     assert sweep[0.6] == sweep[0.65] == sweep[0.7] == pytest.approx(2 / 3)  # frame 3 marks its bright pixel
     assert sweep[0.95] == pytest.approx(1 / 3) and sweep[0.3] < sweep[0.5] < sweep[0.6]
-    best = max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
-    assert best == 0.6
+    assert best_threshold(sweep) == 0.6  # 0.6, 0.65 and 0.7 tie: the one nearest 0.5
     with pytest.raises(ValueError, match="shape"):
         sweep_thresholds(maps, gts[:2])
 

@@ -132,6 +132,11 @@ def sweep_thresholds(maps: Tensor, gts: Tensor, grid: Sequence[float] = THRESHOL
     return {t: v / maps.shape[0] for t, v in sums.items()}
 
 
+def best_threshold(sweep: dict[float, float]) -> float:
+    """The threshold of a ``sweep_thresholds`` result with the best mIoU; ties go to the value nearest 0.5."""
+    return max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
+
+
 def choose_threshold(
     heatmap: Callable[[AVBatch], Tensor], data: DataConfig, device: torch.device, *, audio: bool, split: str = "val",
     grid: Sequence[float] = THRESHOLD_GRID,
@@ -149,7 +154,7 @@ def choose_threshold(
     if not maps:
         raise ValueError(f"the {split} split of {data.root} has no frame with a ground-truth mask: threshold_from: val cannot choose a threshold there")
     sweep = sweep_thresholds(torch.stack(maps), torch.stack(gts), grid)
-    best = max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
+    best = best_threshold(sweep)
     return {"threshold": best, "split": split, "frames": len(maps), "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
 
 
