@@ -123,6 +123,62 @@ def test_ws_avs_av_pseudo_masks_are_audio_selected(synth_s4: Path, tmp_path: Pat
     assert written()["av-model"] > after["av-model"]
 
 
+def test_sweep_selection_scores_each_threshold() -> None:
+    """Constructed frames whose best selection threshold is known, for both selection modes."""
+    from avseg.methods.common import best_threshold
+    from avseg.methods.ws_avs_av import sweep_selection
+
+    sim = torch.linspace(0, 1, 20).view(1, 1, 20).expand(2, 20, 20).contiguous()  # columns 0..1, left to right
+    eq6 = torch.ones(2, 20, 20, dtype=torch.bool)
+    eq6[1, :, :10] = False  # frame 1's Eq. 6 mask: the right half only
+    gts = sim > 0.72  # the 6 rightmost columns (14/19 = 0.737 ... 1)
+    grid = (0.5, 0.6, 0.7, 0.75, 0.8)
+    sweep = sweep_selection(eq6, sim, None, gts, "pixels", False, grid)
+    # pixels: t = 0.7 keeps columns 14-19 in both frames (= the GT), 0.75 columns 15-19, 0.5 columns 10-19
+    assert sweep[0.7] == pytest.approx(2.0) and sweep[0.75] == pytest.approx(2 * 5 / 6) and sweep[0.5] == pytest.approx(2 * 6 / 10)
+    assert best_threshold({t: v / 2 for t, v in sweep.items()}) == 0.7
+    # components (no proposals): frame 0 is one region, mean sim 0.5; frame 1 one region, mean 145/190 = 0.763
+    comp = sweep_selection(eq6, sim, None, gts, "components", False, (0.45, 0.6, 0.8))
+    iou0, iou1 = 6 / 20, 6 / 10
+    assert comp[0.45] == pytest.approx(iou0 + iou1) and comp[0.6] == pytest.approx(iou1) and comp[0.8] == pytest.approx(0.0)
+
+
+def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path) -> None:
+    """av_threshold_from: val: the pseudo-masks stage scores the selection on validation for every grid value,
+    keeps the best, and selects the training frames' masks with it. The validation pipeline is the training
+    one: run on the training split, its sweep at the chosen value is the written pseudo masks' quality."""
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.methods import ws_avs, ws_avs_av
+    from avseg.methods.common import THRESHOLD_GRID
+    from avseg.models.zoo import VISUAL_ENCODERS
+
+    run_dir = tmp_path / "ws-avs-av"
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_threshold=0.6"))
+    pseudo = summaries["pseudo-masks"]
+    choice = pseudo["av_threshold_choice"]
+    assert choice["split"] == "val" and choice["frames"] > 0 and choice["threshold"] in THRESHOLD_GRID and choice["threshold"] >= 0.5
+    assert list(choice["sweep"]) == [f"{t:.2f}" for t in THRESHOLD_GRID if t >= 0.5]  # the default grid starts at the midpoint
+    assert pseudo["av_threshold"] == choice["threshold"] and pseudo["av_threshold_from"] == "val"
+    assert choice["sweep"][f"{choice['threshold']:.2f}"] == max(choice["sweep"].values()) == pytest.approx(choice["miou"], abs=1e-5)
+
+    spec, cfg = load_run(run_dir)
+    device = torch.device("cpu")
+    saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
+    load_model_weights(saliency, run_dir / "saliency" / "last.safetensors")
+    av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
+    load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
+    flip = json.loads((run_dir / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
+    c2am = ws_avs._load_c2am(cfg, run_dir, device)
+    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
+    assert on_train["frames"] == pseudo["quality"]["frames"]
+    assert len(set(on_train["sweep"].values())) > 1  # the threshold matters on these maps
+    assert on_train["sweep"][f"{choice['threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
+    with pytest.raises(Exception, match="av_threshold_from: expected one of"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_threshold_from=test",))
+    with pytest.raises(Exception, match=r"av_threshold_grid must be in \(0, 1\), got 1.5"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_threshold_from=val", "av_threshold_grid=[0.5,1.5]"))
+
+
 def test_ez_vsl_ogl_mixes_object_map(synth_s4: Path, tmp_path: Path) -> None:
     if not HAVE_EFFICIENTNET:
         pytest.skip("efficientnet-lite-pytorch not installed")
