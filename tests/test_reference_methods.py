@@ -417,6 +417,12 @@ def test_resume_with_other_settings_says_which_finished_stages_are_kept(synth_s4
     spec, cfg = load_run(run_dir)
     run_method(spec, cfg, run_dir, resume=True)  # same settings: nothing to say
     assert not (run_dir / "config-changes.json").exists()
+    # a run written before a setting existed (its config.yaml lacks the key): at the default, no change either
+    text = (run_dir / "config.yaml").read_text()
+    assert "\ncam_class: predicted\n" in text and cfg.cam_class == "predicted"
+    (run_dir / "config.yaml").write_text(text.replace("\ncam_class: predicted\n", "\n"))
+    run_method(spec, cfg, run_dir, resume=True)
+    assert not (run_dir / "config-changes.json").exists()
     lr = cfg.train.lr
     cfg = reconfigure(spec, cfg, None, ["train.lr=0.123", "threshold_from=config"])
     with caplog.at_level("WARNING", logger="avseg"):

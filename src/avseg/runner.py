@@ -184,7 +184,7 @@ def run_method(
             raise RunError(f"method {spec.name} has no stage {name!r}; its stages: {', '.join(names)}")
     if dist.is_main():
         if resume and config_file.is_file():
-            note_changed_settings(run_dir, [s.name for s in stages if s.is_done(run_dir)], load_yaml(config_file), {"method": spec.name, **to_dict(cfg)})
+            note_changed_settings(run_dir, [s.name for s in stages if s.is_done(run_dir)], saved_settings(run_dir), {"method": spec.name, **to_dict(cfg)})
         prepare_run_dir(run_dir, {"method": spec.name, **to_dict(cfg)})
         for folder in (run_dir, run_dir / "stages"):  # half-written markers of a killed run
             if removed := remove_stale_temporaries(folder):
@@ -248,6 +248,18 @@ def run_method(
         log.info("stage %s: finished in %.1f s", stage.name, summary["seconds"])
     dist.barrier()
     return summaries
+
+
+def saved_settings(run_dir: Path) -> dict[str, Any]:
+    """A run's config.yaml read through its method's config class, as plain YAML values: a setting added to the
+    code after the file was written counts at its default (what the run's finished stages did without it), so
+    resuming an older run is no settings change. The file as written where it no longer loads (a setting
+    removed from the code, a value the code now refuses)."""
+    try:
+        spec, cfg = load_run(run_dir)
+    except (RunError, ValueError, TypeError):
+        return load_yaml(Path(run_dir) / "config.yaml")
+    return yaml.safe_load(dump_yaml({"method": spec.name, **to_dict(cfg)}))
 
 
 def settings_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
