@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ def test_bench_writes_table_chart_grid_and_reports_failures(synth_s4: Path, tmp_
             assert value is not None and 0.0 <= value <= 1.0
         assert r.train_seconds is not None and (out / m / "eval" / "test-heatmap.json").is_file()
         assert (out / m / "eval" / "test-clean.json").is_file() and (out / m / "eval" / "test-avsbench.json").is_file()
+    marker = json.loads((out / "cam" / "stages" / "threshold.json").read_text())  # cam/demo: threshold_from: val
+    assert status["cam"].chosen_thresholds == {"heat map": {"value": marker["threshold"], "val_miou": marker["miou"]}}
+    assert not status["c2am"].chosen_thresholds
     failed = status["avs-ws"]
     assert failed.status == "failed" and failed.failed_stage == "train/segmenter"
     assert "image_size" in failed.error and (out / "avs-ws" / "bench-error.txt").is_file()
@@ -53,6 +57,7 @@ def test_bench_writes_table_chart_grid_and_reports_failures(synth_s4: Path, tmp_
     assert float(table[0]["paper_miou"]) == pytest.approx(0.1926)
     md = (out / "results.md").read_text()
     assert "*all foreground* (constant)" in md and "| AVS (ws) |" in md and "**failed** (train/segmenter)" in md and "## Failed" in md and "## Order" in md
+    assert f"- CAM: heat map {marker['threshold']:.2f} (validation mIoU" in md
     assert (out / "results.json").is_file()
 
     chart = Image.open(out / "chart.png")
@@ -137,6 +142,8 @@ def test_bench_shares_ws_avs_stages(synth_s4: Path, tmp_path: Path) -> None:
     # the shared stages' time counts for every method that uses them
     assert row["c2am"].stage_seconds["c2am"] == pytest.approx(row["ws-avs"].stage_seconds["c2am"])
     assert row["ws-avs-av"].pseudo_miou is not None and row["ws-avs-av"].pseudo_miou_eq6 is not None
+    choice = json.loads((out / "ws-avs-av" / "stages" / "pseudo-masks.json").read_text())["av_threshold_choice"]  # ws-avs-av/demo: from val
+    assert row["ws-avs-av"].chosen_thresholds == {"av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]}}
     assert "(shared)" in (out / "results.md").read_text()
 
 
@@ -208,7 +215,8 @@ def _fake_bench(folder: Path, rows: list, ceiling: float = 0.405) -> Path:
 
     baselines = [{"name": "all foreground", "miou_clean": 0.03, "fscore_clean": 0.04, "miou_avsbench": 0.03, "fscore_avsbench": 0.04, "empty_gt_frames": 0, "frames": 10}]
     bench_rows = [BenchRow(method=m, display=m.upper(), status=status, miou_clean=miou, fscore_clean=0.5, audio_dependence=dep,
-                           fpr_silence=0.01, fpr_noise=0.02, swap_iou=0.3, g_miou=0.4, error="" if status == "ok" else "boom")
+                           fpr_silence=0.01, fpr_noise=0.02, swap_iou=0.3, g_miou=0.4, error="" if status == "ok" else "boom",
+                           chosen_thresholds={"heat map": {"value": 0.6 + miou, "val_miou": 0.2}} if m == "cam" and miou is not None else {})
                   for m, status, miou, dep in rows]  # fmt: skip
     folder.mkdir(parents=True)
     write_results(folder, bench_rows, data=folder, layout="s4", recipe="demo", command=None, seconds=1.0,
@@ -237,6 +245,7 @@ def test_bench_summary_means_over_seeds_and_refuses_other_data(tmp_path: Path, c
     md = (out / "summary.md").read_text()
     assert "| PCAS |  | 3 | 25.0 ± 5.0 | 50.0 ± 0.0 | +20.0 ± 7.0 |" in md
     assert "*every visible object* (deaf ceiling) | - | - | 40.5 |" in md and "## Failed rows" in md
+    assert cam["thresholds"] == {"heat map": pytest.approx([0.7, 0.72])} and "- CAM: heat map 0.70, 0.72" in md  # the seeds that finished
     assert (out / "summary.json").is_file() and "bench-summary" in capsys.readouterr().out
 
     other = _fake_bench(tmp_path / "other", [("pcas", "ok", 0.3, 1.0)], ceiling=0.5)

@@ -75,6 +75,9 @@ class BenchRow:
     mean_ciou: float | None = None
     pseudo_miou: float | None = None  # pseudo-mask quality on training frames with GT (WS-AVS variants)
     pseudo_miou_eq6: float | None = None  # ws-avs-av: the same masks before the audio selection
+    # thresholds the run chose on the validation split: {"heat map": t} (threshold_from: val, CAM / EZ-VSL),
+    # {"av_threshold": t} (ws-avs-av, av_threshold_from: val); each with its validation mIoU
+    chosen_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     paper_miou: float | None = None
     paper_fscore: float | None = None
     run_dir: str = ""
@@ -93,6 +96,20 @@ class BenchRow:
         d = asdict(self)
         d["fscore_at_0.5_clean"] = d.pop("fscore_at_05_clean")
         return ["" if d[c] is None else d[c] for c in CSV_COLUMNS]
+
+
+def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """What a run chose on the validation split, from its stage summaries: the heat map's binarisation threshold
+    (stage ``threshold``) and WS-AVS-AV's selection threshold (``pseudo-masks`` with ``av_threshold_from: val``),
+    each as {"value": t, "val_miou": its validation mIoU}."""
+    out: dict[str, dict[str, float]] = {}
+    heat = summaries.get("threshold") or {}
+    if "threshold" in heat:
+        out["heat map"] = {"value": float(heat["threshold"]), "val_miou": float(heat["miou"])}
+    choice = (summaries.get("pseudo-masks") or {}).get("av_threshold_choice")
+    if choice:
+        out["av_threshold"] = {"value": float(choice["threshold"]), "val_miou": float(choice["miou"])}
+    return out
 
 
 # --- method selection and configs ----------------------------------------------------------------------
@@ -285,6 +302,7 @@ def run_bench(
             pseudo = summaries.get("pseudo-masks", {})
             row.pseudo_miou = (pseudo.get("quality") or {}).get("miou")
             row.pseudo_miou_eq6 = (pseudo.get("quality_eq6") or {}).get("miou")
+            row.chosen_thresholds = chosen_thresholds(summaries)
             phase = "eval"
             log.info("bench [%d/%d] %s: trained in %.1f s; evaluating on test", i, len(methods), method, row.train_seconds)
             t0 = time.perf_counter()
@@ -448,6 +466,12 @@ def write_results(
     if failed:
         lines += ["", "## Failed", ""]
         lines += [f"- {r.display} ({r.method}), in {r.failed_stage}: `{r.error}` (traceback: `{r.run_dir}/bench-error.txt`)" for r in failed]
+    chosen = [r for r in rows if r.chosen_thresholds]
+    if chosen:
+        lines += ["", "## Thresholds chosen on the validation split", ""]
+        for r in chosen:
+            told = ", ".join(f"{name} {c['value']:.2f} (validation mIoU {_pct(c['val_miou'])})" for name, c in r.chosen_thresholds.items())
+            lines.append(f"- {r.display}: {told}")
     pseudo = [r for r in rows if r.pseudo_miou is not None]
     if pseudo:
         lines += ["", "## Pseudo masks (training frames with ground truth, clean mIoU %)", ""]
@@ -515,12 +539,14 @@ def summarize_benches(folders: list[Path], across_data: bool = False) -> dict[st
     failed: list[str] = []
     for folder, results in loaded:
         for row in results["methods"]:
-            m = per_method.setdefault(row["method"], {"n": 0, "values": {}})
+            m = per_method.setdefault(row["method"], {"n": 0, "values": {}, "thresholds": {}})
             m["display"], m["supervision"] = row.get("display") or row["method"], row.get("supervision", "")
             if row.get("status") != "ok":
                 failed.append(f"{m['display']} in {folder}: {row.get('status')} ({row.get('failed_stage', '')}) {row.get('error', '')}".rstrip())
                 continue
             m["n"] += 1
+            for name, chosen in (row.get("chosen_thresholds") or {}).items():
+                m["thresholds"].setdefault(name, []).append(float(chosen["value"]))
             for key, _, scale in SUMMARY_COLUMNS:
                 if row.get(key) is not None:
                     m["values"].setdefault(key, []).append(scale * float(row[key]))
@@ -531,7 +557,7 @@ def summarize_benches(folders: list[Path], across_data: bool = False) -> dict[st
 
     methods = [
         {"method": name, "display": m["display"], "supervision": m["supervision"], "n": m["n"],
-         "columns": {key: stats(xs) for key, xs in m["values"].items()}}
+         "columns": {key: stats(xs) for key, xs in m["values"].items()}, "thresholds": m["thresholds"]}
         for name, m in per_method.items()
     ]  # fmt: skip
     # The same in every folder (checked above) unless across_data: then the mean of the folders'.
@@ -600,6 +626,10 @@ def write_summary(out: Path, summary: dict[str, Any], command: str | None = None
         if summary["deaf_ceiling_values"]:
             ceilings = ", ".join(f"{v:.1f}" for v in summary["deaf_ceiling_values"])
             lines.append(f"| *every visible object* (deaf ceiling) | {ceilings} | - | 0.0 |" + " - |" * (len(heads) - 3))
+    chosen = [m for m in summary["methods"] if m.get("thresholds")]
+    if chosen:
+        lines += ["", "## Thresholds chosen on the validation split (every seed)", ""]
+        lines += [f"- {m['display']}: " + "; ".join(f"{name} " + ", ".join(f"{v:.2f}" for v in values) for name, values in m["thresholds"].items()) for m in chosen]
     if summary["failed"]:
         lines += ["", "## Failed rows (not counted)", ""] + [f"- {f}" for f in summary["failed"]]
     text = "\n".join(lines) + "\n"
