@@ -168,7 +168,7 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
     av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
     load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
     flip = json.loads((run_dir / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
-    c2am = ws_avs._load_c2am(cfg, run_dir, device)
+    c2am = ws_avs.load_c2am(cfg, run_dir, device)
     on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
     assert on_train["frames"] == pseudo["quality"]["frames"]
     assert len(set(on_train["sweep"].values())) > 1  # the threshold matters on these maps

@@ -273,7 +273,8 @@ def stage_c2am(ctx: StageContext) -> dict[str, Any]:
     return train_stage(model, train, s, ctx.path("c2am"), resume=ctx.resume, desc="c2am")
 
 
-def _load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> C2AMNet:
+def load_c2am(cfg: WSAVSConfig, run_dir: Path, device: torch.device) -> C2AMNet:
+    """The run's trained C2AM (``run_dir/c2am/last.safetensors``), in eval mode on ``device``."""
     model = C2AMNet(VISUAL_ENCODERS[cfg.c2am_visual](weights="none"), level=cfg.c2am_level, border=cfg.c2am_border)
     load_model_weights(model, run_dir / "c2am" / "last.safetensors")
     return model.to(device).eval()
@@ -321,7 +322,7 @@ def stage_activation_maps(ctx: StageContext) -> dict[str, Any]:
     cfg: WSAVSConfig = ctx.config
     layout = cfg.data.layout
     checkpoint = ctx.path("c2am", "last.safetensors")
-    model = _load_c2am(cfg, ctx.run_dir, ctx.device)
+    model = load_c2am(cfg, ctx.run_dir, ctx.device)
     train = make_dataset(cfg.data, "train", audio=False)
     maps_dir, init_dir = ctx.path("pseudo", "maps"), ctx.path("pseudo", "initial")
     polarity_path = maps_dir / POLARITY_FILE

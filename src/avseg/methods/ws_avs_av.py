@@ -259,7 +259,7 @@ def choose_av_threshold(
     def inputs(batch: AVBatch) -> Tensor:
         b, t = batch.frames.shape[:2]
         a = c2am.activation(batch.frames.flatten(0, 1), flip=flip)
-        a = (torch.round(a.clamp(0, 1) * 255.0) / 255.0).view(b, t, *a.shape[-2:])
+        a = (torch.floor(a.clamp(0, 1) * 255.0 + 0.5) / 255.0).view(b, t, *a.shape[-2:])  # as save_probability_png rounds
         eq6 = a > cfg.c2am_threshold if saliency is None else ws_avs.eq6_mask(a, saliency.predict(batch), cfg.eq6_floor)
         return torch.stack([eq6.float(), av_model.av_map(batch), (a > cfg.c2am_threshold).float()], dim=2)  # (B, T, 3, H, W)
 
@@ -309,7 +309,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     threshold, choice = cfg.av_threshold, None
     if cfg.av_threshold_from == "val":
         polarity = json.loads(ctx.path("pseudo", "maps", ws_avs.POLARITY_FILE).read_text())
-        c2am = ws_avs._load_c2am(cfg, ctx.run_dir, ctx.device)
+        c2am = ws_avs.load_c2am(cfg, ctx.run_dir, ctx.device)
         choice = choose_av_threshold(cfg, c2am, bool(polarity["flip"]), saliency, av_model, ctx.device, grid=cfg.av_threshold_grid)
         threshold = choice["threshold"]
         log.info("pseudo-masks: av_threshold %.2f chosen on validation (pseudo-mask mIoU %.1f over %d frames; %.1f at the configured %.2f)",
