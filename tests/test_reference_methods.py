@@ -397,6 +397,11 @@ def test_threshold_chosen_on_validation(method: str, synth_s4: Path, tmp_path: P
     predictor = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
     assert predictor.threshold == marker["threshold"]
     assert evaluate_run(run_dir, split="val")["miou"] == pytest.approx(marker["miou"], abs=1e-3)
+    from avseg.methods.common import choose_threshold
+
+    in_pairs = choose_threshold(predictor.heatmap, cfg.data, torch.device("cpu"), audio=method == "ez-vsl", chunk=2)  # scored 2 frames at a time
+    assert in_pairs["threshold"] == marker["threshold"] and in_pairs["frames"] == marker["frames"] > 2
+    assert in_pairs["sweep"] == pytest.approx(marker["sweep"], abs=2e-5)
     (run_dir / "stages" / "threshold.json").unlink()
     with pytest.raises(FileNotFoundError, match="threshold.json is missing"):
         spec.load_predictor(cfg, run_dir, torch.device("cpu"))

@@ -139,23 +139,37 @@ def best_threshold(sweep: dict[float, float]) -> float:
 
 def choose_threshold(
     heatmap: Callable[[AVBatch], Tensor], data: DataConfig, device: torch.device, *, audio: bool, split: str = "val",
-    grid: Sequence[float] = THRESHOLD_GRID,
+    grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 64,
 ) -> dict[str, Any]:  # fmt: skip
     """The threshold of ``grid`` whose masks ``heatmap > t`` score the best clean mIoU on ``split``'s frames
     with a ground-truth mask (ties: the value nearest 0.5); returns the stage marker's summary (the whole sweep
-    included)."""
+    included). Frames are scored ``chunk`` at a time, so memory stays bounded on any split."""
     dataset = make_dataset(data, split, audio=audio)
+    sums = {float(t): 0.0 for t in grid}
+    frames = 0
     maps: list[Tensor] = []
     gts: list[Tensor] = []
+
+    def flush() -> None:
+        if maps:
+            for t, v in sweep_thresholds(torch.stack(maps), torch.stack(gts), grid).items():
+                sums[t] += v * len(maps)  # the sweep's means back to sums over the chunk
+            maps.clear()
+            gts.clear()
+
     for fo in iterate_outputs(heatmap, dataset, device):
         if fo.gt is not None:
             maps.append(torch.from_numpy(fo.output).float())
             gts.append(torch.from_numpy(fo.gt != 0))
-    if not maps:
+            frames += 1
+            if len(maps) >= chunk:
+                flush()
+    flush()
+    if not frames:
         raise ValueError(f"the {split} split of {data.root} has no frame with a ground-truth mask: threshold_from: val cannot choose a threshold there")
-    sweep = sweep_thresholds(torch.stack(maps), torch.stack(gts), grid)
+    sweep = {t: v / frames for t, v in sums.items()}
     best = best_threshold(sweep)
-    return {"threshold": best, "split": split, "frames": len(maps), "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
+    return {"threshold": best, "split": split, "frames": frames, "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
 
 
 def threshold_stage(load: Callable[[Any, Path, torch.device], nn.Module], *, audio: bool, after: str) -> Stage:
