@@ -492,6 +492,13 @@ def test_aisfx_embed_frontend_is_the_frozen_pretrained_encoder_on_aisfx_log_mel(
     assert torch.equal(compute_features("aisfx-embed", wave, 16000, 3), emb)  # deterministic
     assert frozen_aisfx() is frozen_aisfx()  # loaded once per process
     assert not any(p.requires_grad for p in frozen_aisfx().parameters())
+    # loading it draws nothing from torch's random stream (a run's randomness must not depend on when it loads)
+    frozen_aisfx.cache_clear()
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    frozen_aisfx()
+    torch.testing.assert_close(torch.rand(3), expected_draw, rtol=0, atol=0)
 
 
 # --- bad audio input --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -75,8 +76,15 @@ AISFX_EMBED_DIM = 512
 
 @lru_cache(maxsize=1)
 def frozen_aisfx() -> AisfxEncoder:
-    """aisfx's pretrained 4-block CNN, eval mode, no gradients; loaded once per process, on first use."""
-    model = AisfxEncoder(base_channels=64)
+    """aisfx's pretrained 4-block CNN, eval mode, no gradients; loaded once per process, on first use.
+
+    Built with the global random state saved and restored: the layers' random initialisation (overwritten by
+    the checkpoint) would otherwise consume torch's random stream at whatever point of a run first needs the
+    features, so a stage resumed in a new process (where it loads first) and the same stage after others in
+    one process (where an earlier stage loaded it) drew different dropout, augmentation and order.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = AisfxEncoder(base_channels=64)
     model.load_state_dict(load_aisfx_embedding_state_dict())
     model.eval()
     for p in model.parameters():
