@@ -6,8 +6,9 @@ import copy
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, Iterable, Sequence, cast
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -115,8 +116,8 @@ def check_threshold_source(value: str) -> None:
         raise ValueError(f"threshold_from must be one of {', '.join(THRESHOLD_SOURCES)}, got {value!r}")
 
 
-def sweep_thresholds(maps: Tensor, gts: Tensor, grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 64) -> dict[float, float]:
-    """Clean-protocol mIoU of the masks ``maps > t`` for every ``t`` of ``grid``.
+def threshold_iou_sums(maps: Tensor, gts: Tensor, grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 64) -> dict[float, float]:
+    """Sum over frames of the clean-protocol IoU of the masks ``maps > t``, for every ``t`` of ``grid``.
 
     maps: (N, H, W) heat maps in [0, 1] (any float dtype); gts: (N, H, W) binary ground truth. A frame with an
     empty ground truth scores 1 when its mask is empty, else 0 (docs/metrics.md, clean protocol).
@@ -129,12 +130,53 @@ def sweep_thresholds(maps: Tensor, gts: Tensor, grid: Sequence[float] = THRESHOL
         g = gts[start : start + chunk]
         for t in sums:
             sums[t] += float(frame_iou_clean((m > t).float(), g).sum())
-    return {t: v / maps.shape[0] for t, v in sums.items()}
+    return sums
+
+
+def sweep_thresholds(maps: Tensor, gts: Tensor, grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 64) -> dict[float, float]:
+    """Clean-protocol mIoU of the masks ``maps > t`` for every ``t`` of ``grid`` (``threshold_iou_sums`` / N)."""
+    return {t: v / maps.shape[0] for t, v in threshold_iou_sums(maps, gts, grid, chunk).items()}
 
 
 def best_threshold(sweep: dict[float, float]) -> float:
     """The threshold of a ``sweep_thresholds`` result with the best mIoU; ties go to the value nearest 0.5."""
     return max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
+
+
+def best_on_split(
+    outputs: Iterable[Any], iou_sums: Callable[[Tensor, Tensor], dict[float, float]], grid: Sequence[float], *, split: str, where: str,
+    setting: str, chunk: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The value of ``grid`` that scores the best clean mIoU over the frames of ``outputs`` (FrameOutputs of
+    ``split``) that have a ground-truth mask; ties: the value nearest 0.5. ``iou_sums(stacked outputs (n, ...),
+    ground truth (n, H, W) bool)`` gives, per grid value, the sum of the n frames' IoU; frames are passed
+    ``chunk`` at a time, so memory stays bounded on any split. Returns a stage marker's summary (the whole
+    sweep included); ``where`` (the dataset root) and ``setting`` name the split and the option in the error
+    raised when no frame has a mask."""
+    sums = {float(t): 0.0 for t in grid}
+    frames = 0
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        if pending:
+            stacked = torch.from_numpy(np.stack([o for o, _ in pending]))
+            gts = torch.from_numpy(np.stack([g for _, g in pending]) != 0)
+            for t, v in iou_sums(stacked, gts).items():
+                sums[t] += v
+            pending.clear()
+
+    for fo in outputs:
+        if fo.gt is not None:
+            pending.append((fo.output, fo.gt))
+            frames += 1
+            if len(pending) >= chunk:
+                flush()
+    flush()
+    if not frames:
+        raise ValueError(f"the {split} split of {where} has no frame with a ground-truth mask: {setting}: val cannot choose a threshold there")
+    sweep = {t: v / frames for t, v in sums.items()}
+    best = best_threshold(sweep)
+    return {"threshold": best, "split": split, "frames": frames, "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
 
 
 def choose_threshold(
@@ -144,32 +186,9 @@ def choose_threshold(
     """The threshold of ``grid`` whose masks ``heatmap > t`` score the best clean mIoU on ``split``'s frames
     with a ground-truth mask (ties: the value nearest 0.5); returns the stage marker's summary (the whole sweep
     included). Frames are scored ``chunk`` at a time, so memory stays bounded on any split."""
-    dataset = make_dataset(data, split, audio=audio)
-    sums = {float(t): 0.0 for t in grid}
-    frames = 0
-    maps: list[Tensor] = []
-    gts: list[Tensor] = []
-
-    def flush() -> None:
-        if maps:
-            for t, v in sweep_thresholds(torch.stack(maps), torch.stack(gts), grid).items():
-                sums[t] += v * len(maps)  # the sweep's means back to sums over the chunk
-            maps.clear()
-            gts.clear()
-
-    for fo in iterate_outputs(heatmap, dataset, device):
-        if fo.gt is not None:
-            maps.append(torch.from_numpy(fo.output).float())
-            gts.append(torch.from_numpy(fo.gt != 0))
-            frames += 1
-            if len(maps) >= chunk:
-                flush()
-    flush()
-    if not frames:
-        raise ValueError(f"the {split} split of {data.root} has no frame with a ground-truth mask: threshold_from: val cannot choose a threshold there")
-    sweep = {t: v / frames for t, v in sums.items()}
-    best = best_threshold(sweep)
-    return {"threshold": best, "split": split, "frames": frames, "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
+    outputs = iterate_outputs(heatmap, make_dataset(data, split, audio=audio), device)
+    return best_on_split(outputs, lambda maps, gts: threshold_iou_sums(maps, gts, grid), grid, split=split, where=str(data.root),
+                         setting="threshold_from", chunk=chunk)  # fmt: skip
 
 
 def threshold_stage(load: Callable[[Any, Path, torch.device], nn.Module], *, audio: bool, after: str) -> Stage:

@@ -62,7 +62,7 @@ from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.c2am import REUSE_KEYS, reusable
 from avseg.methods.cam import check_threshold
-from avseg.methods.common import THRESHOLD_GRID, best_threshold, make_dataset, train_stage
+from avseg.methods.common import THRESHOLD_GRID, best_on_split, make_dataset, train_stage
 from avseg.methods.ez_vsl import EZVSLNet
 from avseg.metrics.binary import BinaryAccumulator, frame_iou_clean
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
@@ -263,33 +263,12 @@ def choose_av_threshold(
         eq6 = a > cfg.c2am_threshold if saliency is None else ws_avs.eq6_mask(a, saliency.predict(batch), cfg.eq6_floor)
         return torch.stack([eq6.float(), av_model.av_map(batch), (a > cfg.c2am_threshold).float()], dim=2)  # (B, T, 3, H, W)
 
-    sums = {float(t): 0.0 for t in grid}
-    frames = 0
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        stacked = torch.from_numpy(np.stack([o for o, _ in pending]))  # (n, 3, H, W)
-        gts = torch.from_numpy(np.stack([g for _, g in pending]) != 0)
+    def iou_sums(stacked: Tensor, gts: Tensor) -> dict[float, float]:  # stacked: (n, 3, H, W) as ``inputs`` makes them
         proposals = stacked[:, 2] > 0.5 if cfg.av_regions == "activation" else None
-        for t, v in sweep_selection(stacked[:, 0] > 0.5, stacked[:, 1], proposals, gts, cfg.av_select, cfg.av_keep_best, grid).items():
-            sums[t] += v
-        pending.clear()
+        return sweep_selection(stacked[:, 0] > 0.5, stacked[:, 1], proposals, gts, cfg.av_select, cfg.av_keep_best, grid)
 
-    for fo in iterate_outputs(inputs, dataset, device, batch_size=4, progress=f"av_threshold on {split}"):
-        if fo.gt is None:
-            continue
-        pending.append((fo.output, fo.gt))
-        frames += 1
-        if len(pending) >= chunk:
-            flush()
-    flush()
-    if not frames:
-        raise ValueError(f"the {split} split of {cfg.data.root} has no frame with a ground-truth mask: av_threshold_from: val cannot choose there")
-    sweep = {t: v / frames for t, v in sums.items()}
-    best = best_threshold(sweep)
-    return {"threshold": best, "split": split, "frames": frames, "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
+    outputs = iterate_outputs(inputs, dataset, device, batch_size=4, progress=f"av_threshold on {split}")
+    return best_on_split(outputs, iou_sums, grid, split=split, where=str(cfg.data.root), setting="av_threshold_from", chunk=chunk)
 
 
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
