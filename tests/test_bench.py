@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avseg.bench import resolve_methods, run_bench, split_overrides
+from avseg.bench import MODEL_CHOICE, resolve_methods, run_bench, split_overrides
 from avseg.cli import build_parser
 from avseg.methods import METHODS
 from avseg.runner import RunError
@@ -142,9 +142,27 @@ def test_bench_shares_ws_avs_stages(synth_s4: Path, tmp_path: Path) -> None:
     # the shared stages' time counts for every method that uses them
     assert row["c2am"].stage_seconds["c2am"] == pytest.approx(row["ws-avs"].stage_seconds["c2am"])
     assert row["ws-avs-av"].pseudo_miou is not None and row["ws-avs-av"].pseudo_miou_eq6 is not None
-    choice = json.loads((out / "ws-avs-av" / "stages" / "pseudo-masks.json").read_text())["av_threshold_choice"]  # ws-avs-av/demo: from val
-    assert row["ws-avs-av"].chosen_thresholds == {"av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]}}
+    marker = json.loads((out / "ws-avs-av" / "stages" / "pseudo-masks.json").read_text())  # ws-avs-av/demo: from val, best of 3 models
+    choice, models = marker["av_threshold_choice"], marker["av_model_choice"]
+    assert row["ws-avs-av"].chosen_thresholds == {
+        "av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]},
+        MODEL_CHOICE: {"value": models["chosen"], "val_miou": choice["miou"]},
+    }
     assert "(shared)" in (out / "results.md").read_text()
+
+
+def test_chosen_thresholds_name_the_kept_audio_visual_model(tmp_path: Path) -> None:
+    from avseg.bench import BenchRow, chosen_thresholds, write_results
+
+    pseudo = {"av_threshold_choice": {"threshold": 0.55, "miou": 0.41},
+              "av_model_choice": {"chosen": 2, "miou": [0.30, 0.38, 0.41], "thresholds": [0.5, 0.6, 0.55]}}  # fmt: skip
+    chosen = chosen_thresholds({"pseudo-masks": pseudo})
+    assert chosen == {"av_threshold": {"value": 0.55, "val_miou": 0.41}, MODEL_CHOICE: {"value": 2.0, "val_miou": 0.41}}
+    assert chosen_thresholds({"pseudo-masks": {**pseudo, "av_model_choice": None}}) == {"av_threshold": {"value": 0.55, "val_miou": 0.41}}
+    baselines = [{"name": "all foreground", "miou_clean": 0.03, "fscore_clean": 0.04, "miou_avsbench": 0.03, "fscore_avsbench": 0.04, "empty_gt_frames": 0, "frames": 10}]
+    row = BenchRow(method="ws-avs-av", display="WS-AVS-AV", status="ok", miou_clean=0.4, chosen_thresholds=chosen)
+    write_results(tmp_path, [row], data=tmp_path, layout="s4", recipe="demo", command=None, seconds=1.0, baselines=baselines, deaf={"miou_clean": 0.4, "frames": 10})
+    assert "- WS-AVS-AV: av_threshold 0.55 (validation mIoU 41.00), audio-visual model 2 (validation mIoU 41.00)" in (tmp_path / "results.md").read_text()
 
 
 def test_reuse_refuses_other_settings(synth_s4: Path, tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
     from avseg.models.zoo import VISUAL_ENCODERS
 
     run_dir = tmp_path / "ws-avs-av"
-    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_threshold=0.6"))
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_threshold=0.6", "av_models=1"))
     pseudo = summaries["pseudo-masks"]
     choice = pseudo["av_threshold_choice"]
     assert choice["split"] == "val" and choice["frames"] > 0 and choice["threshold"] in THRESHOLD_GRID and choice["threshold"] >= 0.5
@@ -177,6 +177,50 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_threshold_from=test",))
     with pytest.raises(Exception, match=r"av_threshold_grid must be in \(0, 1\), got 1.5"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_threshold_from=val", "av_threshold_grid=[0.5,1.5]"))
+
+
+def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Path) -> None:
+    """av_models: 3 trains three audio-visual models (the first exactly the single model of the same seed, the
+    others other draws), scores each on validation as a single one would be, and writes the training frames'
+    pseudo masks with the best model at its own best threshold."""
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.methods import ws_avs, ws_avs_av
+    from avseg.models.zoo import VISUAL_ENCODERS
+
+    single, several = tmp_path / "one", tmp_path / "three"
+    train_tiny("ws-avs-av", synth_s4, single, extra=("av_threshold_from=val", "av_models=1"))
+    summaries = train_tiny("ws-avs-av", synth_s4, several, extra=("av_threshold_from=val", "av_models=3"))  # as ws-avs-av/demo
+    weights = [several / "av-model" / "last.safetensors", several / "av-model" / "draw-1" / "last.safetensors", several / "av-model" / "draw-2" / "last.safetensors"]
+    assert weights[0].read_bytes() == (single / "av-model" / "last.safetensors").read_bytes()
+    assert len({w.read_bytes() for w in weights}) == 3
+    draws = summaries["av-model"]["draws"]
+    assert [d["seed"] for d in draws] == [0, ws_avs_av.DRAW_SEED_STEP, 2 * ws_avs_av.DRAW_SEED_STEP]
+
+    pseudo = summaries["pseudo-masks"]
+    models = pseudo["av_model_choice"]
+    chosen = models["chosen"]
+    assert models["checkpoints"] == [str(w) for w in weights] and pseudo["av_checkpoint"] == str(weights[chosen])
+    assert models["miou"][chosen] == max(models["miou"]) == pseudo["av_threshold_choice"]["miou"]
+    assert pseudo["av_threshold"] == models["thresholds"][chosen]
+
+    spec, cfg = load_run(several)
+    device = torch.device("cpu")
+    saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
+    load_model_weights(saliency, several / "saliency" / "last.safetensors")
+    flip = json.loads((several / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
+    c2am = ws_avs.load_c2am(cfg, several, device)
+    for k, path in enumerate(weights):  # each model's score is the single-model choice with it
+        av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
+        load_model_weights(av_model, path)
+        on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, grid=cfg.av_threshold_grid)
+        assert (on_val["miou"], on_val["threshold"]) == (pytest.approx(models["miou"][k], abs=1e-6), models["thresholds"][k])
+        if k == chosen:  # the written masks are this model's at its threshold
+            on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
+            assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
+    with pytest.raises(Exception, match="av_models: 2 needs av_threshold_from: val"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config"))
+    with pytest.raises(Exception, match="av_models must be >= 1, got 0"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=0",))
 
 
 def test_ez_vsl_ogl_mixes_object_map(synth_s4: Path, tmp_path: Path) -> None:

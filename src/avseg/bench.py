@@ -98,10 +98,18 @@ class BenchRow:
         return ["" if d[c] is None else d[c] for c in CSV_COLUMNS]
 
 
+MODEL_CHOICE = "audio-visual model"
+
+
+def _choice_value(name: str, value: float) -> str:
+    return f"{int(value)}" if name == MODEL_CHOICE else f"{value:.2f}"
+
+
 def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """What a run chose on the validation split, from its stage summaries: the heat map's binarisation threshold
     (stage ``threshold``) and WS-AVS-AV's selection threshold (``pseudo-masks`` with ``av_threshold_from: val``),
-    each as {"value": t, "val_miou": its validation mIoU}."""
+    each as {"value": t, "val_miou": its validation mIoU}; with several audio-visual models (``av_models``) also
+    the one kept (``"audio-visual model"``: its index, 0 = the run's seed)."""
     out: dict[str, dict[str, float]] = {}
     heat = summaries.get("threshold") or {}
     if "threshold" in heat:
@@ -109,6 +117,9 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     choice = (summaries.get("pseudo-masks") or {}).get("av_threshold_choice")
     if choice:
         out["av_threshold"] = {"value": float(choice["threshold"]), "val_miou": float(choice["miou"])}
+    models = (summaries.get("pseudo-masks") or {}).get("av_model_choice")
+    if models:
+        out[MODEL_CHOICE] = {"value": float(models["chosen"]), "val_miou": float(models["miou"][models["chosen"]])}
     return out
 
 
@@ -470,7 +481,7 @@ def write_results(
     if chosen:
         lines += ["", "## Thresholds chosen on the validation split", ""]
         for r in chosen:
-            told = ", ".join(f"{name} {c['value']:.2f} (validation mIoU {_pct(c['val_miou'])})" for name, c in r.chosen_thresholds.items())
+            told = ", ".join(f"{name} {_choice_value(name, c['value'])} (validation mIoU {_pct(c['val_miou'])})" for name, c in r.chosen_thresholds.items())
             lines.append(f"- {r.display}: {told}")
     pseudo = [r for r in rows if r.pseudo_miou is not None]
     if pseudo:
@@ -629,7 +640,7 @@ def write_summary(out: Path, summary: dict[str, Any], command: str | None = None
     chosen = [m for m in summary["methods"] if m.get("thresholds")]
     if chosen:
         lines += ["", "## Thresholds chosen on the validation split (every seed)", ""]
-        lines += [f"- {m['display']}: " + "; ".join(f"{name} " + ", ".join(f"{v:.2f}" for v in values) for name, values in m["thresholds"].items()) for m in chosen]
+        lines += [f"- {m['display']}: " + "; ".join(f"{name} " + ", ".join(_choice_value(name, v) for v in values) for name, values in m["thresholds"].items()) for m in chosen]
     if summary["failed"]:
         lines += ["", "## Failed rows (not counted)", ""] + [f"- {f}" for f in summary["failed"]]
     text = "\n".join(lines) + "\n"

@@ -34,6 +34,11 @@ variant keeps only the salient regions that an audio-visual similarity map selec
    grid starts at the map's midpoint (0.5, 0.55, ..., 0.95): below it the "selection" keeps pixels the
    map rates nearer its minimum, i.e. nearly the whole Eq. 6 mask, and on synthetic MS3 the validation
    mIoU of the pseudo masks (flat there: 19.8 at 0.05, 18.0 at 0.5 on seed 1) would choose that deaf mask.
+   ``av_models: K`` (> 1 needs ``av_threshold_from: val``) trains K audio-visual models in stage 2 (the first
+   with the run's seed, so it is the single model; the k-th with seed + k x ``DRAW_SEED_STEP``, in
+   ``av-model/draw-k``), runs the validation choice for each, and keeps the model and threshold with the
+   best validation mIoU (ties: the first). The AV model is what varies most between draws of a run, and
+   the validation mIoU of its selected masks follows the test mIoU of the segmenter trained on them.
 
    Written to ``pseudo/masks`` (what the segmenter trains on), with ``pseudo/eq6`` (before the audio
    selection), ``pseudo/av-maps``, a manifest holding the quality of both against the ground truth of
@@ -47,6 +52,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -57,6 +63,7 @@ from torch import Tensor
 from avseg.config import TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.engine.evaluate import iterate_outputs, save_probability_png
+from avseg.engine.trainer import seed_everything
 from avseg.fileio import write_text_atomic
 from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
@@ -96,6 +103,7 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
     av_threshold_from: Literal["config", "val"] = "config"  # "val": the pseudo-masks stage chooses av_threshold on the validation split
     av_threshold_grid: list[float] = field(default_factory=lambda: [t for t in THRESHOLD_GRID if t >= 0.5])  # the values "val" chooses among
     av_keep_best: bool = True
+    av_models: int = 1  # audio-visual models trained (other seeds); > 1 needs av_threshold_from: val, which keeps the best model and threshold
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps / saliency stages are reused if identical
 
     def __post_init__(self) -> None:
@@ -119,6 +127,10 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
             raise ValueError("av_threshold_grid must list at least one threshold")
         for t in self.av_threshold_grid:
             check_threshold("av_threshold_grid", t)
+        if self.av_models < 1:
+            raise ValueError(f"av_models must be >= 1, got {self.av_models}")
+        if self.av_models > 1 and self.av_threshold_from != "val":
+            raise ValueError(f"av_models: {self.av_models} needs av_threshold_from: val (the models are compared on the validation split)")
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {**super().train_settings(), "av_train": self.av_train}
@@ -226,12 +238,36 @@ def build_av_model(cfg: WSAVSAudioConfig, pretrained: bool = True) -> EZVSLNet:
     return EZVSLNet(visual, audio, levels=tuple(cfg.av_levels), embed_dim=cfg.av_embed_dim, tau=cfg.av_tau, audio_norm=cfg.av_audio_norm, label_negatives=cfg.av_label_negatives)
 
 
+DRAW_SEED_STEP = 100_003  # seed offset of the k-th extra audio-visual model: runs with seeds 0, 1, 2 never share a draw
+
+
+def av_model_dir(ctx: StageContext, k: int) -> Path:
+    """The k-th audio-visual model's folder: ``av-model`` (k = 0, as with a single model), ``av-model/draw-k``."""
+    return ctx.path("av-model") if k == 0 else ctx.path("av-model", f"draw-{k}")
+
+
 def stage_av_model(ctx: StageContext) -> dict[str, Any]:
+    """Train ``av_models`` audio-visual models: the first with the run's seed (what a single model is), the
+    k-th with seed + k x DRAW_SEED_STEP, its initialisation included."""
     cfg: WSAVSAudioConfig = ctx.config
-    s = cfg.av_train
-    model = build_av_model(cfg)
-    train = make_dataset(cfg.data, "train", augment=True, sample_frames=cfg.av_train_frames, seed=s.seed)
-    return train_stage(model, train, s, ctx.path("av-model"), resume=ctx.resume, desc="av-model")
+    draws: list[dict[str, Any]] = []
+    for k in range(cfg.av_models):
+        s = cfg.av_train if k == 0 else dataclasses.replace(cfg.av_train, seed=cfg.av_train.seed + k * DRAW_SEED_STEP)
+        if k:
+            seed_everything(s.seed)  # the runner seeded the first model's initialisation
+        model = build_av_model(cfg)
+        train = make_dataset(cfg.data, "train", augment=True, sample_frames=cfg.av_train_frames, seed=s.seed)
+        desc = "av-model" if k == 0 else f"av-model draw {k}"
+        draws.append({"seed": s.seed, **train_stage(model, train, s, av_model_dir(ctx, k), resume=ctx.resume, desc=desc)})
+    if cfg.av_models == 1:
+        return {k: v for k, v in draws[0].items() if k != "seed"}
+    return {**{k: v for k, v in draws[0].items() if k != "seed"}, "draws": draws}
+
+
+def load_av_model(cfg: WSAVSAudioConfig, ctx: StageContext, k: int) -> EZVSLNet:
+    model = build_av_model(cfg, pretrained=False)
+    load_model_weights(model, av_model_dir(ctx, k) / "last.safetensors")
+    return model.to(ctx.device).eval()
 
 
 COLUMNS = ["frame", "C2AM map", "saliency", "AV map", "Eq. 6 mask", "audio-selected", "ground truth"]
@@ -282,17 +318,25 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
         load_model_weights(saliency, ctx.path("saliency", "last.safetensors"))
         saliency = saliency.to(ctx.device).eval()
-    av_model = build_av_model(cfg, pretrained=False)
-    load_model_weights(av_model, ctx.path("av-model", "last.safetensors"))
-    av_model = av_model.to(ctx.device).eval()
-    threshold, choice = cfg.av_threshold, None
+    threshold, choice, model_choice, chosen = cfg.av_threshold, None, None, 0
     if cfg.av_threshold_from == "val":
         polarity = json.loads(ctx.path("pseudo", "maps", ws_avs.POLARITY_FILE).read_text())
         c2am = ws_avs.load_c2am(cfg, ctx.run_dir, ctx.device)
-        choice = choose_av_threshold(cfg, c2am, bool(polarity["flip"]), saliency, av_model, ctx.device, grid=cfg.av_threshold_grid)
+        choices = []
+        for k in range(cfg.av_models):
+            choices.append(choose_av_threshold(cfg, c2am, bool(polarity["flip"]), saliency, load_av_model(cfg, ctx, k), ctx.device, grid=cfg.av_threshold_grid))
+            if cfg.av_models > 1:
+                log.info("pseudo-masks: audio-visual model %d: validation pseudo-mask mIoU %.1f at av_threshold %.2f", k, 100 * choices[-1]["miou"], choices[-1]["threshold"])
+        chosen = max(range(len(choices)), key=lambda k: (choices[k]["miou"], -k))  # ties: the first model
+        choice = choices[chosen]
         threshold = choice["threshold"]
-        log.info("pseudo-masks: av_threshold %.2f chosen on validation (pseudo-mask mIoU %.1f over %d frames; %.1f at the configured %.2f)",
-                 threshold, 100 * choice["miou"], choice["frames"], 100 * choice["sweep"].get(f"{cfg.av_threshold:.2f}", float("nan")), cfg.av_threshold)  # fmt: skip
+        if cfg.av_models > 1:
+            model_choice = {"chosen": chosen, "checkpoints": [str(av_model_dir(ctx, k) / "last.safetensors") for k in range(cfg.av_models)],
+                            "miou": [c["miou"] for c in choices], "thresholds": [c["threshold"] for c in choices]}  # fmt: skip
+        log.info("pseudo-masks: av_threshold %.2f chosen on validation (pseudo-mask mIoU %.1f over %d frames; %.1f at the configured %.2f)%s",
+                 threshold, 100 * choice["miou"], choice["frames"], 100 * choice["sweep"].get(f"{cfg.av_threshold:.2f}", float("nan")), cfg.av_threshold,
+                 f", audio-visual model {chosen} of {cfg.av_models}" if cfg.av_models > 1 else "")  # fmt: skip
+    av_model = load_av_model(cfg, ctx, chosen)
 
     def combine(batch: AVBatch) -> Tensor:
         a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
@@ -344,12 +388,12 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     summary = {
         "stage": "pseudo-masks", "refinement": cfg.refinement, "threshold": cfg.c2am_threshold,
         "av_select": cfg.av_select, "av_regions": cfg.av_regions, "av_threshold": threshold, "av_threshold_from": cfg.av_threshold_from,
-        "av_threshold_choice": choice, "av_keep_best": cfg.av_keep_best,
+        "av_threshold_choice": choice, "av_model_choice": model_choice, "av_keep_best": cfg.av_keep_best,
         "frames": frames, "saliency": saliency is not None,
         "quality": quality(q_kept), "quality_eq6": quality(q_eq6),
         "area_eq6": area_eq6 / max(frames, 1), "area_kept": area_kept / max(frames, 1),
         "contact_sheet": str(sheet) if rows else None,
-        "av_checkpoint": str(ctx.path("av-model", "last.safetensors")),
+        "av_checkpoint": str(av_model_dir(ctx, chosen) / "last.safetensors"),
     }  # fmt: skip
     write_text_atomic(folder / "manifest.json", json.dumps(summary, indent=2, default=str))
     ctx.summary["pseudo_masks"] = summary
