@@ -114,10 +114,11 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     heat = summaries.get("threshold") or {}
     if "threshold" in heat:
         out["heat map"] = {"value": float(heat["threshold"]), "val_miou": float(heat["miou"])}
-    choice = (summaries.get("pseudo-masks") or {}).get("av_threshold_choice")
+    pseudo = summaries.get("pseudo-masks") or {}
+    choice = pseudo.get("av_threshold_choice")
     if choice:
         out["av_threshold"] = {"value": float(choice["threshold"]), "val_miou": float(choice["miou"])}
-    models = (summaries.get("pseudo-masks") or {}).get("av_model_choice")
+    models = pseudo.get("av_model_choice")
     if models:
         out[MODEL_CHOICE] = {"value": float(models["chosen"]), "val_miou": float(models["miou"][models["chosen"]])}
     return out

@@ -259,9 +259,8 @@ def stage_av_model(ctx: StageContext) -> dict[str, Any]:
         train = make_dataset(cfg.data, "train", augment=True, sample_frames=cfg.av_train_frames, seed=s.seed)
         desc = "av-model" if k == 0 else f"av-model draw {k}"
         draws.append({"seed": s.seed, **train_stage(model, train, s, av_model_dir(ctx, k), resume=ctx.resume, desc=desc)})
-    if cfg.av_models == 1:
-        return {k: v for k, v in draws[0].items() if k != "seed"}
-    return {**{k: v for k, v in draws[0].items() if k != "seed"}, "draws": draws}
+    first = {key: value for key, value in draws[0].items() if key != "seed"}  # the single model's summary, as before av_models
+    return first if cfg.av_models == 1 else {**first, "draws": draws}
 
 
 def load_av_model(cfg: WSAVSAudioConfig, ctx: StageContext, k: int) -> EZVSLNet:
