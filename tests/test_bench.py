@@ -209,6 +209,28 @@ def test_bench_reports_listening_columns_and_the_deaf_ceiling(synth_s4: Path, tm
     assert "*every visible object* (deaf ceiling)" in md and "Deaf ceiling:" in md
 
 
+def test_bench_on_avss_scores_every_method_as_binary_masks(tmp_path: Path) -> None:
+    """AVSS: the binary methods train on the union of the sounding objects, PCAS's class maps are scored by
+    their foreground probability, all in one table with the constants and the deaf ceiling."""
+    from avseg.data.synthetic import generate
+    from avseg.runner import evaluate_run
+
+    data = tmp_path / "avss"
+    generate("avss", data, num_videos=12, seed=0, size=SIZE)
+    out = tmp_path / "bench"
+    rows = run_bench(data, "avss", ["cam", "pcas"], out, quick=QUICK, image_size=SIZE, overrides=TINY, device="cpu", grid_rows=2)
+    assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
+    pcas = rows[1]
+    semantic = evaluate_run(out / "pcas", "test", "clean", device="cpu")
+    binary = json.loads((out / "pcas" / "eval" / "test-clean-binary.json").read_text())
+    assert semantic["scoring"] == "semantic" and binary["scoring"] == "binary"
+    assert pcas.miou_clean == pytest.approx(binary["miou"]) and binary["frames"] == semantic["frames"]
+    assert pcas.swap_iou is not None and rows[0].audio_dependence == 0.0
+    md = (out / "results.md").read_text()
+    assert "# Bench: avss (avss)" in md and "*every visible object* (deaf ceiling)" in md and "*all foreground* (constant)" in md
+    assert (out / "grid.png").is_file()
+
+
 def test_same_config_counts_a_new_setting_at_its_default(synth_s4: Path, tmp_path: Path) -> None:
     """A run trained before a setting existed (its config.yaml lacks the key) is the same run as one built now
     with that setting at its default; any other value differs."""

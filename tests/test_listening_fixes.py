@@ -86,6 +86,39 @@ def test_m2icl_anchors_skip_negative_clips() -> None:
     assert torch.allclose(per_second, expect, atol=1e-5)
 
 
+def test_m2icl_per_second_ignores_avss_padding() -> None:
+    """AVSS pads 5-second videos to 10: a padded second (black frame, silence) is no anchor and no negative, so
+    the loss equals the contrast of the real videos of each second, and the padding's content cannot move it."""
+    torch.manual_seed(0)
+    b, t = 4, 3
+    a = torch.randn(b * t, 8)
+    v = [torch.randn(b * t, 8, 2, 2)]
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[2, 1:] = False  # video 2 is one second long
+    loss = m2icl_per_second(a, v, b, t, scale_by_tau=False, valid=valid)
+    av, vv = a.view(b, t, -1), v[0].view(b, t, 8, 2, 2)
+    real = [0, 1, 3]
+    expect = torch.stack([
+        m2icl_loss(av[:, 0], [vv[:, 0]], scale_by_tau=False),
+        m2icl_loss(av[real, 1], [vv[real, 1]], scale_by_tau=False),
+        m2icl_loss(av[real, 2], [vv[real, 2]], scale_by_tau=False),
+    ]).mean()  # fmt: skip
+    assert torch.allclose(loss, expect, atol=1e-5)
+    moved_a, moved_v = av.clone(), vv.clone()
+    moved_a[2, 1:] = torch.randn(2, 8)
+    moved_v[2, 1:] = torch.randn(2, 8, 2, 2)
+    moved = m2icl_per_second(moved_a.flatten(0, 1), [moved_v.flatten(0, 1)], b, t, scale_by_tau=False, valid=valid)
+    assert torch.allclose(moved, loss, atol=1e-6)
+    unmasked = m2icl_per_second(moved_a.flatten(0, 1), [moved_v.flatten(0, 1)], b, t, scale_by_tau=False)
+    assert not torch.allclose(unmasked, loss, atol=1e-3)  # without the mask the padding takes part
+    # all real: the same as no mask; a second without any real frame is left out of the mean
+    assert torch.allclose(m2icl_per_second(a, v, b, t, valid=torch.ones(b, t, dtype=torch.bool)), m2icl_per_second(a, v, b, t))
+    valid[:, 2] = False
+    two = m2icl_per_second(a, v, b, t, scale_by_tau=False, valid=valid)
+    first_two = torch.stack([m2icl_loss(av[:, 0], [vv[:, 0]], scale_by_tau=False), m2icl_loss(av[real, 1], [vv[real, 1]], scale_by_tau=False)])
+    assert torch.allclose(two, first_two.mean(), atol=1e-5)
+
+
 def test_negative_audio_training_empties_targets(fake_ms3: Path) -> None:
     ds = AVSBenchDataset(fake_ms3, "ms3", "train", image_size=32, audio_frontend="wsavs-logmel", augment=True, seed=0)
     own = [ds[i] for i in range(len(ds))]

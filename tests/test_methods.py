@@ -115,6 +115,13 @@ def ms3_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def avss_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "avss"
+    generate("avss", root, num_videos=12, seed=0, size=32)  # 8 training videos: 5- and 10-second ones
+    return root
+
+
 # --- WS-AVS end to end --------------------------------------------------------------------------------
 def test_ws_avs_run_folder(ws_avs_run: Path, synth_s4_16: Path) -> None:
     for name in ("config.yaml", "git.txt", "env.json", "train.log"):
@@ -273,6 +280,58 @@ def test_ms3_end_to_end(method: str, ms3_data: Path, tmp_path: Path, capsys: pyt
     assert result["layout"] == "ms3" and 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["fscore"] <= 1.0
     assert main(["score", "--data", str(ms3_data), "--layout", "ms3", "--split", "test", "--pred", str(pred), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(result["miou"], abs=1 / 255)
+
+
+@pytest.mark.parametrize("method", ["ws-avs", "supervised"])
+def test_binary_methods_on_avss(method: str, avss_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A binary method trains on AVSS (class maps as the union of the sounding objects, 5-second videos padded
+    to 10) and is scored as binary masks; its probability PNGs score the same with ``avseg score --binary``."""
+    records = index_videos(avss_data, "avss", "train")
+    assert {len(r.frame_paths) for r in records} == {5, 10}
+    run = tmp_path / method
+    train(avss_data, run, *TINY, method=method, layout="avss")
+    if method == "ws-avs":
+        written = sorted(p.relative_to(run / "pseudo" / "masks") for p in (run / "pseudo" / "masks").rglob("*.png"))
+        assert written == sorted(train_frames(avss_data, "avss"))  # every real training frame, no padding
+    pred = tmp_path / "pred"
+    result = eval_json(run, capsys, "clean", "--save-pred", str(pred))
+    assert result["layout"] == "avss" and result["scoring"] == "binary" and "per_class_iou" not in result
+    assert result["frames"] == sum(m is not None for r in index_videos(avss_data, "avss", "test") for m in r.mask_paths)
+    assert main(["score", "--data", str(avss_data), "--layout", "avss", "--split", "test", "--pred", str(pred), "--binary", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(result["miou"], abs=1 / 255)
+    # probabilities read as class maps: the error names the file and says --binary
+    assert main(["score", "--data", str(avss_data), "--layout", "avss", "--split", "test", "--pred", str(pred)]) != 0
+    err = capsys.readouterr().err
+    assert "0.png: class index" in err and "--binary" in err
+
+
+def test_supervised_target_is_the_union_of_the_sounding_objects() -> None:
+    """On AVSS the ground truth holds class ids: the supervised BCE + IoU train on ``mask != 0``."""
+    from avseg.methods.ws_avs import WSAVSNet
+    from avseg.types import AVBatch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, logits: torch.Tensor) -> None:
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, frames: torch.Tensor, audio: torch.Tensor | None) -> Any:
+            return dataclasses.make_dataclass("Out", ["logits", "visual_embeds"])(self.logits, [])
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 4, 4)
+    net = WSAVSNet(Logits(logits), tau=0.03, scale_by_tau=True, m2icl_weight=0.0, mask_source="gt")  # type: ignore[arg-type]
+    ids = torch.zeros(1, 2, 4, 4, dtype=torch.int64)
+    ids[0, 0, :2] = 3
+    ids[0, 1, 2:, 2:] = 5
+
+    def batch(masks: torch.Tensor) -> AVBatch:
+        return AVBatch(frames=torch.zeros(1, 2, 3, 4, 4), audio=None, waveform=None, masks=masks, has_mask=torch.ones(1, 2, dtype=torch.bool),
+                       valid=torch.ones(1, 2, dtype=torch.bool), labels=torch.zeros(1, 6), video_ids=["v"], frame_ids=[[0, 1]])  # fmt: skip
+
+    semantic, binary = net(batch(ids)), net(batch((ids != 0).long()))
+    for key in ("bce", "iou"):
+        assert torch.equal(semantic[key], binary[key])
 
 
 # --- resume -------------------------------------------------------------------------------------------

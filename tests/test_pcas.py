@@ -345,6 +345,17 @@ def test_every_stage_end_to_end(layout: str, data: dict[str, Path], tmp_path: Pa
         assert all(np.asarray(Image.open(p)).max() <= k for p in pngs)  # class ids, background 0
         official = evaluate_run(run, "test", "avsbench", device="cpu")
         assert "miou_no_bg" in official
+        # --binary: the foreground probability against the union of the sounding objects, in a file of its own;
+        # its probability PNGs score the same with avseg score --binary.
+        binary_pred = tmp_path / "pred-binary"
+        binary = evaluate_run(run, "test", "clean", device="cpu", save_pred=binary_pred, binary=True)
+        assert result["scoring"] == "semantic" and binary["scoring"] == "binary" and "per_class_iou" not in binary
+        assert (run / "eval" / "test-clean-binary.json").is_file()
+        assert json.loads((run / "eval" / "test-clean.json").read_text())["scoring"] == "semantic"
+        from avseg.scoring import score_predictions
+
+        rescored = score_predictions(root, "avss", "test", binary_pred, "clean", binary=True)
+        assert rescored["scoring"] == "binary" and rescored["miou"] == pytest.approx(binary["miou"], abs=1 / 255)
         # The run records its vocabulary: it loads and names its classes with the dataset gone.
         import shutil
 

@@ -262,7 +262,9 @@ def run_bench(
     """Train + evaluate ``methods`` on one dataset into ``out/<method>``; write tables and figures.
 
     Args:
-        data: dataset root; layout: "s4" or "ms3".
+        data: dataset root; layout: "s4", "ms3" or "avss". The bench scores binary masks: on AVSS against
+            the union of the sounding objects, semantic models (PCAS) by their foreground probability
+            (``evaluate_run(binary=True)``), so that every method is in one table.
         methods: registered method names (``resolve_methods``).
         recipe: shipped recipe name per method (``<method>/<recipe>.yaml``).
         quick: training flags applied to every training stage of every method (epochs, max_steps, ...).
@@ -278,8 +280,8 @@ def run_bench(
         One BenchRow per method, in ``methods`` order.
     """
 
-    if layout not in ("s4", "ms3"):
-        raise RunError(f"bench scores binary masks: layout must be s4 or ms3, got {layout!r}")
+    if layout not in ("s4", "ms3", "avss"):
+        raise RunError(f"bench: layout must be s4, ms3 or avss, got {layout!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_method = split_overrides(overrides, methods)
@@ -324,11 +326,11 @@ def run_bench(
             def keep(fo: Any, collected: dict = collected) -> None:
                 key = (fo.record.video_id, fo.frame_number)
                 if key in wanted and fo.gt is not None:
-                    collected[key] = (fo.frame, fo.gt, (fo.output > 0.5).astype(np.float32))
+                    collected[key] = (fo.frame, (fo.gt != 0).astype(np.int64), (fo.output > 0.5).astype(np.float32))
 
-            clean = evaluate_run(run_dir, "test", "clean", device=device, keep=keep)
+            clean = evaluate_run(run_dir, "test", "clean", device=device, keep=keep, binary=True)
             pictures[method] = collected
-            legacy = evaluate_run(run_dir, "test", "avsbench", device=device)
+            legacy = evaluate_run(run_dir, "test", "avsbench", device=device, binary=True)
             row.miou_clean, row.fscore_clean = clean["miou"], clean["fscore"]
             row.fscore_at_05_clean = clean.get("fscore_at_0.5")
             row.miou_avsbench, row.fscore_avsbench = legacy["miou"], legacy["fscore"]

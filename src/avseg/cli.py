@@ -87,7 +87,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 # --- scoring ------------------------------------------------------------------------------------------
 def cmd_score(args: argparse.Namespace) -> int:
-    result = score_predictions(Path(args.data), args.layout, args.split, Path(args.pred), args.protocol, batch_frames=args.batch_frames)
+    result = score_predictions(Path(args.data), args.layout, args.split, Path(args.pred), args.protocol, batch_frames=args.batch_frames, binary=args.binary)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -166,11 +166,12 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate_run(Path(args.run), args.split, args.protocol, args.batch_frames, args.device, Path(args.save_pred) if args.save_pred else None, args.data)
+    result = evaluate_run(Path(args.run), args.split, args.protocol, args.batch_frames, args.device, Path(args.save_pred) if args.save_pred else None, args.data, binary=args.binary)
     if args.json and not args.listen:
         print(json.dumps(result, indent=2, default=float))
     elif not args.json:
-        print(f"{result['method']} on {result['layout']} {args.split} ({result['frames']} frames, {args.protocol}): mIoU {result['miou']:.4f}  F {result['fscore']:.4f}")
+        scoring = " binary" if result["layout"] == "avss" and result["scoring"] == "binary" else ""
+        print(f"{result['method']} on {result['layout']} {args.split} ({result['frames']} frames, {args.protocol}{scoring}): mIoU {result['miou']:.4f}  F {result['fscore']:.4f}")
     if args.listen:
         listened = listen_run(Path(args.run), args.split, seed=args.seed, device=args.device, data_root=args.data)
         print(json.dumps({**result, "listen": listened}, indent=2, default=float) if args.json else "\n" + format_listen(listened))
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--pred", required=True, help="prediction folder mirroring the GT mask paths")
     sc.add_argument("--protocol", choices=("clean", "avsbench", "per-frame-max"), default="clean")
     sc.add_argument("--batch-frames", type=int, default=20, help="frames per batch of the avsbench protocol (default 20)")
+    sc.add_argument("--binary", action="store_true", help="AVSS: the PNGs are probabilities (a binary model's, or avseg eval --binary --save-pred); scored against the union of the sounding objects")
     sc.add_argument("--json", action="store_true")
     sc.set_defaults(func=cmd_score)
 
@@ -410,6 +412,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--protocol", choices=("clean", "avsbench", "per-frame-max"), default="clean")
     e.add_argument("--batch-frames", type=int, default=20, dest="batch_frames")
     e.add_argument("--save-pred", dest="save_pred", help="also write prediction PNGs here (readable by avseg score)")
+    e.add_argument("--binary", action="store_true", help="AVSS, semantic model (PCAS): score the foreground probability against the union of the sounding objects, as binary models are scored")
     e.add_argument("--json", action="store_true")
     e.add_argument("--listen", action="store_true", help="also run the listening evaluation (as `avseg listen`)")
     e.add_argument("--seed", type=int, default=0, help="seed of the listening evaluation's choices (with --listen)")
@@ -438,7 +441,7 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     """Register ``avseg bench`` on the CLI's subparsers."""
     b = sub.add_parser("bench", help="train and evaluate several methods on one dataset: table, bar chart, qualitative grid")
     b.add_argument("--data", required=True, help="dataset root (the folder holding the metadata CSV)")
-    b.add_argument("--layout", choices=("s4", "ms3"), required=True)
+    b.add_argument("--layout", choices=LAYOUTS, required=True, help="avss: every method scored as binary masks (the union of the sounding objects)")
     b.add_argument("--methods", default="all", help="'all' (every method, PCAS scored on its binary output) or a comma list, e.g. cam,ez-vsl,ws-avs")
     b.add_argument("--out", required=True, help="bench folder: one run folder per method, results.md/.csv, chart.png, grid.png")
     b.add_argument("--recipe", default="demo", help="recipe name used for every method: <method>/<recipe>.yaml (demo, s4, ms3)")

@@ -363,8 +363,14 @@ def evaluate_run(
     save_pred: Path | None = None,
     data_root: str | None = None,
     keep: Any = None,
+    binary: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a run's final model on a split; writes ``eval/{split}-{protocol}.json`` in the run."""
+    """Evaluate a run's final model on a split; writes ``eval/{split}-{protocol}.json`` in the run.
+
+    A model with semantic outputs (PCAS on AVSS) is scored against the class maps, unless ``binary``: then
+    its foreground probability is scored against the union of the sounding objects (as every binary model
+    is on AVSS), written to ``eval/{split}-{protocol}-binary.json``. The result's "scoring" says which.
+    """
 
     spec, cfg = load_run(run_dir)
     if data_root is not None:
@@ -377,9 +383,12 @@ def evaluate_run(
     dataset = make_dataset(cfg.data, split, audio=cfg.data.audio_frontend is not None)
     start = time.perf_counter()
     outputs = iterate_outputs(predictor.predict, dataset, dev, batch_size=4, progress=f"eval {split}")
-    result = evaluate_outputs(outputs, cfg.data.layout, protocol, batch_frames=batch_frames, num_classes=getattr(dataset, "num_semantic_classes", None), save_dir=save_pred, keep=keep)
-    result.update({"method": spec.name, "split": split, "layout": cfg.data.layout, "run": str(run_dir), "seconds": round(time.perf_counter() - start, 2)})
-    write_text_atomic(Path(run_dir) / "eval" / f"{split}-{protocol}.json", json.dumps(result, indent=2, default=float))
+    semantic_model = getattr(predictor, "output", "binary") == "semantic"
+    semantic = semantic_model and not binary
+    result = evaluate_outputs(outputs, cfg.data.layout, protocol, batch_frames=batch_frames, num_classes=getattr(dataset, "num_semantic_classes", None), save_dir=save_pred, keep=keep, semantic=semantic)
+    result.update({"method": spec.name, "split": split, "layout": cfg.data.layout, "scoring": "semantic" if semantic else "binary", "run": str(run_dir), "seconds": round(time.perf_counter() - start, 2)})
+    suffix = "-binary" if semantic_model and binary else ""
+    write_text_atomic(Path(run_dir) / "eval" / f"{split}-{protocol}{suffix}.json", json.dumps(result, indent=2, default=float))
     return result
 
 

@@ -74,7 +74,8 @@ def _read_classes(path: Path, num_classes: int) -> np.ndarray:
         raise ScoringError(f"{path}: expected a class-index PNG (mode L or P), found mode {img.mode}")
     ids = np.asarray(img).astype(np.int64)
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
-        raise ScoringError(f"{path}: class index {int(ids.max())} out of range 0..{num_classes - 1}")
+        raise ScoringError(f"{path}: class index {int(ids.max())} out of range 0..{num_classes - 1} "
+                           "(probability PNGs of a binary model? score them with --binary)")
     return ids
 
 
@@ -94,6 +95,7 @@ def score_predictions(
     pred_dir: Path,
     protocol: str = "clean",
     batch_frames: int = 20,
+    binary: bool = False,
 ) -> dict:
     """Evaluate prediction PNGs against the ground truth of one subset and split.
 
@@ -107,6 +109,9 @@ def score_predictions(
         protocol: binary subsets: "clean", "avsbench" or "per-frame-max"; AVSS: "clean" or "avsbench"
             (see ``avseg.metrics``).
         batch_frames: frames per batch of the binary "avsbench" protocol (official test batch: 20).
+        binary: AVSS only: the PNGs are probabilities (a binary model's predictions) and are scored with the
+            binary protocols against the union of the sounding objects (class map != 0); the official AVSS
+            evaluation is semantic, this is how binary methods compare on AVSS.
 
     Frames are fed in the canonical order: metadata rows of the split in file order, frames ascending,
     only frames with ground truth; that order forms the "avsbench" batches. A prediction whose size
@@ -127,7 +132,10 @@ def score_predictions(
     data_root, pred_dir = Path(data_root), Path(pred_dir)
     if layout not in L.LAYOUTS:
         raise ScoringError(f"unknown layout {layout!r}; expected one of {L.LAYOUTS}")
-    allowed = SEMANTIC_PROTOCOLS if layout == "avss" else PROTOCOLS
+    if binary and layout != "avss":
+        raise ScoringError(f"binary scoring is the AVSS option (the {layout} layout is binary already)")
+    semantic = layout == "avss" and not binary
+    allowed = SEMANTIC_PROTOCOLS if semantic else PROTOCOLS
     if protocol not in allowed:
         raise ScoringError(f"protocol {protocol!r} is not available for {layout}; expected one of {allowed}")
     if not pred_dir.is_dir():
@@ -149,14 +157,14 @@ def score_predictions(
 
     num_classes = len(avss_classes(data_root)) if layout == "avss" else 2
     acc: BinaryAccumulator | SemanticAccumulator
-    if layout == "avss":
+    if semantic:
         acc = SemanticAccumulator(num_classes, protocol)
     else:
         acc = BinaryAccumulator(protocol, batch_frames=batch_frames)
     resized = 0
     for mask_path, pred_path in pairs:
         gt = read_mask(mask_path, layout, num_classes if layout == "avss" else None)  # (H, W) int64
-        if layout == "avss":
+        if semantic:
             pred = _read_classes(pred_path, num_classes)
             mode = "nearest"
         else:
@@ -168,8 +176,8 @@ def score_predictions(
         acc.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])  # (1, H, W)
 
     result = acc.compute()
-    result.update(layout=layout, split=split, videos=len(records), resized=resized)
-    if layout == "avss" and protocol == "avsbench":
+    result.update(layout=layout, split=split, videos=len(records), resized=resized, scoring="semantic" if semantic else "binary")
+    if semantic and protocol == "avsbench":
         result["note"] = ("the official AVSS evaluation also counts the zero-padded frames of 5-frame videos; "
                           "prediction folders have none, so they are not included")  # fmt: skip
     return result

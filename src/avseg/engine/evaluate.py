@@ -8,6 +8,7 @@ batches are always cut from the same frame sequence as ``avseg score``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from avseg.data.imageio import save_png_atomic
 from avseg.data.index import VideoRecord
 from avseg.data.layout import prediction_relpath
 from avseg.metrics.binary import BinaryAccumulator
+from avseg.metrics.listening import foreground_probs
 from avseg.metrics.semantic import SemanticAccumulator
 from avseg.types import AVBatch
 
@@ -95,15 +97,21 @@ def evaluate_outputs(
     num_classes: int | None = None,
     save_dir: Path | None = None,
     keep: Callable[[FrameOutput], None] | None = None,
+    semantic: bool = False,
 ) -> dict:
     """Score outputs against ground truth with one protocol; frames without ground truth are skipped.
 
-    Binary outputs are (H, W) probabilities; semantic outputs are (C, H, W) scores (argmax is taken) and
-    need ``num_classes``. ``save_dir`` writes every frame's prediction PNG (all frames, GT or not) in the
-    layout ``avseg score`` reads. ``keep`` sees every FrameOutput (e.g. to collect pictures).
+    ``semantic`` (AVSS only): outputs are (C, H, W) class scores (argmax is taken), scored against the
+    class maps; needs ``num_classes``. Otherwise the scoring is binary: outputs are (H, W) probabilities
+    ((C, H, W) class probabilities count as their foreground probability 1 - P(background)), and the ground
+    truth is binarised (non-zero = sounding; on AVSS the union of the sounding objects). ``save_dir`` writes
+    every frame's prediction PNG (all frames, GT or not) in the layout ``avseg score`` reads (class-index
+    PNGs when semantic, else probability PNGs). ``keep`` sees every FrameOutput (e.g. to collect pictures),
+    with the foreground probability as its output where class probabilities were scored as binary.
     """
 
-    semantic = layout == "avss"
+    if semantic and layout != "avss":
+        raise ValueError(f"semantic evaluation needs the avss layout (got {layout!r})")
     if semantic:
         if num_classes is None:
             raise ValueError("semantic evaluation needs num_classes")
@@ -114,6 +122,9 @@ def evaluate_outputs(
         pred = fo.output
         if semantic and pred.ndim == 3:
             pred = pred.argmax(0)
+        elif not semantic and pred.ndim == 3:
+            pred = foreground_probs(pred[None])[0]
+            fo = dataclasses.replace(fo, output=pred)  # ``keep`` sees what is scored
         if save_dir is not None:
             path = save_dir / fo.relpath(layout)
             save_class_png(pred, path) if semantic else save_probability_png(pred, path)

@@ -83,6 +83,7 @@ def m2icl_loss(
     gather: bool = True,
     anchors: Tensor | None = None,
     labels: Tensor | None = None,
+    candidates: Tensor | None = None,
 ) -> Tensor:
     """Multi-scale multiple-instance contrastive loss (WS-AVS M2ICL; one stage = EZ-VSL's loss).
 
@@ -111,6 +112,8 @@ def m2icl_loss(
             anchor is no negative (its logit is masked out; the pair itself stays the positive): with few
             classes most of a batch's "negatives" hold the anchor's sounding class, and the instance
             contrast then fights itself (our option, off in the paper recipes).
+        candidates: (N,) bool, samples that exist (None: all): the others (AVSS padding frames: a black
+            frame and silence) are neither anchors nor negatives of anyone. Shapes do not change.
 
     Returns:
         Scalar loss.
@@ -129,6 +132,11 @@ def m2icl_loss(
     audio_all = _gather_with_grad(audio) if distributed else audio  # (N_g, D)
     targets = torch.arange(n, device=audio.device) + (rank * n if distributed else 0)
 
+    real_all = None  # (N_g,) bool: candidates that exist
+    if candidates is not None:
+        real = candidates.to(device=audio.device, dtype=torch.bool)
+        real_all = (_gather_no_grad(real.to(audio.dtype)) > 0.5) if distributed else real
+        anchors = real if anchors is None else anchors.to(device=audio.device, dtype=torch.bool) & real
     weights = None if anchors is None else anchors.to(device=audio.device, dtype=audio.dtype)  # (N,)
 
     def ce(logits: Tensor) -> Tensor:
@@ -137,11 +145,17 @@ def m2icl_loss(
         per_anchor = F.cross_entropy(logits, targets, reduction="none")  # (N,)
         return (per_anchor * weights).sum() / weights.sum().clamp_min(1.0)
 
-    same = None  # (N, N_g) True where a candidate shares a label with the anchor (not the pair itself)
+    # (N, N_g) True where a candidate is no negative of the anchor: it shares a label with it, or does not
+    # exist. Never the pair itself (an anchor that does not exist keeps only its pair: loss 0, weight 0).
+    same = None
     if labels is not None:
         lab = labels.to(device=audio.device, dtype=audio.dtype)
         lab_all = _gather_no_grad(lab) if distributed else lab  # (N_g, K)
         same = (lab @ lab_all.t()) > 0
+    if real_all is not None and not bool(real_all.all()):
+        missing = (~real_all)[None, :].expand(n, -1)
+        same = missing.clone() if same is None else same | missing
+    if same is not None:
         same[torch.arange(n, device=audio.device), targets] = False
 
     loss = audio.new_zeros(())
@@ -159,7 +173,7 @@ def m2icl_loss(
 
 def m2icl_per_second(
     audio: Tensor, visual: list[Tensor], b: int, t: int, tau: float = 0.03, scale_by_tau: bool = True, heard: Tensor | None = None,
-    labels: Tensor | None = None,
+    labels: Tensor | None = None, valid: Tensor | None = None,
 ) -> Tensor:
     """``m2icl_loss`` of B videos x T seconds, averaged over the seconds.
 
@@ -171,11 +185,21 @@ def m2icl_per_second(
         visual: per stage (B*T, D, h_s, w_s) visual tokens, video-major.
         heard: (B,) bool, videos that hear their own sound (the anchors; see ``m2icl_loss``); None: all.
         labels: (B, K) video labels: candidates sharing one with the anchor are no negatives (``m2icl_loss``).
+        valid: (B, T) bool, real frames (False on AVSS padding: no anchor, no negative); None: all. The mean
+            runs over the seconds that hold a real frame (every second is computed, so that processes under
+            DDP gather in step).
     """
     a = audio.view(b, t, -1)
     vs = [v.view(b, t, *v.shape[1:]) for v in visual]
-    terms = [m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=tau, scale_by_tau=scale_by_tau, anchors=heard, labels=labels) for i in range(t)]
-    return torch.stack(terms).mean()
+    terms = torch.stack([
+        m2icl_loss(a[:, i], [v[:, i] for v in vs], tau=tau, scale_by_tau=scale_by_tau, anchors=heard, labels=labels,
+                   candidates=None if valid is None else valid[:, i])
+        for i in range(t)
+    ])  # fmt: skip
+    if valid is None:
+        return terms.mean()
+    seconds = valid.to(device=terms.device).any(dim=0)  # (T,)
+    return terms[seconds].mean() if bool(seconds.any()) else terms.sum() * 0.0
 
 
 def mil_similarity_map(audio: Tensor, visual: Tensor) -> Tensor:

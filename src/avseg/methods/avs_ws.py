@@ -60,8 +60,6 @@ class AVSWeakConfig:
     select_best: bool = True  # keep the checkpoint with the best validation mIoU (as ws-avs does)
 
     def __post_init__(self) -> None:
-        if self.data.layout == "avss":
-            raise ValueError("AVS (ws) here predicts binary masks: use the s4 or ms3 layout")
         for name, table in (("visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
@@ -116,7 +114,7 @@ class AVSWeakNet(nn.Module):
         losses = {"bce": F.binary_cross_entropy_with_logits(scores[keep], labels[keep])}
         total = losses["bce"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, tau=self.tau, heard=heard_videos(batch))
+            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, tau=self.tau, heard=heard_videos(batch), valid=batch.valid)
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses

@@ -57,8 +57,6 @@ class C2AMConfig:
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps stages are reused if identical
 
     def __post_init__(self) -> None:
-        if self.data.layout == "avss":
-            raise ValueError("C2AM here predicts binary masks: use the s4 or ms3 layout")
         if self.c2am_visual not in VISUAL_ENCODERS:
             raise ValueError(f"c2am_visual {self.c2am_visual!r} is not one of {sorted(VISUAL_ENCODERS)}")
         check_threshold("c2am_threshold", self.c2am_threshold)

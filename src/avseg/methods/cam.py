@@ -90,8 +90,6 @@ class CAMConfig:
     select_best: bool = True  # keep the checkpoint with the best validation mIoU (as ws-avs does)
 
     def __post_init__(self) -> None:
-        if self.data.layout == "avss":
-            raise ValueError("CAM here predicts binary masks: use the s4 or ms3 layout")
         if self.visual not in VISUAL_ENCODERS:
             raise ValueError(f"visual {self.visual!r} is not one of {sorted(VISUAL_ENCODERS)}")
         if not 0 <= self.level <= 3:

@@ -68,8 +68,6 @@ class EZVSLConfig:
     select_best: bool = True  # keep the checkpoint with the best validation mIoU (as ws-avs does)
 
     def __post_init__(self) -> None:
-        if self.data.layout == "avss":
-            raise ValueError("EZ-VSL here predicts binary masks: use the s4 or ms3 layout")
         for name, table in (("visual", VISUAL_ENCODERS), ("ogl_visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
@@ -165,7 +163,7 @@ class EZVSLNet(nn.Module):
             raise ValueError("the contrastive loss needs at least 2 videos per batch")
         a, vs = self.embed(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1))
         labels = batch.labels if self.label_negatives else None
-        return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch), labels=labels)}
+        return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch), labels=labels, valid=batch.valid)}
 
     @torch.no_grad()
     def av_map(self, batch: AVBatch) -> Tensor:

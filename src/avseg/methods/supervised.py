@@ -44,8 +44,6 @@ class SupervisedConfig:
     select_best: bool = True
 
     def __post_init__(self) -> None:
-        if self.data.layout == "avss":
-            raise ValueError("the supervised reference here predicts binary masks: use the s4 or ms3 layout")
         for name, table in (("visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")

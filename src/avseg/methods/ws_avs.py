@@ -98,8 +98,6 @@ class WSAVSConfig:
         check_border("c2am_border", self.c2am_border)
         if self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.data.layout == "avss":
-            raise ValueError("WS-AVS predicts binary masks: use the s4 or ms3 layout (PCAS handles avss)")
         for name, table in (("visual", VISUAL_ENCODERS), ("c2am_visual", VISUAL_ENCODERS), ("saliency_visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(table)}")
@@ -231,12 +229,12 @@ class WSAVSNet(nn.Module):
             total = losses["bce"]
         else:
             keep = (batch.valid & batch.has_mask).flatten()
-            target = batch.masks.flatten(0, 1)[keep].float()
+            target = (batch.masks.flatten(0, 1)[keep] != 0).float()  # AVSS class ids: the union of the sounding objects
             losses["bce"] = bce_loss(logits[keep], target) if keep.any() else logits.sum() * 0
             losses["iou"] = iou_loss(logits[keep], target) if keep.any() else logits.sum() * 0
             total = losses["bce"] + losses["iou"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch))
+            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch), valid=batch.valid)
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses

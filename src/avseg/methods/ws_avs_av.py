@@ -374,7 +374,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
             q_kept.update(kept[None], fo.gt[None])
             if len(rows) < 8:
                 rgb = denormalize(fo.frame)
-                rows.append([rgb, colormap(amap), colormap(sal), colormap(sim), mask_image(eq6), mask_image(kept), mask_image(fo.gt.astype(np.float32))])
+                rows.append([rgb, colormap(amap), colormap(sal), colormap(sim), mask_image(eq6), mask_image(kept), mask_image((fo.gt != 0).astype(np.float32))])
                 labels.append(f"{fo.record.video_id}#{fo.frame_number}")
     sheet = folder / "contact_sheet.png"
     if rows:

@@ -125,7 +125,7 @@ class PseudoMaskWriter:
                 quality.update(pseudo[None], fo.gt[None])
                 if len(rows) < self.sheet_rows:
                     rgb = denormalize(fo.frame)
-                    rows.append([rgb, colormap(amap), colormap(sal), mask_image(pseudo), mask_image(fo.gt.astype(np.float32))])
+                    rows.append([rgb, colormap(amap), colormap(sal), mask_image(pseudo), mask_image((fo.gt != 0).astype(np.float32))])
                     labels.append(f"{fo.record.video_id}#{fo.frame_number}")
         sheet_path = self.folder / "contact_sheet.png"
         if rows:
