@@ -334,6 +334,52 @@ def test_supervised_target_is_the_union_of_the_sounding_objects() -> None:
         assert torch.equal(semantic[key], binary[key])
 
 
+def test_avss_padding_never_reaches_the_network() -> None:
+    """WS-AVS's segmenter sees only the real frames of a padded AVSS batch (BatchNorm's statistics would
+    otherwise count the black padding frames); the loss does not depend on what the padding holds."""
+    from avseg.methods.ws_avs import WSAVSNet
+    from avseg.types import AVBatch
+
+    seen: list[int] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, frames: torch.Tensor, audio: torch.Tensor | None) -> Any:
+            seen.append(frames.shape[0])
+            assert audio is not None
+            logits = self.w * frames.mean(1, keepdim=True)  # (N, 1, H, W)
+            visual = self.w * frames[:, :2, :2, :2]  # (N, 2, 2, 2) "tokens"
+            a = self.w * audio.flatten(1)[:, :2]
+            return dataclasses.make_dataclass("Out", ["logits", "visual_embeds", "audio_embed"])(logits, [visual], a)
+
+    torch.manual_seed(0)
+    b, t = 3, 4
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[1, 2:] = False
+    frames, audio = torch.randn(b, t, 3, 4, 4), torch.randn(b, t, 1, 2, 2)
+    frames[~valid], audio[~valid] = 0.0, 0.0
+    pseudo = torch.rand(b, t, 4, 4)
+
+    def batch(frames: torch.Tensor, audio: torch.Tensor) -> AVBatch:
+        return AVBatch(frames=frames, audio=audio, waveform=None, masks=torch.zeros(b, t, 4, 4, dtype=torch.int64), has_mask=valid.clone(),
+                       valid=valid, labels=torch.zeros(b, 2), video_ids=["a", "b", "c"], frame_ids=[[0, 1, 2, 3]] * b,
+                       pseudo_masks=pseudo, has_pseudo=valid.clone())  # fmt: skip
+
+    net = WSAVSNet(Spy(), tau=0.1, scale_by_tau=True, m2icl_weight=1.0)  # type: ignore[arg-type]
+    padded = net(batch(frames, audio))
+    assert seen == [int(valid.sum())]
+    other_frames, other_audio = frames.clone(), audio.clone()
+    other_frames[~valid], other_audio[~valid] = torch.randn(2, 3, 4, 4), torch.randn(2, 1, 2, 2)
+    moved = net(batch(other_frames, other_audio))
+    for key in ("bce", "m2icl", "loss"):
+        assert torch.allclose(padded[key], moved[key]), key
+    padded["loss"].backward()
+    assert net.segmenter.w.grad is not None and torch.isfinite(net.segmenter.w.grad)
+
+
 # --- resume -------------------------------------------------------------------------------------------
 # batch 2 on 4 training videos: 2 steps per epoch, so --max-steps 1 stops every stage mid-epoch; the
 # segmenter trains 2 epochs with a checkpoint every step so that a kill lands between checkpoints.

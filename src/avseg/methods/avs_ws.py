@@ -28,7 +28,7 @@ from avseg.config import DataConfig, TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
-from avseg.methods.common import binary_validator, heard_videos, make_dataset, num_classes_of, train_stage
+from avseg.methods.common import binary_validator, heard_videos, make_dataset, num_classes_of, real_inputs, scatter_rows, train_stage
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
 from avseg.types import AVBatch
@@ -107,14 +107,16 @@ class AVSWeakNet(nn.Module):
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
         b, t = batch.frames.shape[:2]
-        out = self._run(batch)
-        scores = pool_scores(out.logits, self.pool, self.topk_fraction, self.lse_r)  # (N, K)
+        frames, audio, rows = real_inputs(batch)  # AVSS padding never goes through the network
+        out = self.segmenter(frames, audio)
+        scores = pool_scores(out.logits, self.pool, self.topk_fraction, self.lse_r)  # (N, K), real frames
         labels = batch.labels[:, None].expand(b, t, -1).flatten(0, 1)
-        keep = batch.valid.flatten()
-        losses = {"bce": F.binary_cross_entropy_with_logits(scores[keep], labels[keep])}
+        labels = labels if rows is None else labels[rows]
+        losses = {"bce": F.binary_cross_entropy_with_logits(scores, labels)}
         total = losses["bce"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, tau=self.tau, heard=heard_videos(batch), valid=batch.valid)
+            visual = [scatter_rows(v, rows) for v in out.visual_embeds]
+            losses["m2icl"] = m2icl_per_second(scatter_rows(out.audio_embed, rows), visual, b, t, tau=self.tau, heard=heard_videos(batch), valid=batch.valid)
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses

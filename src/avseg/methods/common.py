@@ -227,6 +227,31 @@ def valid_frames(batch: AVBatch) -> Tensor:
     return batch.valid.flatten()
 
 
+def real_inputs(batch: AVBatch) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(frames (N, 3, H, W), audio (N, 1, F, W_a) or None, rows) of the real frames of ``batch``, N <= B*T.
+
+    AVSS pads 5-second videos to 10 with black frames and silence; the networks never see them (they would
+    take part in BatchNorm's batch statistics). ``rows`` is the (B*T,) bool mask of the real frames, or None
+    when every frame is real (then the inputs are the batch's own, unindexed). ``scatter_rows`` puts the
+    outputs back in place."""
+    frames = batch.frames.flatten(0, 1)
+    audio = batch.audio.flatten(0, 1) if batch.audio is not None else None
+    rows = batch.valid.flatten()
+    if bool(rows.all()):
+        return frames, audio, None
+    return frames[rows], audio[rows] if audio is not None else None, rows
+
+
+def scatter_rows(x: Tensor, rows: Tensor | None) -> Tensor:
+    """Outputs of the real frames (N, ...) -> (B*T, ...) with zeros on the padding (``real_inputs``' rows);
+    ``x`` itself when every frame is real. Gradients flow to ``x``."""
+    if rows is None:
+        return x
+    out = x.new_zeros((rows.numel(), *x.shape[1:]))
+    out[rows] = x
+    return out
+
+
 def heard_videos(batch: AVBatch) -> Tensor:
     """(B,) bool: videos that hear their own soundtrack (False for negative-audio training clips).
 

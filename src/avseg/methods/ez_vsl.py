@@ -34,7 +34,7 @@ from avseg.engine.checkpoint import load_model_weights
 from avseg.losses.contrastive import m2icl_per_second, mil_similarity_map
 from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
 from avseg.methods.cam import calibrate, check_threshold, minmax_normalize, upsample_maps
-from avseg.methods.common import binary_validator, check_threshold_source, chosen_threshold, heard_videos, make_dataset, threshold_stage, train_stage
+from avseg.methods.common import binary_validator, check_threshold_source, chosen_threshold, heard_videos, make_dataset, real_inputs, scatter_rows, threshold_stage, train_stage
 from avseg.models.segmenter import AUDIO_NORMS
 from avseg.models.visual import encoder_channels
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
@@ -161,7 +161,10 @@ class EZVSLNet(nn.Module):
         b, t = batch.frames.shape[:2]
         if b < 2:
             raise ValueError("the contrastive loss needs at least 2 videos per batch")
-        a, vs = self.embed(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1))
+        frames, audio, rows = real_inputs(batch)  # AVSS padding never goes through the network
+        assert audio is not None
+        a, vs = self.embed(frames, audio)
+        a, vs = scatter_rows(a, rows), [scatter_rows(v, rows) for v in vs]
         labels = batch.labels if self.label_negatives else None
         return {"loss": m2icl_per_second(a, vs, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch), labels=labels, valid=batch.valid)}
 

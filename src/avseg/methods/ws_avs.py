@@ -32,7 +32,7 @@ from avseg.losses.c2am import c2am_losses
 from avseg.losses.contrastive import m2icl_per_second
 from avseg.losses.segmentation import bce_loss, iou_loss
 from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
-from avseg.methods.common import binary_validator, heard_videos, make_dataset, train_stage, without_pretrained_weights
+from avseg.methods.common import binary_validator, heard_videos, make_dataset, real_inputs, scatter_rows, train_stage, without_pretrained_weights
 from avseg.models.decoders import PanopticFPNDecoder
 from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
@@ -221,8 +221,9 @@ class WSAVSNet(nn.Module):
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
         b, t = batch.frames.shape[:2]
-        out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
-        logits = out.logits[:, 0]  # (N, H, W)
+        frames, audio, rows = real_inputs(batch)  # AVSS padding never goes through the network
+        out = self.segmenter(frames, audio)
+        logits = scatter_rows(out.logits[:, 0], rows)  # (B*T, H, W)
         losses: dict[str, Tensor] = {}
         if self.mask_source == "pseudo":
             losses["bce"] = self.pseudo_mask_loss(logits, batch)
@@ -234,7 +235,8 @@ class WSAVSNet(nn.Module):
             losses["iou"] = iou_loss(logits[keep], target) if keep.any() else logits.sum() * 0
             total = losses["bce"] + losses["iou"]
         if self.m2icl_weight > 0 and out.visual_embeds:
-            losses["m2icl"] = m2icl_per_second(out.audio_embed, out.visual_embeds, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch), valid=batch.valid)
+            visual = [scatter_rows(v, rows) for v in out.visual_embeds]
+            losses["m2icl"] = m2icl_per_second(scatter_rows(out.audio_embed, rows), visual, b, t, self.tau, self.scale_by_tau, heard=heard_videos(batch), valid=batch.valid)
             total = total + self.m2icl_weight * losses["m2icl"]
         losses["loss"] = total
         return losses
