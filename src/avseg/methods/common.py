@@ -153,7 +153,16 @@ def best_on_split(
     ``chunk`` at a time, so memory stays bounded on any split. Returns a stage marker's summary (the whole
     sweep included); ``where`` (the dataset root) and ``setting`` name the split and the option in the error
     raised when no frame has a mask."""
-    sums = {float(t): 0.0 for t in grid}
+    return best_on_split_each(outputs, lambda stacked, gts: [iou_sums(stacked, gts)], grid, 1, split=split, where=where, setting=setting, chunk=chunk)[0]
+
+
+def best_on_split_each(
+    outputs: Iterable[Any], iou_sums: Callable[[Tensor, Tensor], list[dict[float, float]]], grid: Sequence[float], count: int, *, split: str,
+    where: str, setting: str, chunk: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """``best_on_split`` for ``count`` candidates scored in one pass over the split: ``iou_sums`` gives one
+    per-grid-value sum for each candidate; returns one summary per candidate (each its own best value)."""
+    sums = [{float(t): 0.0 for t in grid} for _ in range(count)]
     frames = 0
     pending: list[tuple[np.ndarray, np.ndarray]] = []
 
@@ -161,8 +170,12 @@ def best_on_split(
         if pending:
             stacked = torch.from_numpy(np.stack([o for o, _ in pending]))
             gts = torch.from_numpy(np.stack([g for _, g in pending]) != 0)
-            for t, v in iou_sums(stacked, gts).items():
-                sums[t] += v
+            per_candidate = iou_sums(stacked, gts)
+            if len(per_candidate) != count:
+                raise ValueError(f"iou_sums gave {len(per_candidate)} candidates, expected {count}")
+            for total, part in zip(sums, per_candidate):
+                for t, v in part.items():
+                    total[t] += v
             pending.clear()
 
     for fo in outputs:
@@ -174,9 +187,12 @@ def best_on_split(
     flush()
     if not frames:
         raise ValueError(f"the {split} split of {where} has no frame with a ground-truth mask: {setting}: val cannot choose a threshold there")
-    sweep = {t: v / frames for t, v in sums.items()}
-    best = best_threshold(sweep)
-    return {"threshold": best, "split": split, "frames": frames, "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}}
+    out = []
+    for total in sums:
+        sweep = {t: v / frames for t, v in total.items()}
+        best = best_threshold(sweep)
+        out.append({"threshold": best, "split": split, "frames": frames, "miou": sweep[best], "sweep": {f"{t:.2f}": round(v, 5) for t, v in sweep.items()}})
+    return out
 
 
 def choose_threshold(

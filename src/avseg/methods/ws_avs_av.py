@@ -69,7 +69,7 @@ from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.c2am import REUSE_KEYS, reusable
 from avseg.methods.cam import check_threshold
-from avseg.methods.common import THRESHOLD_GRID, best_on_split, make_dataset, train_stage
+from avseg.methods.common import THRESHOLD_GRID, best_on_split_each, make_dataset, train_stage
 from avseg.methods.ez_vsl import EZVSLNet
 from avseg.metrics.binary import BinaryAccumulator, frame_iou_clean
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
@@ -289,21 +289,34 @@ def choose_av_threshold(
     map with their polarity (``flip``), quantised to 8 bits as the activation-maps stage stores it, the saliency
     map, Eq. 6, the audio-visual map of the frame's own sound. Frames are scored ``chunk`` at a time (memory
     stays bounded on any split). Returns the summary the pseudo-masks stage records (the whole sweep included)."""
+    return choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, split=split, grid=grid, chunk=chunk)[0]
+
+
+def choose_av_thresholds(
+    cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, av_models: Sequence[EZVSLNet],
+    device: torch.device, split: str = "val", grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 32,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """``choose_av_threshold`` for each of several audio-visual models, in one pass over the split: C2AM,
+    saliency and Eq. 6 are computed once per frame, the audio-visual map once per model. One summary per
+    model, each equal to ``choose_av_threshold`` run on that model alone."""
     dataset = make_dataset(cfg.data, split, audio=True)
+    count = len(av_models)
 
     def inputs(batch: AVBatch) -> Tensor:
         b, t = batch.frames.shape[:2]
         a = c2am.activation(batch.frames.flatten(0, 1), flip=flip)
         a = (torch.floor(a.clamp(0, 1) * 255.0 + 0.5) / 255.0).view(b, t, *a.shape[-2:])  # as save_probability_png rounds
         eq6 = a > cfg.c2am_threshold if saliency is None else ws_avs.eq6_mask(a, saliency.predict(batch), cfg.eq6_floor)
-        return torch.stack([eq6.float(), av_model.av_map(batch), (a > cfg.c2am_threshold).float()], dim=2)  # (B, T, 3, H, W)
+        sims = [m.av_map(batch) for m in av_models]
+        return torch.stack([eq6.float(), (a > cfg.c2am_threshold).float(), *sims], dim=2)  # (B, T, 2 + models, H, W)
 
-    def iou_sums(stacked: Tensor, gts: Tensor) -> dict[float, float]:  # stacked: (n, 3, H, W) as ``inputs`` makes them
-        proposals = stacked[:, 2] > 0.5 if cfg.av_regions == "activation" else None
-        return sweep_selection(stacked[:, 0] > 0.5, stacked[:, 1], proposals, gts, cfg.av_select, cfg.av_keep_best, grid)
+    def iou_sums(stacked: Tensor, gts: Tensor) -> list[dict[float, float]]:  # stacked: (n, 2 + models, H, W) as ``inputs`` makes them
+        proposals = stacked[:, 1] > 0.5 if cfg.av_regions == "activation" else None
+        eq6 = stacked[:, 0] > 0.5
+        return [sweep_selection(eq6, stacked[:, 2 + k], proposals, gts, cfg.av_select, cfg.av_keep_best, grid) for k in range(count)]
 
     outputs = iterate_outputs(inputs, dataset, device, batch_size=4, progress=f"av_threshold on {split}")
-    return best_on_split(outputs, iou_sums, grid, split=split, where=str(cfg.data.root), setting="av_threshold_from", chunk=chunk)
+    return best_on_split_each(outputs, iou_sums, grid, count, split=split, where=str(cfg.data.root), setting="av_threshold_from", chunk=chunk)
 
 
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
@@ -321,11 +334,12 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     if cfg.av_threshold_from == "val":
         polarity = json.loads(ctx.path("pseudo", "maps", ws_avs.POLARITY_FILE).read_text())
         c2am = ws_avs.load_c2am(cfg, ctx.run_dir, ctx.device)
-        choices = []
-        for k in range(cfg.av_models):
-            choices.append(choose_av_threshold(cfg, c2am, bool(polarity["flip"]), saliency, load_av_model(cfg, ctx, k), ctx.device, grid=cfg.av_threshold_grid))
-            if cfg.av_models > 1:
-                log.info("pseudo-masks: audio-visual model %d: validation pseudo-mask mIoU %.1f at av_threshold %.2f", k, 100 * choices[-1]["miou"], choices[-1]["threshold"])
+        models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
+        choices = choose_av_thresholds(cfg, c2am, bool(polarity["flip"]), saliency, models, ctx.device, grid=cfg.av_threshold_grid)
+        del models
+        if cfg.av_models > 1:
+            for k, c in enumerate(choices):
+                log.info("pseudo-masks: audio-visual model %d: validation pseudo-mask mIoU %.1f at av_threshold %.2f", k, 100 * c["miou"], c["threshold"])
         chosen = max(range(len(choices)), key=lambda k: (choices[k]["miou"], -k))  # ties: the first model
         choice = choices[chosen]
         threshold = choice["threshold"]
