@@ -285,6 +285,22 @@ def test_deaf_ceiling_of_the_data_matches_the_loop_at_the_same_size(tiny_ws_run:
     assert ceiling["miou_clean"] == pytest.approx(result["deaf_ceiling"])  # the data are at the run's 32 px
 
 
+def test_deaf_ceiling_per_category_adds_up_to_the_split(tmp_path: Path) -> None:
+    """AVSS by subset: the clean mIoU is a mean over frames, so the subsets' ceilings weighted by their
+    frames give the split's; a category with no video gives None."""
+    from avseg.data.synthetic import generate
+    from avseg.listening import deaf_ceiling
+
+    root = tmp_path / "avss"
+    generate("avss", root, num_videos=12, seed=0, size=32)
+    whole = deaf_ceiling(root, "avss", "train")  # 8 training videos: every subset
+    parts = [deaf_ceiling(root, "avss", "train", category=c) for c in ("v1s", "v1m", "v2")]
+    assert whole is not None and all(p is not None for p in parts)
+    assert sum(p["frames"] for p in parts) == whole["frames"]  # type: ignore[index]
+    assert sum(p["frames"] * p["miou_clean"] for p in parts) / whole["frames"] == pytest.approx(whole["miou_clean"])  # type: ignore[index]
+    assert deaf_ceiling(root, "avss", "train", category="v3") is None
+
+
 def test_an_oracle_that_follows_the_sound_scores_full_marks(tiny_ws_run: Path, tmp_path: Path) -> None:
     """A fake model that recognises the exact features it hears: its own sound -> the ground truth, the swap
     sound -> the swap object, anything else -> nothing. End to end: swap IoU 1, FPR 0 in silence and noise,

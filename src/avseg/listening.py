@@ -188,9 +188,10 @@ def synth_videos(dataset: AVSBenchDataset, info: dict, seed: int) -> dict[str, S
     return out
 
 
-def deaf_ceiling(root: Path, layout: str, split: str = "test") -> dict[str, Any] | None:
+def deaf_ceiling(root: Path, layout: str, split: str = "test", category: str | None = None) -> dict[str, Any] | None:
     """The deaf ceiling of a generated split at the data's own size: clean mIoU of marking every visible
     object exactly, against the ground-truth files (frames with ground truth). None for other data.
+    ``category``: only the videos of that category (AVSS: the subset v1s / v1m / v2; S4: the class).
 
     A model that does not listen cannot know which visible object sounds; on scenes with silent
     distractors, marking all of them is the best it can do.
@@ -202,6 +203,8 @@ def deaf_ceiling(root: Path, layout: str, split: str = "test") -> dict[str, Any]
     num_sem = len(avss_classes(Path(root))) if layout == "avss" else None
     acc = BinaryAccumulator("clean")
     for record in index_videos(Path(root), layout, split):
+        if category is not None and record.category != category:
+            continue
         owner = _replay(Path(root), layout, record, info)[1]
         for t, path in enumerate(record.mask_paths):
             if path is not None:
