@@ -303,6 +303,9 @@ def test_binary_methods_on_avss(method: str, avss_data: Path, tmp_path: Path, ca
     assert main(["score", "--data", str(avss_data), "--layout", "avss", "--split", "test", "--pred", str(pred)]) != 0
     err = capsys.readouterr().err
     assert "0.png: class index" in err and "--binary" in err
+    if method == "ws-avs":  # the report says how AVSS was scored
+        assert main(["report", str(run), "--device", "cpu"]) == 0
+        assert "scored against the union of the sounding objects" in (run / "report.html").read_text()
 
 
 def test_supervised_target_is_the_union_of_the_sounding_objects() -> None:

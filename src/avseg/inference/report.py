@@ -224,7 +224,10 @@ def write_report(
         f"<h2>Metrics ({html.escape(split)} split)</h2><table><tr><th>protocol</th><th>mIoU (%)</th><th>F-score (%)</th><th>frames</th></tr>"
         + "".join(rows)
         + "</table><p class=muted><code>clean</code>: batch-independent (per-frame IoU at 0.5, one dataset-level PR curve); "
-        "<code>avsbench</code>: the official evaluation (per batch of 20 frames, then averaged).</p>"
+        "<code>avsbench</code>: the official evaluation (per batch of 20 frames, then averaged)."
+        + (" AVSS, binary masks: scored against the union of the sounding objects (docs/metrics.md)."
+           if cfg.data.layout == "avss" and metrics[PROTOCOLS[0]].get("scoring") == "binary" else "")
+        + "</p>"
     )
     if pictures.ious:
         ious = np.asarray(pictures.ious)
