@@ -36,9 +36,8 @@ def subset_miou(run: Path, split: str, device: torch.device) -> dict[str, float]
     predictor = spec.load_predictor(cfg, run, device)
     acc = {name: BinaryAccumulator("clean") for name in SUBSETS}
     for fo in iterate_outputs(predictor.predict, make_dataset(cfg.data, split, audio=True), device):
-        if fo.gt is not None:
-            out = fo.output if fo.output.ndim == 2 else foreground_probs(fo.output[None])[0]
-            acc[fo.record.category].update(out[None], fo.gt[None])
+        if fo.gt is not None:  # (H, W) probabilities pass through, (C, H, W) class probabilities -> 1 - P(background)
+            acc[fo.record.category].update(foreground_probs(fo.output[None]), fo.gt[None])
     return {name: a.compute()["miou"] for name, a in acc.items() if a.frames}
 
 

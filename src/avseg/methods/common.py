@@ -252,7 +252,7 @@ def real_inputs(batch: AVBatch) -> tuple[Tensor, Tensor | None, Tensor | None]:
     outputs back in place."""
     frames = batch.frames.flatten(0, 1)
     audio = batch.audio.flatten(0, 1) if batch.audio is not None else None
-    rows = batch.valid.flatten()
+    rows = valid_frames(batch)
     if bool(rows.all()):
         return frames, audio, None
     return frames[rows], audio[rows] if audio is not None else None, rows

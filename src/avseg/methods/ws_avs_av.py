@@ -331,12 +331,12 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         load_model_weights(saliency, ctx.path("saliency", "last.safetensors"))
         saliency = saliency.to(ctx.device).eval()
     threshold, choice, model_choice, chosen = cfg.av_threshold, None, None, 0
+    models: list[EZVSLNet] = []  # loaded for the validation choice, then the kept one writes the pseudo masks
     if cfg.av_threshold_from == "val":
         polarity = json.loads(ctx.path("pseudo", "maps", ws_avs.POLARITY_FILE).read_text())
         c2am = ws_avs.load_c2am(cfg, ctx.run_dir, ctx.device)
         models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
         choices = choose_av_thresholds(cfg, c2am, bool(polarity["flip"]), saliency, models, ctx.device, grid=cfg.av_threshold_grid)
-        del models
         if cfg.av_models > 1:
             for k, c in enumerate(choices):
                 log.info("pseudo-masks: audio-visual model %d: validation pseudo-mask mIoU %.1f at av_threshold %.2f", k, 100 * c["miou"], c["threshold"])
@@ -349,7 +349,8 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         log.info("pseudo-masks: av_threshold %.2f chosen on validation (pseudo-mask mIoU %.1f over %d frames; %.1f at the configured %.2f)%s",
                  threshold, 100 * choice["miou"], choice["frames"], 100 * choice["sweep"].get(f"{cfg.av_threshold:.2f}", float("nan")), cfg.av_threshold,
                  f", audio-visual model {chosen} of {cfg.av_models}" if cfg.av_models > 1 else "")  # fmt: skip
-    av_model = load_av_model(cfg, ctx, chosen)
+    av_model = models[chosen] if models else load_av_model(cfg, ctx, chosen)
+    del models
 
     def combine(batch: AVBatch) -> Tensor:
         a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
