@@ -223,6 +223,24 @@ def test_frame_windows_centred_and_looped() -> None:
     assert frame_windows(np.arange(10.0), 2, 5).shape == (5, 6)  # numpy input
 
 
+def test_frame_windows_inside_keeps_every_window_in_the_clip() -> None:
+    wave = torch.arange(1.0, 11.0)  # 5 s at 2 Hz, no zero sample
+    w = frame_windows(wave, sample_rate=2, num_frames=5, window_seconds=3.0, mode="inside")
+    # the centred windows of frames 2-4, and those of frames 1 and 5 moved inside the clip: no silence
+    assert w.tolist() == [
+        [1, 2, 3, 4, 5, 6],
+        [1, 2, 3, 4, 5, 6],
+        [3, 4, 5, 6, 7, 8],
+        [5, 6, 7, 8, 9, 10],
+        [5, 6, 7, 8, 9, 10],
+    ]
+    centred = frame_windows(wave, 2, 5, 3.0)
+    assert torch.equal(w[1:4], centred[1:4]) and (w != 0).all()
+    # a clip shorter than a window is tiled, as "centred" does
+    short = torch.arange(3.0)
+    assert torch.equal(frame_windows(short, 2, 2, 2.0, mode="inside"), frame_windows(short, 2, 2, 2.0))
+
+
 def test_frame_windows_clip_mode() -> None:
     wave = torch.arange(10.0)
     w = frame_windows(wave, 2, num_frames=3, mode="clip")  # 3 s clip: cut

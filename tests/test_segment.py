@@ -177,6 +177,42 @@ def test_audio_windows_equal_training_windows(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-6)  # streamed vs whole resampling: float rounding
 
 
+def test_inside_windows_equal_training_windows(tmp_path: Path) -> None:
+    """A run trained on "inside" (or "clip") windows hears at segment time what it heard in training: the
+    window kept inside the track, streamed or whole; a "clip" model hears its whole 5 s clip at every frame."""
+    from avseg.audio import frame_windows, load_audio
+    from avseg.data.imageio import write_wav_atomic
+    from avseg.inference.predictor import AudioSettings
+
+    rng = np.random.default_rng(2)
+    wav = tmp_path / "a.wav"
+    write_wav_atomic(wav, rng.uniform(-0.5, 0.5, 5 * 8000).astype(np.float32), 8000)
+    wave, sr = load_audio(wav, 8000)
+    expected = frame_windows(wave, sr, 5, 3.0, mode="inside").numpy()
+    track = AudioTrack(wav, 8000, 24000, inside=True)
+    got = np.stack([track.window_at(t + 0.5) for t in range(5)])
+    np.testing.assert_array_equal(got, expected)
+    assert (np.abs(got) > 0).mean() > 0.99  # no silence at either end
+    settings = AudioSettings.from_data_config("wsavs-logmel", "inside")
+    assert settings.inside and not AudioSettings.from_data_config("wsavs-logmel", "centred").inside
+    in_memory = Predictor(torch.nn.Identity(), image_size=16, audio=settings).audio_windows(wave, sr, [t + 0.5 for t in range(5)])
+    np.testing.assert_array_equal(in_memory.numpy(), expected)
+    clip = AudioSettings.from_data_config("wsavs-logmel", "clip", "s4")
+    assert clip.inside and clip.window_samples == 5 * 8000
+    whole = AudioTrack(wav, 8000, clip.window_samples, inside=True)
+    for t in range(5):
+        np.testing.assert_array_equal(whole.window_at(t + 0.5), wave)
+    # the streamed path (a track longer than three windows) clamps the same way
+    long = tmp_path / "long.wav"
+    write_wav_atomic(long, rng.uniform(-0.5, 0.5, 20 * 8000).astype(np.float32), 8000)
+    long_wave, _ = load_audio(long, 8000)
+    streamed = AudioTrack(long, 8000, 8000, inside=True)
+    assert streamed._whole is None
+    np.testing.assert_array_equal(streamed.window_at(0.0), long_wave[:8000])
+    np.testing.assert_array_equal(streamed.window_at(10.0), long_wave[76000:84000])
+    np.testing.assert_array_equal(streamed.window_at(19.9), long_wave[-8000:])
+
+
 def test_ring_buffer_is_bounded_and_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avseg.audio import load_audio
     from avseg.data.imageio import write_wav_atomic

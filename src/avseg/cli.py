@@ -378,7 +378,7 @@ def _add_cache_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--layout", choices=LAYOUTS, required=True)
     c.add_argument("--image-size", type=int, default=224, dest="image_size", help="frame size of the cached frames (default 224)")
     c.add_argument("--audio-frontend", default="wsavs-logmel", dest="audio_frontend", help="audio front-end, 'pkl', or 'none' (default wsavs-logmel)")
-    c.add_argument("--audio-window", choices=("centred", "clip"), default="centred", dest="audio_window")
+    c.add_argument("--audio-window", choices=("centred", "inside", "clip"), default="centred", dest="audio_window")
     c.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to cache (default all)")
     c.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: this process)")
     c.add_argument("--out", required=True, help="cache folder")

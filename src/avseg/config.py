@@ -373,7 +373,7 @@ class DataConfig:
     layout: Literal["s4", "ms3", "avss"]
     image_size: int = 224
     audio_frontend: str = "wsavs-logmel"
-    audio_window: Literal["centred", "clip"] = "centred"  # audio around each frame, or the whole clip
+    audio_window: Literal["centred", "inside", "clip"] = "centred"  # audio around each frame (zeros or kept inside the clip at its edges), or the whole clip
     max_videos: int | None = None  # only the first N videos of each split (smoke runs, demos)
     # The label vocabulary (index = position in the video-level label vector; AVSS: class id - 1). Left
     # empty in recipes: a run fills it from its dataset when it starts and keeps it in config.yaml, so
@@ -393,8 +393,8 @@ class DataConfig:
             raise ValueError(f"layout must be s4, ms3 or avss (got {self.layout!r})")
         if self.image_size < 1:
             raise ValueError(f"image_size must be >= 1 (got {self.image_size})")
-        if self.audio_window not in ("centred", "clip"):
-            raise ValueError(f"audio_window must be centred or clip (got {self.audio_window!r})")
+        if self.audio_window not in ("centred", "inside", "clip"):
+            raise ValueError(f"audio_window must be centred, inside or clip (got {self.audio_window!r})")
         if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
             raise ValueError(f"classes must be a non-empty list of distinct names or null (got {self.classes})")
         if self.max_videos is not None and self.max_videos < 1:

@@ -424,6 +424,13 @@ def frame_windows(
         last second (looping did that, and on multi-source clips it put another second's source into the
         first frame's window). A clip shorter than one window is looped instead (spec: "looped if
         short"), as there is no clip to centre on.
+    mode "inside": the "centred" window moved, where it would reach past the clip's start or end, to lie
+        just inside the clip (its start clamped to [0, S - S_w]): every frame hears S_w samples of the
+        clip, none of them made-up silence. With ground truth on one frame per video (S4 training: frame
+        1, whose centred window is a third silence) a model trained on "centred" windows learns the
+        sound of that frame's silent third and finds the object far less often in frames 2-4 (measured:
+        63.0 test mIoU on frame 1, 30.1-33.6 on frames 2-5); "inside" gives every frame the same kind of
+        window. Looped if shorter than one window, as "centred".
     mode "clip": the official WS-AVS behaviour, every frame gets the whole clip: the clip looped or
         cut to S_w = round(clip_seconds * sample_rate) from its start (clip_seconds defaults to
         num_frames, one second per frame); ``window_seconds`` is not used.
@@ -442,17 +449,19 @@ def frame_windows(
         raise ValueError("frame_windows got an empty waveform")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if mode == "centred":
+    if mode in ("centred", "inside"):
         size = round(window_seconds * sample_rate)
         starts = torch.div(
             (2 * torch.arange(num_frames) + 1) * sample_rate - size, 2, rounding_mode="floor"
         )  # (T,)
+        if mode == "inside" and length >= size:
+            starts = starts.clamp(0, length - size)
         idx = starts[:, None] + torch.arange(size)[None, :]  # (T, S_w)
     elif mode == "clip":
         size = round((num_frames if clip_seconds is None else clip_seconds) * sample_rate)
         idx = torch.arange(size)[None, :].expand(num_frames, size)
     else:
-        raise ValueError(f"unknown frame_windows mode {mode!r}; expected 'centred' or 'clip'")
+        raise ValueError(f"unknown frame_windows mode {mode!r}; expected 'centred', 'inside' or 'clip'")
     if size < 1:
         raise ValueError(f"audio window of {size} samples; window/clip seconds must be positive")
     if mode == "clip":
@@ -552,8 +561,9 @@ def compute_features(
         name: a key of ``FRONTENDS``.
         wave: (S,) mono waveform at ``sample_rate``.
         num_frames: T, frames of the video (one per second).
-        mode: "centred" (a ``window_seconds`` window centred on each frame's second) or "clip" (every
-            frame sees the whole clip, see ``frame_windows``; for "vggish", frame t gets example t).
+        mode: "centred" (a ``window_seconds`` window centred on each frame's second), "inside" (the same
+            window kept inside the clip) or "clip" (every frame sees the whole clip, see ``frame_windows``;
+            for "vggish", frame t gets example t).
         clip_seconds: clip length in "clip" mode (default num_frames seconds).
 
     Returns:

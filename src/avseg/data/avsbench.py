@@ -155,8 +155,9 @@ class AVSBenchDataset(Dataset):
             224x224 already; AVSS frames are full resolution).
         audio_frontend: a name of ``avseg.audio.FRONTENDS`` computing per-frame features from the wav, or
             "pkl" to read the official VGGish features through the tensor-only unpickler, or None.
-        audio_window: "centred" (each frame gets the window centred on its second, looped if short) or
-            "clip" (every frame gets the whole clip, as the official WS-AVS code).
+        audio_window: "centred" (each frame gets the window centred on its second, silence where it leaves
+            the clip, looped if the clip is short), "inside" (the same window moved to lie inside the clip)
+            or "clip" (every frame gets the whole clip, as the official WS-AVS code); see ``frame_windows``.
         return_waveform: also return each frame's waveform window at ``waveform_rate``.
         pad_to: pad videos with fewer frames to this many (AVSS 5 -> 10); padding has valid=False.
         augment: training augmentation: resize to image_size*246/224, random crop, horizontal flip,
@@ -219,8 +220,8 @@ class AVSBenchDataset(Dataset):
         negative_kinds: tuple[str, ...] = NEGATIVE_KINDS,
         negative_mode: str = "replace",
     ) -> None:
-        if audio_window not in ("centred", "clip"):
-            raise ValueError(f"audio_window must be 'centred' or 'clip', got {audio_window!r}")
+        if audio_window not in ("centred", "inside", "clip"):
+            raise ValueError(f"audio_window must be 'centred', 'inside' or 'clip', got {audio_window!r}")
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
         self.root = Path(root)

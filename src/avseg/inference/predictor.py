@@ -58,11 +58,16 @@ class AudioSettings:
         sample_rate: rate the windows are cut at (the front-end's rate).
         window_seconds: window length; the front-end's own window, as the dataset uses it, or in
             ``clip`` mode the length of a training clip (every training frame heard its whole clip).
+        inside: windows that would reach past the track's start or end are moved to lie just inside it
+            (``inside`` and ``clip`` training windows, see ``avseg.audio.frame_windows``); False: they
+            read silence there (``centred``). On a clip as long as the training clips a ``clip`` model
+            then hears its whole clip at every frame, exactly as in training.
     """
 
     frontend: str | None
     sample_rate: int = 16000
     window_seconds: float = 3.0
+    inside: bool = False
 
     @classmethod
     def from_data_config(cls, frontend: str | None, audio_window: str = "centred", layout: str = "s4") -> "AudioSettings":
@@ -81,7 +86,7 @@ class AudioSettings:
         seconds = spec.window_seconds
         if audio_window == "clip" and spec.clip_fn is None:
             seconds = _CLIP_SECONDS.get(layout, 5.0)
-        return cls(frontend, spec.sample_rate, seconds)
+        return cls(frontend, spec.sample_rate, seconds, inside=audio_window in ("inside", "clip"))
 
     @property
     def window_samples(self) -> int:
@@ -285,7 +290,8 @@ class Predictor:
         return (x - self._mean) / self._std
 
     def audio_windows(self, audio: np.ndarray | None, sample_rate: int, frame_times: Sequence[float]) -> Tensor:
-        """(T, S_w) windows at the front-end's rate, centred on ``frame_times``; silence outside the track (as in training).
+        """(T, S_w) windows at the front-end's rate, centred on ``frame_times``; silence outside the track, or
+        moved inside it when ``audio.inside`` (as in training).
 
         Args:
             audio: (S,) mono or (S, C) multi-channel float waveform (channels averaged), or None for silence.
@@ -307,8 +313,10 @@ class Predictor:
         wave_t = resample(torch.from_numpy(wave), int(sample_rate), self.audio.sample_rate).clamp(-1.0, 1.0)
         rate = self.audio.sample_rate
         starts = torch.tensor([(2 * round(t * rate) - n) // 2 for t in times], dtype=torch.int64)
+        if self.audio.inside and wave_t.shape[0] >= n:
+            starts = starts.clamp(0, wave_t.shape[0] - n)
         idx = starts[:, None] + torch.arange(n)[None, :]  # (T, S_w)
-        return cut_windows(wave_t, idx)  # silence outside the track, as in training
+        return cut_windows(wave_t, idx)  # silence outside the track (centred), as in training
 
     # --- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -380,7 +388,7 @@ class Predictor:
                 raise VideoError(f"{path} has no audio track; pass --allow-silent (allow_silent=True) to segment it with silence")
             log.warning("%s has no audio track: segmenting with silence", path)
             return AudioTrack(path, self.audio.sample_rate, self.audio.window_samples, silent=True)
-        return AudioTrack(path, self.audio.sample_rate, self.audio.window_samples, offset=info.audio_offset, native_rate=info.audio_rate)
+        return AudioTrack(path, self.audio.sample_rate, self.audio.window_samples, offset=info.audio_offset, native_rate=info.audio_rate, inside=self.audio.inside)
 
     def predict_video(
         self,

@@ -386,6 +386,8 @@ class AudioTrack:
         offset: seconds from the video start to the first audio sample.
         silent: no audio track: every window is zeros (``--allow-silent``).
         native_rate: the track's own rate when known (``VideoInfo.audio_rate``); read from the file otherwise.
+        inside: a window that would reach past the track's start or end is moved to lie just inside it (a
+            model trained on ``inside`` or ``clip`` windows); False: it reads silence there.
 
     Memory: O(window + decode chunk), whatever the length of the file.
     """
@@ -393,7 +395,14 @@ class AudioTrack:
     CHUNK_SECONDS = 4.0
 
     def __init__(
-        self, path: Path, sample_rate: int, window: int, offset: float = 0.0, silent: bool = False, native_rate: int | None = None
+        self,
+        path: Path,
+        sample_rate: int,
+        window: int,
+        offset: float = 0.0,
+        silent: bool = False,
+        native_rate: int | None = None,
+        inside: bool = False,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 sample, got {window}")
@@ -402,6 +411,7 @@ class AudioTrack:
         self.window = int(window)
         self.offset = float(offset)
         self.silent = silent
+        self.inside = inside
         self._rate_hint = native_rate
         self.length = 0  # N, samples in the track
         self._whole: np.ndarray | None = None
@@ -473,10 +483,14 @@ class AudioTrack:
     def window_start(self, time: float) -> int:
         """First sample index (may be negative) of the window centred on ``time`` (video seconds).
 
-        Same arithmetic as training: centre c samples, start floor((2c - S_w) / 2).
+        Same arithmetic as training: centre c samples, start floor((2c - S_w) / 2); with ``inside`` (and a
+        track at least one window long) clamped to [0, N - S_w].
         """
         centre = round((time - self.offset) * self.sample_rate)
-        return (2 * centre - self.window) // 2
+        start = (2 * centre - self.window) // 2
+        if self.inside and self.length >= self.window:
+            start = min(max(start, 0), self.length - self.window)
+        return start
 
     def window_at(self, time: float) -> np.ndarray:
         """(S_w,) float32 samples centred on ``time``; call with non-decreasing times."""
