@@ -246,7 +246,7 @@ def test_supervised_end_to_end(synth_s4: Path, tmp_path: Path, capsys: pytest.Ca
     assert "no pseudo-mask stages" in capsys.readouterr().err
 
 
-def test_supervised_trains_on_the_masked_frames_only_when_asked(synth_s4: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_supervised_trains_on_all_frames_or_the_masked_ones(synth_s4: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avseg.methods import supervised
 
     items: list[int] = []
@@ -258,8 +258,8 @@ def test_supervised_trains_on_the_masked_frames_only_when_asked(synth_s4: Path, 
         return ds
 
     monkeypatch.setattr(supervised, "make_dataset", spy)
-    train(synth_s4, tmp_path / "all", *TINY, method="supervised")
-    train(synth_s4, tmp_path / "masked", *TINY, "--set", "train_frames=masked", method="supervised")
+    train(synth_s4, tmp_path / "all", *TINY, "--set", "train_frames=all", method="supervised")
+    train(synth_s4, tmp_path / "masked", *TINY, method="supervised")  # supervised/demo: train_frames: masked
     assert items == [5, 1]  # S4 train: frame 1 alone carries a mask
     with pytest.raises(ConfigError, match="train_frames: expected one of"):
         runner.build_config("supervised", "supervised/demo", str(synth_s4), "s4", overrides=["train_frames=every"])
