@@ -36,6 +36,7 @@ __all__ = [
     "feature_shape",
     "fit_length",
     "frame_windows",
+    "window_start",
     "aisfx_embeddings",
     "aisfx_log_mel",
     "log_mel",
@@ -408,6 +409,17 @@ def rms(wave: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+def window_start(twice_centre: int, size: int, length: int, inside: bool) -> int:
+    """First sample of the ``size``-sample window centred on sample ``twice_centre / 2``: floor((2c - S_w) / 2),
+    negative or past the track where the window leaves it; with ``inside`` (and a track of ``length`` >=
+    ``size`` samples) clamped to [0, length - size]. The one rule for training windows (``frame_windows``)
+    and for the predictor's windows at arbitrary frame times, whole or streamed."""
+    start = (twice_centre - size) // 2
+    if inside and length >= size:
+        start = min(max(start, 0), length - size)
+    return start
+
+
 def frame_windows(
     wave: Tensor | np.ndarray,
     sample_rate: int,
@@ -451,11 +463,8 @@ def frame_windows(
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if mode in ("centred", "inside"):
         size = round(window_seconds * sample_rate)
-        starts = torch.div(
-            (2 * torch.arange(num_frames) + 1) * sample_rate - size, 2, rounding_mode="floor"
-        )  # (T,)
-        if mode == "inside" and length >= size:
-            starts = starts.clamp(0, length - size)
+        inside = mode == "inside"
+        starts = torch.tensor([window_start((2 * t + 1) * sample_rate, size, length, inside) for t in range(num_frames)], dtype=torch.int64)
         idx = starts[:, None] + torch.arange(size)[None, :]  # (T, S_w)
     elif mode == "clip":
         size = round((num_frames if clip_seconds is None else clip_seconds) * sample_rate)

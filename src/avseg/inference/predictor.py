@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from avseg.audio.frontends import FRONTENDS, cut_windows
+from avseg.audio.frontends import FRONTENDS, cut_windows, window_start
 from avseg.audio.resample import resample
 from avseg.config import from_dict, load_yaml
 from avseg.data.index import avss_classes
@@ -312,9 +312,7 @@ class Predictor:
             raise ValueError("audio holds NaN or Inf samples")
         wave_t = resample(torch.from_numpy(wave), int(sample_rate), self.audio.sample_rate).clamp(-1.0, 1.0)
         rate = self.audio.sample_rate
-        starts = torch.tensor([(2 * round(t * rate) - n) // 2 for t in times], dtype=torch.int64)
-        if self.audio.inside and wave_t.shape[0] >= n:
-            starts = starts.clamp(0, wave_t.shape[0] - n)
+        starts = torch.tensor([window_start(2 * round(t * rate), n, wave_t.shape[0], self.audio.inside) for t in times], dtype=torch.int64)
         idx = starts[:, None] + torch.arange(n)[None, :]  # (T, S_w)
         return cut_windows(wave_t, idx)  # silence outside the track (centred), as in training
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from avseg.audio.decode import SOUNDFILE_SUFFIXES, AudioError, container_truncation, decode_audio_stream
+from avseg.audio.frontends import window_start
 from avseg.audio.resample import StreamingResampler
 
 log = logging.getLogger("avseg")
@@ -486,11 +487,7 @@ class AudioTrack:
         Same arithmetic as training: centre c samples, start floor((2c - S_w) / 2); with ``inside`` (and a
         track at least one window long) clamped to [0, N - S_w].
         """
-        centre = round((time - self.offset) * self.sample_rate)
-        start = (2 * centre - self.window) // 2
-        if self.inside and self.length >= self.window:
-            start = min(max(start, 0), self.length - self.window)
-        return start
+        return window_start(2 * round((time - self.offset) * self.sample_rate), self.window, self.length, self.inside)
 
     def window_at(self, time: float) -> np.ndarray:
         """(S_w,) float32 samples centred on ``time``; call with non-decreasing times."""
