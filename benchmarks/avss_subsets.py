@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-from avseg.engine.evaluate import iterate_outputs
+from avseg.engine.evaluate import binary_miou_by, iterate_outputs
 from avseg.listening import deaf_ceiling
 from avseg.methods.common import make_dataset
-from avseg.metrics.binary import BinaryAccumulator
-from avseg.metrics.listening import foreground_probs
 from avseg.runner import load_run
 
 SUBSETS = ("v1s", "v1m", "v2")
@@ -34,11 +32,9 @@ def subset_miou(run: Path, split: str, device: torch.device) -> dict[str, float]
     if cfg.data.layout != "avss":
         raise SystemExit(f"{run}: layout {cfg.data.layout}, not avss")
     predictor = spec.load_predictor(cfg, run, device)
-    acc = {name: BinaryAccumulator("clean") for name in SUBSETS}
-    for fo in iterate_outputs(predictor.predict, make_dataset(cfg.data, split, audio=True), device):
-        if fo.gt is not None:  # (H, W) probabilities pass through, (C, H, W) class probabilities -> 1 - P(background)
-            acc[fo.record.category].update(foreground_probs(fo.output[None]), fo.gt[None])
-    return {name: a.compute()["miou"] for name, a in acc.items() if a.frames}
+    outputs = iterate_outputs(predictor.predict, make_dataset(cfg.data, split, audio=True), device)
+    scores = binary_miou_by(outputs, lambda fo: fo.record.category)
+    return {name: scores[name][0] for name in SUBSETS if name in scores}
 
 
 def main() -> None:

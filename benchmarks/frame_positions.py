@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-from avseg.engine.evaluate import iterate_outputs
+from avseg.engine.evaluate import binary_miou_by, iterate_outputs
 from avseg.methods.common import make_dataset
-from avseg.metrics.binary import BinaryAccumulator
-from avseg.metrics.listening import foreground_probs
 from avseg.runner import load_run
 
 
@@ -29,15 +27,12 @@ def position_miou(run: Path, split: str, device: torch.device) -> dict[str, tupl
     """{"1": (mIoU, frames), "2": ..., "all": ...}: clean binary mIoU of a run's final model per frame position."""
     spec, cfg = load_run(run)
     predictor = spec.load_predictor(cfg, run, device)
-    acc: dict[str, BinaryAccumulator] = {"all": BinaryAccumulator("clean")}
-    for fo in iterate_outputs(predictor.predict, make_dataset(cfg.data, split, audio=cfg.data.audio_frontend is not None), device):
-        if fo.gt is None:
-            continue
-        probs, gt = foreground_probs(fo.output[None]), fo.gt[None]  # class maps (AVSS PCAS) -> 1 - P(background)
-        acc.setdefault(str(fo.t + 1), BinaryAccumulator("clean")).update(probs, gt)
-        acc["all"].update(probs, gt)
-    order = sorted((k for k in acc if k != "all"), key=int) + ["all"]
-    return {k: (acc[k].compute()["miou"], acc[k].frames) for k in order if acc[k].frames}
+    outputs = iterate_outputs(predictor.predict, make_dataset(cfg.data, split, audio=cfg.data.audio_frontend is not None), device)
+    scores = dict(sorted(binary_miou_by(outputs, lambda fo: str(fo.t + 1)).items(), key=lambda kv: int(kv[0])))
+    frames = sum(n for _, n in scores.values())
+    if frames:  # the clean mIoU is a mean over frames: the positions' weighted by their frames
+        scores["all"] = (sum(m * n for m, n in scores.values()) / frames, frames)
+    return scores
 
 
 def main() -> None:

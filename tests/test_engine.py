@@ -513,3 +513,34 @@ def test_divergent_learning_rate_through_the_cli(synth_s4_16: Path, tmp_path: Pa
                      r"; last good checkpoint: none: probs must be probabilities in \[0, 1\] .*nan)", message), message
     assert "last good checkpoint: none" in message
     assert not (run / "segmenter" / "last.safetensors").exists() and not (run / "segmenter" / STATE).exists()
+
+
+def test_binary_miou_by_groups_the_frames_with_ground_truth() -> None:
+    """Per-group clean mIoU (benchmarks/frame_positions.py, benchmarks/avss_subsets.py): frames without ground
+    truth are skipped, class probabilities count as 1 - P(background), and the groups weighted by their
+    frames give the whole split's mIoU."""
+    from avseg.data.index import VideoRecord
+    from avseg.engine.evaluate import FrameOutput, binary_miou_by, evaluate_outputs
+
+    def record(category: str) -> VideoRecord:
+        return VideoRecord(f"v-{category}", "test", category, (), (), (), Path("a.wav"), None, None)
+
+    gt = np.zeros((4, 4), np.int64)
+    gt[:2, :2] = 1
+    half = np.zeros((4, 4), np.float32)
+    half[:2, :] = 0.9  # IoU 4 / 8
+    exact = np.zeros((2, 4, 4), np.float32)
+    exact[0], exact[1] = 1.0 - (gt != 0), gt != 0  # class probabilities, background first: IoU 1
+    frames = [
+        FrameOutput(record("a"), 0, 1, half, gt, np.zeros((3, 4, 4), np.float32)),
+        FrameOutput(record("a"), 1, 2, exact, gt, np.zeros((3, 4, 4), np.float32)),
+        FrameOutput(record("b"), 0, 1, half, None, np.zeros((3, 4, 4), np.float32)),  # no ground truth
+        FrameOutput(record("b"), 1, 2, np.zeros((4, 4), np.float32), gt, np.zeros((3, 4, 4), np.float32)),  # IoU 0
+    ]
+    by_video = binary_miou_by(iter(frames), lambda fo: fo.record.category)
+    assert list(by_video) == ["a", "b"]
+    assert by_video["a"] == (pytest.approx(0.75), 2) and by_video["b"] == (0.0, 1)
+    by_position = binary_miou_by(iter(frames), lambda fo: str(fo.t + 1))
+    assert by_position == {"1": (pytest.approx(0.5), 1), "2": (pytest.approx(0.5), 2)}
+    whole = evaluate_outputs(iter(frames), "s4", "clean")
+    assert sum(m * n for m, n in by_video.values()) / whole["frames"] == pytest.approx(whole["miou"])

@@ -134,3 +134,15 @@ def evaluate_outputs(
             continue
         acc.update(pred[None], fo.gt[None])
     return acc.compute()
+
+
+def binary_miou_by(outputs: Iterator[FrameOutput], group: Callable[[FrameOutput], str]) -> dict[str, tuple[float, int]]:
+    """Clean binary mIoU of the frames with ground truth, per ``group(frame)``: {group: (mIoU, frames)}, in the
+    order the groups first appear. Class probabilities (C, H, W) count as their foreground probability, as in
+    binary ``evaluate_outputs``; a frame's IoU does not depend on the others, so the groups' mIoUs weighted by
+    their frames give the whole split's."""
+    acc: dict[str, BinaryAccumulator] = {}
+    for fo in outputs:
+        if fo.gt is not None:
+            acc.setdefault(group(fo), BinaryAccumulator("clean")).update(foreground_probs(fo.output[None]), fo.gt[None])
+    return {k: (a.compute()["miou"], a.frames) for k, a in acc.items()}
