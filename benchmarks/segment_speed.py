@@ -1,4 +1,4 @@
-"""Seconds to segment a 10 s clip with ``avseg segment`` (default: the ws-avs/demo small model, 2 CPU threads).
+"""Seconds to segment a 10 s clip with ``avseg segment`` (default: the ws-avs/demo model with its small encoder, 2 CPU threads).
 
     python benchmarks/segment_speed.py                          # 10 s clips at 640x360 and 1280x720, --fps 1 and 0
     python benchmarks/segment_speed.py --run /tmp/comp-run      # a trained run instead of the untrained demo model
@@ -7,7 +7,8 @@
 The clip (moving shapes, 25 fps H.264, 44.1 kHz stereo AAC tone) is written by PyAV into a temporary
 folder, segmented with every output (mask PNGs, overlay MP4 with audio, GIF, contact sheet, JSON), and
 removed. Speed does not depend on the weights, so without ``--run`` the demo recipe's model is built
-untrained. One table row per (size, fps): wall seconds and where they went, and the process's CPU
+untrained, with the small CNN encoder that recipe used until session 15 (the table in docs/segment.md);
+``--visual efficientnet_lite0`` times the recipe's encoder now. One table row per (size, fps): wall seconds and where they went, and the process's CPU
 seconds (all threads; on a shared machine the load average is printed too, as wall time depends on it).
 """
 
@@ -61,22 +62,24 @@ def write_clip(path: Path, width: int, height: int, seconds: float, fps: int = 2
     return path
 
 
-def demo_predictor(device: str, batch_size: int):
-    """The ws-avs/demo recipe's model (small CNN encoders, 128 px), untrained."""
+def demo_predictor(device: str, batch_size: int, visual: str = "small"):
+    """The ws-avs/demo recipe's model with the given image encoder (128 px), untrained."""
     from avseg.inference.predictor import AudioSettings, Predictor
     from avseg.methods.ws_avs import WSAVSNet, build_segmenter
     from avseg.runner import build_config
 
-    _, cfg = build_config("ws-avs", "ws-avs/demo", data_root=".", layout="s4")
+    weights = "none" if visual == "small" else "imagenet"
+    _, cfg = build_config("ws-avs", "ws-avs/demo", data_root=".", layout="s4", overrides=[f"visual={visual}", f"visual_weights={weights}"])
     model = WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
     audio = AudioSettings.from_data_config(cfg.data.audio_frontend, cfg.data.audio_window, cfg.data.layout)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return Predictor(model, image_size=cfg.data.image_size, audio=audio, device=device, batch_size=batch_size, name=f"ws-avs/demo (untrained, {params:.2f} M parameters)")
+    return Predictor(model, image_size=cfg.data.image_size, audio=audio, device=device, batch_size=batch_size, name=f"ws-avs/demo, {visual} encoder (untrained, {params:.2f} M parameters)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="trained run folder (default: the ws-avs/demo model, untrained)")
+    parser.add_argument("--visual", default="small", choices=("small", "efficientnet_lite0"), help="image encoder of the untrained demo model (default small: the table in docs/segment.md)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sizes", nargs="+", default=["640x360", "1280x720"], help="WxH of the clip, one row each")
     parser.add_argument("--fps", type=float, nargs="+", default=[1.0, 0.0], help="--fps values (0 = every frame)")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run:
         predictor = Predictor.from_run(args.run, device=args.device, batch_size=args.batch_size)
     else:
-        predictor = demo_predictor(args.device, args.batch_size)
+        predictor = demo_predictor(args.device, args.batch_size, args.visual)
     print(f"model: {predictor.name}; image size {predictor.image_size}; audio {predictor.audio.frontend} "
           f"({predictor.audio.window_seconds} s windows); device {predictor.device}; torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
