@@ -53,9 +53,9 @@ from fakes import LOGMEL_AUDIO
 REPO = Path(__file__).resolve().parents[1]
 RANDOM_WEIGHTS = ["visual_weights=none", "audio_weights=none", "c2am_weights=none", "saliency_weights=none"]
 # The spectrogram audio encoder and the small image encoder these checks were measured with (ws-avs/demo now
-# hears aisfx embeddings and, since session 15, its segmenter reads EfficientNet-Lite0: at 32 px with 4 frames
-# its BatchNorm over 1x1 stride-32 maps turns layout rounding into a 8 % gradient difference, a property of the
-# tiny batch rather than of channels_last).
+# hears aisfx embeddings and, since session 15, its segmenter reads EfficientNet-Lite0, whose weight gradients
+# differed by 8 % between the two layouts at 32 px with 4 frames, losses equal: BatchNorm over 1x1 stride-32
+# maps amplifying rounding is our guess, not investigated).
 MEASURED_ENCODERS = list(LOGMEL_AUDIO) + ["visual=small"]
 
 
