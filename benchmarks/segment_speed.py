@@ -7,8 +7,9 @@
 The clip (moving shapes, 25 fps H.264, 44.1 kHz stereo AAC tone) is written by PyAV into a temporary
 folder, segmented with every output (mask PNGs, overlay MP4 with audio, GIF, contact sheet, JSON), and
 removed. Speed does not depend on the weights, so without ``--run`` the demo recipe's model is built
-untrained, with the small CNN encoder that recipe used until session 15 (the table in docs/segment.md);
-``--visual efficientnet_lite0`` times the recipe's encoder now. One table row per (size, fps): wall seconds and where they went, and the process's CPU
+untrained, with the small CNN image encoder that recipe used until session 15 (the image encoder of the
+table in docs/segment.md, measured when the recipe still heard 3 s log-mel windows);
+``--visual efficientnet_lite0`` times the recipe's image encoder now. One table row per (size, fps): wall seconds and where they went, and the process's CPU
 seconds (all threads; on a shared machine the load average is printed too, as wall time depends on it).
 """
 
@@ -79,7 +80,7 @@ def demo_predictor(device: str, batch_size: int, visual: str = "small"):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="trained run folder (default: the ws-avs/demo model, untrained)")
-    parser.add_argument("--visual", default="small", choices=("small", "efficientnet_lite0"), help="image encoder of the untrained demo model (default small: the table in docs/segment.md)")
+    parser.add_argument("--visual", default="small", choices=("small", "efficientnet_lite0"), help="image encoder of the untrained demo model (default small, the image encoder of the docs/segment.md table)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sizes", nargs="+", default=["640x360", "1280x720"], help="WxH of the clip, one row each")
     parser.add_argument("--fps", type=float, nargs="+", default=[1.0, 0.0], help="--fps values (0 = every frame)")
