@@ -323,6 +323,19 @@ def test_recipes_pair_embed_mlp_with_the_embedding_frontend() -> None:
     assert pairs["supervised/demo-aisfx"] == pairs["ws-avs/demo"] == pairs["ez-vsl/demo"] == ("embed-mlp", "aisfx-embed")
 
 
+def test_supervised_demo_aisfx_is_supervised_demo_with_its_audio_changed() -> None:
+    """supervised/demo-aisfx.yaml says "everything else is supervised/demo": only the audio encoder and the
+    audio front-end may differ (a change to supervised/demo, e.g. its negative audio, must reach both)."""
+    import yaml
+
+    from avseg import runner
+
+    demo = yaml.safe_load((runner.RECIPES / "supervised" / "demo.yaml").read_text())
+    aisfx = yaml.safe_load((runner.RECIPES / "supervised" / "demo-aisfx.yaml").read_text())
+    expected = {**demo, "audio": "embed-mlp", "data": {**demo["data"], "audio_frontend": "aisfx-embed"}}
+    assert aisfx == expected, "supervised/demo-aisfx.yaml differs from supervised/demo.yaml beyond its audio settings"
+
+
 @pytest.mark.parametrize(
     ("method", "key", "encoder", "frontend", "message"),
     [
