@@ -217,10 +217,56 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
         if k == chosen:  # the written masks are this model's at its threshold
             on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
             assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
-    with pytest.raises(Exception, match="av_models: 2 needs av_threshold_from: val"):
+    with pytest.raises(Exception, match="av_models: 2 with av_combine: best needs av_threshold_from: val"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config"))
     with pytest.raises(Exception, match="av_models must be >= 1, got 0"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=0",))
+
+
+def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) -> None:
+    """av_combine: mean selects with the mean of the audio-visual models' maps: the validation choice scores
+    that mean (beside each model alone, recorded), and the training frames' pseudo masks are the mean map's
+    selection at the threshold chosen for it."""
+    from avseg.bench import MODEL_CHOICE, chosen_thresholds
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.methods import ws_avs, ws_avs_av
+    from avseg.models.zoo import VISUAL_ENCODERS
+
+    run_dir = tmp_path / "mean"
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_models=3", "av_combine=mean"))
+    pseudo = summaries["pseudo-masks"]
+    models = pseudo["av_model_choice"]
+    weights = [run_dir / "av-model" / "last.safetensors", run_dir / "av-model" / "draw-1" / "last.safetensors", run_dir / "av-model" / "draw-2" / "last.safetensors"]
+    assert models["combine"] == "mean" and models["chosen"] is None and len(models["miou"]) == 3
+    assert pseudo["av_checkpoint"] == models["checkpoints"] == [str(w) for w in weights]
+    chosen = chosen_thresholds(summaries)
+    assert MODEL_CHOICE not in chosen and chosen["av_threshold"]["value"] == pseudo["av_threshold"]
+
+    spec, cfg = load_run(run_dir)
+    device = torch.device("cpu")
+    saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
+    load_model_weights(saliency, run_dir / "saliency" / "last.safetensors")
+    flip = json.loads((run_dir / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
+    c2am = ws_avs.load_c2am(cfg, run_dir, device)
+    nets = []
+    for path in weights:
+        net = ws_avs_av.build_av_model(cfg, pretrained=False)
+        load_model_weights(net, path)
+        nets.append(net.eval())
+    ensemble = ws_avs_av.AVEnsemble(nets)
+    on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), ensemble, device, grid=cfg.av_threshold_grid)
+    choice = pseudo["av_threshold_choice"]
+    assert (on_val["miou"], on_val["threshold"]) == (pytest.approx(choice["miou"], abs=1e-6), choice["threshold"]) and pseudo["av_threshold"] == choice["threshold"]
+    singles = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency.eval(), nets, device, grid=cfg.av_threshold_grid)
+    assert [c["miou"] for c in singles] == pytest.approx(models["miou"], abs=1e-6)
+    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), ensemble, device, split="train")
+    assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
+    maps = [torch.rand(1, 2, 4, 4) for _ in range(3)]
+    assert torch.allclose(ws_avs_av.mean_map(maps), (maps[0] + maps[1] + maps[2]) / 3)
+    # the mean needs no validation split (a configured threshold selects from it) and is the only other mode
+    build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_threshold_from=config", "av_models=2", "av_combine=mean"])
+    with pytest.raises(Exception, match="av_combine"):
+        build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_combine=median"])
 
 
 def test_ez_vsl_ogl_mixes_object_map(synth_s4: Path, tmp_path: Path) -> None:

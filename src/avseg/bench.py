@@ -109,7 +109,8 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     """What a run chose on the validation split, from its stage summaries: the heat map's binarisation threshold
     (stage ``threshold``) and WS-AVS-AV's selection threshold (``pseudo-masks`` with ``av_threshold_from: val``),
     each as {"value": t, "val_miou": its validation mIoU}; with several audio-visual models (``av_models``) also
-    the one kept (``"audio-visual model"``: its index, 0 = the run's seed)."""
+    the one kept (``"audio-visual model"``: its index, 0 = the run's seed; absent when their maps are averaged,
+    ``av_combine: mean``)."""
     out: dict[str, dict[str, float]] = {}
     heat = summaries.get("threshold") or {}
     if "threshold" in heat:
@@ -119,7 +120,7 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     if choice:
         out["av_threshold"] = {"value": float(choice["threshold"]), "val_miou": float(choice["miou"])}
     models = pseudo.get("av_model_choice")
-    if models:
+    if models and models.get("chosen") is not None:  # None: av_combine mean (the threshold above is the mean map's)
         out[MODEL_CHOICE] = {"value": float(models["chosen"]), "val_miou": float(models["miou"][models["chosen"]])}
     return out
 

@@ -39,6 +39,10 @@ variant keeps only the salient regions that an audio-visual similarity map selec
    ``av-model/draw-k``), runs the validation choice for each, and keeps the model and threshold with the
    best validation mIoU (ties: the first). The AV model is what varies most between draws of a run, and
    the validation mIoU of its selected masks follows the test mIoU of the segmenter trained on them.
+   ``av_combine: mean`` uses the K models together instead: the selection reads the mean of their
+   min-max normalised maps (``AVEnsemble``), its threshold chosen on validation like a single model's
+   (or ``av_threshold`` with ``av_threshold_from: config``); each model's own validation score is still
+   recorded. Averaging draws whose errors differ gave better selected masks than the best draw alone.
 
    Written to ``pseudo/masks`` (what the segmenter trains on), with ``pseudo/eq6`` (before the audio
    selection), ``pseudo/av-maps``, a manifest holding the quality of both against the ground truth of
@@ -80,6 +84,7 @@ log = logging.getLogger("avseg")
 
 SELECT_MODES = ("components", "pixels")
 REGION_SOURCES = ("activation", "pseudo")
+COMBINE_MODES = ("best", "mean")
 
 
 @dataclass
@@ -103,7 +108,8 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
     av_threshold_from: Literal["config", "val"] = "config"  # "val": the pseudo-masks stage chooses av_threshold on the validation split
     av_threshold_grid: list[float] = field(default_factory=lambda: [t for t in THRESHOLD_GRID if t >= 0.5])  # the values "val" chooses among
     av_keep_best: bool = True
-    av_models: int = 1  # audio-visual models trained (other seeds); > 1 needs av_threshold_from: val, which keeps the best model and threshold
+    av_models: int = 1  # audio-visual models trained (other seeds); how they are used: av_combine
+    av_combine: Literal["best", "mean"] = "best"  # av_models > 1: keep the best on validation (needs av_threshold_from: val), or average their maps
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps / saliency stages are reused if identical
 
     def __post_init__(self) -> None:
@@ -129,8 +135,10 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
             check_threshold("av_threshold_grid", t)
         if self.av_models < 1:
             raise ValueError(f"av_models must be >= 1, got {self.av_models}")
-        if self.av_models > 1 and self.av_threshold_from != "val":
-            raise ValueError(f"av_models: {self.av_models} needs av_threshold_from: val (the models are compared on the validation split)")
+        if self.av_combine not in COMBINE_MODES:
+            raise ValueError(f"av_combine must be one of {COMBINE_MODES}, got {self.av_combine!r}")
+        if self.av_models > 1 and self.av_combine == "best" and self.av_threshold_from != "val":
+            raise ValueError(f"av_models: {self.av_models} with av_combine: best needs av_threshold_from: val (the models are compared on the validation split)")
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {**super().train_settings(), "av_train": self.av_train}
@@ -269,6 +277,27 @@ def load_av_model(cfg: WSAVSAudioConfig, ctx: StageContext, k: int) -> EZVSLNet:
     return model.to(ctx.device).eval()
 
 
+class AVEnsemble(torch.nn.Module):
+    """Several audio-visual models as one (``av_combine: mean``): the mean of their per-frame maps, each
+    min-max normalised as ``EZVSLNet.av_map`` returns it (so each model weighs the same)."""
+
+    def __init__(self, models: Sequence[EZVSLNet]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("an ensemble needs at least one audio-visual model")
+        self.models = torch.nn.ModuleList(models)
+        self.members: list[EZVSLNet] = list(models)  # the same modules, typed
+
+    @torch.no_grad()
+    def av_map(self, batch: AVBatch) -> Tensor:
+        return mean_map([m.av_map(batch) for m in self.members])
+
+
+def mean_map(maps: Sequence[Tensor]) -> Tensor:
+    """The mean of same-shaped maps in [0, 1] (what ``AVEnsemble`` selects with)."""
+    return torch.stack(list(maps)).mean(0)
+
+
 COLUMNS = ["frame", "C2AM map", "saliency", "AV map", "Eq. 6 mask", "audio-selected", "ground truth"]
 
 
@@ -281,7 +310,7 @@ def sweep_selection(
 
 
 def choose_av_threshold(
-    cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, av_model: EZVSLNet, device: torch.device,
+    cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, av_model: EZVSLNet | AVEnsemble, device: torch.device,
     split: str = "val", grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 32,
 ) -> dict[str, Any]:  # fmt: skip
     """The ``av_threshold`` of ``grid`` whose audio-selected Eq. 6 masks score the best clean mIoU on ``split``'s
@@ -293,14 +322,15 @@ def choose_av_threshold(
 
 
 def choose_av_thresholds(
-    cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, av_models: Sequence[EZVSLNet],
-    device: torch.device, split: str = "val", grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 32,
+    cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, av_models: Sequence[EZVSLNet | AVEnsemble],
+    device: torch.device, split: str = "val", grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 32, with_mean: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """``choose_av_threshold`` for each of several audio-visual models, in one pass over the split: C2AM,
     saliency and Eq. 6 are computed once per frame, the audio-visual map once per model. One summary per
-    model, each equal to ``choose_av_threshold`` run on that model alone."""
+    model, each equal to ``choose_av_threshold`` run on that model alone; ``with_mean`` adds one last summary,
+    the models' mean map (``AVEnsemble``) as one more candidate."""
     dataset = make_dataset(cfg.data, split, audio=True)
-    count = len(av_models)
+    count = len(av_models) + int(with_mean)
 
     def inputs(batch: AVBatch) -> Tensor:
         b, t = batch.frames.shape[:2]
@@ -308,9 +338,11 @@ def choose_av_thresholds(
         a = (torch.floor(a.clamp(0, 1) * 255.0 + 0.5) / 255.0).view(b, t, *a.shape[-2:])  # as save_probability_png rounds
         eq6 = a > cfg.c2am_threshold if saliency is None else ws_avs.eq6_mask(a, saliency.predict(batch), cfg.eq6_floor)
         sims = [m.av_map(batch) for m in av_models]
-        return torch.stack([eq6.float(), (a > cfg.c2am_threshold).float(), *sims], dim=2)  # (B, T, 2 + models, H, W)
+        if with_mean:
+            sims.append(mean_map(sims))
+        return torch.stack([eq6.float(), (a > cfg.c2am_threshold).float(), *sims], dim=2)  # (B, T, 2 + candidates, H, W)
 
-    def iou_sums(stacked: Tensor, gts: Tensor) -> list[dict[float, float]]:  # stacked: (n, 2 + models, H, W) as ``inputs`` makes them
+    def iou_sums(stacked: Tensor, gts: Tensor) -> list[dict[float, float]]:  # stacked: (n, 2 + candidates, H, W) as ``inputs`` makes them
         proposals = stacked[:, 1] > 0.5 if cfg.av_regions == "activation" else None
         eq6 = stacked[:, 0] > 0.5
         return [sweep_selection(eq6, stacked[:, 2 + k], proposals, gts, cfg.av_select, cfg.av_keep_best, grid) for k in range(count)]
@@ -331,25 +363,39 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         load_model_weights(saliency, ctx.path("saliency", "last.safetensors"))
         saliency = saliency.to(ctx.device).eval()
     threshold, choice, model_choice, chosen = cfg.av_threshold, None, None, 0
-    models: list[EZVSLNet] = []  # loaded for the validation choice, then the kept one writes the pseudo masks
+    mean = cfg.av_combine == "mean" and cfg.av_models > 1
+    models: list[EZVSLNet] = []  # loaded for the validation choice, then the kept one (or all: av_combine mean) writes the pseudo masks
+    checkpoints = [str(av_model_dir(ctx, k) / "last.safetensors") for k in range(cfg.av_models)]
     if cfg.av_threshold_from == "val":
         polarity = json.loads(ctx.path("pseudo", "maps", ws_avs.POLARITY_FILE).read_text())
         c2am = ws_avs.load_c2am(cfg, ctx.run_dir, ctx.device)
         models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
-        choices = choose_av_thresholds(cfg, c2am, bool(polarity["flip"]), saliency, models, ctx.device, grid=cfg.av_threshold_grid)
+        choices = choose_av_thresholds(cfg, c2am, bool(polarity["flip"]), saliency, models, ctx.device, grid=cfg.av_threshold_grid, with_mean=mean)
+        singles = choices[: cfg.av_models]
         if cfg.av_models > 1:
-            for k, c in enumerate(choices):
+            for k, c in enumerate(singles):
                 log.info("pseudo-masks: audio-visual model %d: validation pseudo-mask mIoU %.1f at av_threshold %.2f", k, 100 * c["miou"], c["threshold"])
-        chosen = max(range(len(choices)), key=lambda k: (choices[k]["miou"], -k))  # ties: the first model
-        choice = choices[chosen]
+        if mean:
+            choice = choices[-1]
+            log.info("pseudo-masks: the mean of the %d models' maps: validation pseudo-mask mIoU %.1f at av_threshold %.2f",
+                     cfg.av_models, 100 * choice["miou"], choice["threshold"])  # fmt: skip
+        else:
+            chosen = max(range(len(singles)), key=lambda k: (singles[k]["miou"], -k))  # ties: the first model
+            choice = singles[chosen]
         threshold = choice["threshold"]
         if cfg.av_models > 1:
-            model_choice = {"chosen": chosen, "checkpoints": [str(av_model_dir(ctx, k) / "last.safetensors") for k in range(cfg.av_models)],
-                            "miou": [c["miou"] for c in choices], "thresholds": [c["threshold"] for c in choices]}  # fmt: skip
+            model_choice = {"combine": cfg.av_combine, "chosen": None if mean else chosen, "checkpoints": checkpoints,
+                            "miou": [c["miou"] for c in singles], "thresholds": [c["threshold"] for c in singles]}  # fmt: skip
         log.info("pseudo-masks: av_threshold %.2f chosen on validation (pseudo-mask mIoU %.1f over %d frames; %.1f at the configured %.2f)%s",
                  threshold, 100 * choice["miou"], choice["frames"], 100 * choice["sweep"].get(f"{cfg.av_threshold:.2f}", float("nan")), cfg.av_threshold,
-                 f", audio-visual model {chosen} of {cfg.av_models}" if cfg.av_models > 1 else "")  # fmt: skip
-    av_model = models[chosen] if models else load_av_model(cfg, ctx, chosen)
+                 "" if cfg.av_models == 1 else f", the mean of {cfg.av_models} audio-visual models" if mean else f", audio-visual model {chosen} of {cfg.av_models}")  # fmt: skip
+    elif mean:
+        models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
+    av_model: EZVSLNet | AVEnsemble
+    if mean:
+        av_model = AVEnsemble(models)
+    else:
+        av_model = models[chosen] if models else load_av_model(cfg, ctx, chosen)
     del models
 
     def combine(batch: AVBatch) -> Tensor:
@@ -407,7 +453,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         "quality": quality(q_kept), "quality_eq6": quality(q_eq6),
         "area_eq6": area_eq6 / max(frames, 1), "area_kept": area_kept / max(frames, 1),
         "contact_sheet": str(sheet) if rows else None,
-        "av_checkpoint": str(av_model_dir(ctx, chosen) / "last.safetensors"),
+        "av_checkpoint": checkpoints if mean else checkpoints[chosen],  # the mean's models (av_combine: mean) or the one used
     }  # fmt: skip
     write_text_atomic(folder / "manifest.json", json.dumps(summary, indent=2, default=str))
     ctx.summary["pseudo_masks"] = summary
