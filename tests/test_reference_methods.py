@@ -189,7 +189,7 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
 
     single, several = tmp_path / "one", tmp_path / "three"
     train_tiny("ws-avs-av", synth_s4, single, extra=("av_threshold_from=val", "av_models=1"))
-    summaries = train_tiny("ws-avs-av", synth_s4, several, extra=("av_threshold_from=val", "av_models=3"))  # as ws-avs-av/demo
+    summaries = train_tiny("ws-avs-av", synth_s4, several, extra=("av_threshold_from=val", "av_models=3", "av_combine=best"))  # ws-avs-av/demo before session 17
     weights = [several / "av-model" / "last.safetensors", several / "av-model" / "draw-1" / "last.safetensors", several / "av-model" / "draw-2" / "last.safetensors"]
     assert weights[0].read_bytes() == (single / "av-model" / "last.safetensors").read_bytes()
     assert len({w.read_bytes() for w in weights}) == 3
@@ -218,7 +218,7 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
             on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
             assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
     with pytest.raises(Exception, match="av_models: 2 with av_combine: best needs av_threshold_from: val"):
-        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config"))
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config", "av_combine=best"))
     with pytest.raises(Exception, match="av_models must be >= 1, got 0"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=0",))
 
