@@ -143,14 +143,27 @@ def test_sweep_selection_scores_each_threshold() -> None:
     assert comp[0.45] == pytest.approx(iou0 + iou1) and comp[0.6] == pytest.approx(iou1) and comp[0.8] == pytest.approx(0.0)
 
 
+def load_selection_inputs(run_dir: Path) -> tuple:
+    """A ws-avs-av run's config and what its audio selection reads besides the audio-visual models: the C2AM
+    net, the training frames' polarity (flip) and the saliency net (eval mode, on the CPU)."""
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.methods import ws_avs
+    from avseg.models.zoo import VISUAL_ENCODERS
+
+    _, cfg = load_run(run_dir)
+    saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
+    load_model_weights(saliency, run_dir / "saliency" / "last.safetensors")
+    flip = json.loads((run_dir / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
+    return cfg, ws_avs.load_c2am(cfg, run_dir, torch.device("cpu")), flip, saliency.eval()
+
+
 def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path) -> None:
     """av_threshold_from: val: the pseudo-masks stage scores the selection on validation for every grid value,
     keeps the best, and selects the training frames' masks with it. The validation pipeline is the training
     one: run on the training split, its sweep at the chosen value is the written pseudo masks' quality."""
     from avseg.engine.checkpoint import load_model_weights
-    from avseg.methods import ws_avs, ws_avs_av
+    from avseg.methods import ws_avs_av
     from avseg.methods.common import THRESHOLD_GRID
-    from avseg.models.zoo import VISUAL_ENCODERS
 
     run_dir = tmp_path / "ws-avs-av"
     summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_threshold=0.6", "av_models=1"))
@@ -161,14 +174,10 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
     assert pseudo["av_threshold"] == choice["threshold"] and pseudo["av_threshold_from"] == "val"
     assert choice["sweep"][f"{choice['threshold']:.2f}"] == max(choice["sweep"].values()) == pytest.approx(choice["miou"], abs=1e-5)
 
-    spec, cfg = load_run(run_dir)
+    cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
     device = torch.device("cpu")
-    saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
-    load_model_weights(saliency, run_dir / "saliency" / "last.safetensors")
     av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
     load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
-    flip = json.loads((run_dir / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
-    c2am = ws_avs.load_c2am(cfg, run_dir, device)
     on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
     assert on_train["frames"] == pseudo["quality"]["frames"]
     assert len(set(on_train["sweep"].values())) > 1  # the threshold matters on these maps
@@ -184,8 +193,7 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
     others other draws), scores each on validation as a single one would be, and writes the training frames'
     pseudo masks with the best model at its own best threshold."""
     from avseg.engine.checkpoint import load_model_weights
-    from avseg.methods import ws_avs, ws_avs_av
-    from avseg.models.zoo import VISUAL_ENCODERS
+    from avseg.methods import ws_avs_av
 
     single, several = tmp_path / "one", tmp_path / "three"
     train_tiny("ws-avs-av", synth_s4, single, extra=("av_threshold_from=val", "av_models=1"))
@@ -203,12 +211,8 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
     assert models["miou"][chosen] == max(models["miou"]) == pseudo["av_threshold_choice"]["miou"]
     assert pseudo["av_threshold"] == models["thresholds"][chosen]
 
-    spec, cfg = load_run(several)
+    cfg, c2am, flip, saliency = load_selection_inputs(several)
     device = torch.device("cpu")
-    saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
-    load_model_weights(saliency, several / "saliency" / "last.safetensors")
-    flip = json.loads((several / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
-    c2am = ws_avs.load_c2am(cfg, several, device)
     for k, path in enumerate(weights):  # each model's score is the single-model choice with it
         av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
         load_model_weights(av_model, path)
@@ -229,8 +233,7 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
     selection at the threshold chosen for it."""
     from avseg.bench import MODEL_CHOICE, chosen_thresholds
     from avseg.engine.checkpoint import load_model_weights
-    from avseg.methods import ws_avs, ws_avs_av
-    from avseg.models.zoo import VISUAL_ENCODERS
+    from avseg.methods import ws_avs_av
 
     run_dir = tmp_path / "mean"
     summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_models=3", "av_combine=mean"))
@@ -242,12 +245,8 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
     chosen = chosen_thresholds(summaries)
     assert MODEL_CHOICE not in chosen and chosen["av_threshold"]["value"] == pseudo["av_threshold"]
 
-    spec, cfg = load_run(run_dir)
+    cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
     device = torch.device("cpu")
-    saliency = ws_avs.SaliencyNet(VISUAL_ENCODERS[cfg.saliency_visual](weights="none"))
-    load_model_weights(saliency, run_dir / "saliency" / "last.safetensors")
-    flip = json.loads((run_dir / "pseudo" / "maps" / ws_avs.POLARITY_FILE).read_text())["flip"]
-    c2am = ws_avs.load_c2am(cfg, run_dir, device)
     nets = []
     for path in weights:
         net = ws_avs_av.build_av_model(cfg, pretrained=False)
