@@ -178,7 +178,7 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
     device = torch.device("cpu")
     av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
     load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
-    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
+    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model.eval(), device, split="train")
     assert on_train["frames"] == pseudo["quality"]["frames"]
     assert len(set(on_train["sweep"].values())) > 1  # the threshold matters on these maps
     assert on_train["sweep"][f"{choice['threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
@@ -216,10 +216,10 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
     for k, path in enumerate(weights):  # each model's score is the single-model choice with it
         av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
         load_model_weights(av_model, path)
-        on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, grid=cfg.av_threshold_grid)
+        on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model.eval(), device, grid=cfg.av_threshold_grid)
         assert (on_val["miou"], on_val["threshold"]) == (pytest.approx(models["miou"][k], abs=1e-6), models["thresholds"][k])
         if k == chosen:  # the written masks are this model's at its threshold
-            on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), av_model.eval(), device, split="train")
+            on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model.eval(), device, split="train")
             assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
     with pytest.raises(Exception, match="av_models: 2 with av_combine: best needs av_threshold_from: val"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config", "av_combine=best"))
@@ -253,12 +253,12 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
         load_model_weights(net, path)
         nets.append(net.eval())
     ensemble = ws_avs_av.AVEnsemble(nets)
-    on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), ensemble, device, grid=cfg.av_threshold_grid)
+    on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, ensemble, device, grid=cfg.av_threshold_grid)
     choice = pseudo["av_threshold_choice"]
     assert (on_val["miou"], on_val["threshold"]) == (pytest.approx(choice["miou"], abs=1e-6), choice["threshold"]) and pseudo["av_threshold"] == choice["threshold"]
-    singles = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency.eval(), nets, device, grid=cfg.av_threshold_grid)
+    singles = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, nets, device, grid=cfg.av_threshold_grid)
     assert [c["miou"] for c in singles] == pytest.approx(models["miou"], abs=1e-6)
-    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency.eval(), ensemble, device, split="train")
+    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, ensemble, device, split="train")
     assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
     maps = [torch.rand(1, 2, 4, 4) for _ in range(3)]
     assert torch.allclose(ws_avs_av.mean_map(maps), (maps[0] + maps[1] + maps[2]) / 3)

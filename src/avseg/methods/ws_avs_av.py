@@ -277,16 +277,15 @@ def load_av_model(cfg: WSAVSAudioConfig, ctx: StageContext, k: int) -> EZVSLNet:
     return model.to(ctx.device).eval()
 
 
-class AVEnsemble(torch.nn.Module):
-    """Several audio-visual models as one (``av_combine: mean``): the mean of their per-frame maps, each
-    min-max normalised as ``EZVSLNet.av_map`` returns it (so each model weighs the same)."""
+class AVEnsemble:
+    """Several audio-visual models (loaded, on their device, in eval mode) as one (``av_combine: mean``): the
+    mean of their per-frame maps, each min-max normalised as ``EZVSLNet.av_map`` returns it (so each model
+    weighs the same)."""
 
     def __init__(self, models: Sequence[EZVSLNet]) -> None:
-        super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one audio-visual model")
-        self.models = torch.nn.ModuleList(models)
-        self.members: list[EZVSLNet] = list(models)  # the same modules, typed
+        self.members = list(models)
 
     @torch.no_grad()
     def av_map(self, batch: AVBatch) -> Tensor:
