@@ -548,3 +548,24 @@ def test_bad_input_matrix_mp4_audio(case: str, tmp_path: Path) -> None:
     with pytest.raises(AudioError) as exc:
         load_audio(path, 16000)
     assert str(path) in str(exc.value) and re.search(regex, str(exc.value)), str(exc.value)
+
+
+def test_quiet_seconds_relative_to_the_loudest_second() -> None:
+    """Second t is quiet when its RMS is more than ``db`` below the loudest second's; seconds past the clip's
+    end hold nothing; an all-zero clip is quiet throughout."""
+    from avseg.audio import quiet_seconds
+
+    sr = 1000
+    t = np.arange(sr) / sr
+    tone = 0.5 * np.sin(2 * np.pi * 50 * t)
+    level = lambda db: tone * 10 ** (db / 20)  # noqa: E731
+    wave = np.concatenate([level(0), level(-12), level(-3), level(-7)]).astype(np.float32)
+    assert quiet_seconds(wave, sr, 4, 6.0).tolist() == [False, True, False, True]
+    assert quiet_seconds(wave, sr, 4, 8.0).tolist() == [False, True, False, False]
+    assert quiet_seconds(wave, sr, 6, 6.0).tolist() == [False, True, False, True, True, True]  # past the end: nothing sounds
+    assert quiet_seconds(wave[: sr + sr // 2], sr, 2, 6.0).tolist() == [False, True]  # the half second left is at -12 dB
+    assert quiet_seconds(np.zeros(3 * sr, np.float32), sr, 3, 6.0).all()
+    with pytest.raises(ValueError, match="db must be > 0"):
+        quiet_seconds(wave, sr, 4, 0.0)
+    with pytest.raises(ValueError, match="seconds must be >= 1"):
+        quiet_seconds(wave, sr, 0, 6.0)

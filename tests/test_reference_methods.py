@@ -268,6 +268,108 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
         build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_combine=median"])
 
 
+def test_ws_avs_av_chooses_eq6_or_c2am_alone_on_validation(synth_s4: Path, tmp_path: Path) -> None:
+    """refinement_from: val scores every candidate twice on validation, on Eq. 6 with the saliency map and on
+    the C2AM mask alone (A > c2am_alone_threshold, as refinement: c2am selects), keeps the better base, and
+    writes the training frames' pseudo masks from it."""
+    import dataclasses
+
+    from avseg.bench import BASE_CHOICE, chosen_thresholds
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.methods import ws_avs_av
+
+    run_dir = tmp_path / "both"
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_models=1", "refinement_from=val", "c2am_alone_threshold=0.4"))
+    pseudo = summaries["pseudo-masks"]
+    bases = pseudo["refinement_choice"]
+    assert set(bases["miou"]) == {"saliency", "c2am"} and bases["c2am_alone_threshold"] == 0.4
+    kept = bases["chosen"]
+    assert bases["miou"][kept] == max(bases["miou"].values()) == pseudo["av_threshold_choice"]["miou"]
+    assert pseudo["av_threshold"] == bases["thresholds"][kept]
+    assert chosen_thresholds(summaries)[BASE_CHOICE]["value"] == float(kept == "c2am")
+
+    cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
+    assert pseudo["refinement"] == kept and pseudo["threshold"] == (0.4 if kept == "c2am" else cfg.c2am_threshold)
+    device = torch.device("cpu")
+    av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
+    load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
+    av_model.eval()
+    with_eq6, with_alone = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, grid=cfg.av_threshold_grid, alone=0.4)
+    assert with_eq6 == ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model, device, grid=cfg.av_threshold_grid)
+    alone_cfg = dataclasses.replace(cfg, refinement="c2am", c2am_threshold=0.4, refinement_from="config")  # the C2AM-alone base is that recipe's
+    assert with_alone == ws_avs_av.choose_av_threshold(alone_cfg, c2am, flip, None, av_model, device, grid=cfg.av_threshold_grid)
+    assert with_eq6["sweep"] != with_alone["sweep"]
+    assert {"saliency": with_eq6["miou"], "c2am": with_alone["miou"]} == pytest.approx(bases["miou"], abs=1e-6)
+    # the written masks are the kept base's selection at its threshold
+    on_train = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, split="train", alone=0.4)[int(kept == "c2am")]
+    assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
+    with pytest.raises(Exception, match="refinement_from: val needs refinement: saliency and av_threshold_from: val"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=val", "av_threshold_from=config"))
+    with pytest.raises(Exception, match="refinement_from: val needs refinement: saliency"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=val", "refinement=c2am", "av_threshold_from=val"))
+    with pytest.raises(Exception, match=r"c2am_alone_threshold must be in \(0, 1\), got 1.0"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("c2am_alone_threshold=1.0",))
+
+
+def test_ws_avs_av_empties_pseudo_masks_of_quiet_seconds(tmp_path: Path) -> None:
+    """av_silence_db: a training frame whose second is more than av_silence_db below the clip's loudest second
+    gets an empty pseudo mask. On synthetic MS3 (silent seconds hold only the background noise, 10 dB below a
+    source) those are exactly the frames where nothing sounds. av_silence_from: val keeps or empties them by
+    the validation score of the two."""
+    from avseg.audio import load_audio, quiet_seconds
+    from avseg.bench import SILENCE_CHOICE, chosen_thresholds
+    from avseg.data.avsbench import read_probability_png
+    from avseg.data.synthetic import generate
+    from avseg.engine.checkpoint import load_model_weights
+    from avseg.engine.evaluate import prediction_relpath
+    from avseg.methods import ws_avs_av
+    from avseg.methods.common import make_dataset
+
+    root = tmp_path / "ms3"
+    generate("ms3", root, num_videos=10, seed=0, size=32)  # 8 of the 30 training frames silent
+    run_dir = tmp_path / "gated"
+    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6"))
+    pseudo = summaries["pseudo-masks"]
+    _, cfg = load_run(run_dir)
+    train = make_dataset(cfg.data, "train")
+    quiet_frames = sounding_frames = 0
+    for record, (_, masks) in ((r, train.decode_raw(i)) for i, r in enumerate(train.records)):
+        wave, rate = load_audio(record.audio_path)
+        quiet = quiet_seconds(wave, rate, len(record.frame_paths), 6.0)
+        for t, k in enumerate(record.frame_numbers):
+            written = read_probability_png(run_dir / "pseudo" / "masks" / prediction_relpath("ms3", record.split, record.category, record.video_id, k))
+            gt = masks[t]
+            assert gt is not None  # synthetic MS3 training frames all have a mask
+            if quiet[t]:
+                quiet_frames += 1
+                assert not written.any() and not gt.any()  # emptied, and indeed nothing sounds there
+            else:
+                sounding_frames += 1
+    assert pseudo["av_silence_db"] == 6 and pseudo["silent_frames"] == quiet_frames > 0 and sounding_frames > 0
+
+    # av_silence_from: val scores the masks with the quiet frames kept and emptied, and writes the better
+    run_dir = tmp_path / "chosen"
+    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6", "av_silence_from=val"))
+    pseudo = summaries["pseudo-masks"]
+    choice = pseudo["silence_choice"]
+    cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
+    device = torch.device("cpu")
+    av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
+    load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
+    av_model.eval()
+    kept, emptied = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, grid=cfg.av_threshold_grid, silence=[False, True])
+    assert choice["miou"] == pytest.approx({"kept": kept["miou"], "emptied": emptied["miou"]}, abs=1e-6)
+    assert choice["emptied"] == (emptied["miou"] > kept["miou"]) and pseudo["av_silence_db"] == (6 if choice["emptied"] else None)
+    assert pseudo["silent_frames"] == (quiet_frames if choice["emptied"] else 0)
+    assert chosen_thresholds(summaries)[SILENCE_CHOICE] == {"value": float(choice["emptied"]), "val_miou": max(choice["miou"].values())}
+    on_train = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, split="train", silence=[choice["emptied"]])[0]
+    assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
+    with pytest.raises(Exception, match=r"av_silence_db must be in \(0, 60\]"):
+        train_tiny("ws-avs-av", root, tmp_path / "bad", layout="ms3", extra=("av_silence_db=-3",))
+    with pytest.raises(Exception, match="av_silence_from: val needs av_silence_db"):
+        train_tiny("ws-avs-av", root, tmp_path / "bad", layout="ms3", extra=("av_silence_from=val", "av_threshold_from=val"))
+
+
 def test_ez_vsl_ogl_mixes_object_map(synth_s4: Path, tmp_path: Path) -> None:
     if not HAVE_EFFICIENTNET:
         pytest.skip("efficientnet-lite-pytorch not installed")

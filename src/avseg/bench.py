@@ -99,9 +99,17 @@ class BenchRow:
 
 
 MODEL_CHOICE = "audio-visual model"
+BASE_CHOICE = "pseudo-mask base"
+BASES = ("Eq. 6", "C2AM alone")  # WS-AVS-AV's refinement_from: val, values 0 and 1 of BASE_CHOICE
+SILENCE_CHOICE = "quiet frames"
+SILENCE = ("kept", "emptied")  # WS-AVS-AV's av_silence_from: val, values 0 and 1 of SILENCE_CHOICE
 
 
 def _choice_value(name: str, value: float) -> str:
+    if name == BASE_CHOICE:
+        return BASES[int(value)]
+    if name == SILENCE_CHOICE:
+        return SILENCE[int(value)]
     return f"{int(value)}" if name == MODEL_CHOICE else f"{value:.2f}"
 
 
@@ -110,7 +118,9 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     (stage ``threshold``) and WS-AVS-AV's selection threshold (``pseudo-masks`` with ``av_threshold_from: val``),
     each as {"value": t, "val_miou": its validation mIoU}; with several audio-visual models (``av_models``) also
     the one kept (``"audio-visual model"``: its index, 0 = the run's seed; absent when their maps are averaged,
-    ``av_combine: mean``)."""
+    ``av_combine: mean``); with ``refinement_from: val`` the pseudo-mask base kept (``"pseudo-mask base"``: 0 =
+    Eq. 6 with the saliency map, 1 = the C2AM mask alone), with ``av_silence_from: val`` whether the quiet
+    frames' masks were emptied (``"quiet frames"``: 0 = kept, 1 = emptied)."""
     out: dict[str, dict[str, float]] = {}
     heat = summaries.get("threshold") or {}
     if "threshold" in heat:
@@ -122,6 +132,14 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     models = pseudo.get("av_model_choice")
     if models and models.get("chosen") is not None:  # None: av_combine mean (the threshold above is the mean map's)
         out[MODEL_CHOICE] = {"value": float(models["chosen"]), "val_miou": float(models["miou"][models["chosen"]])}
+    bases = pseudo.get("refinement_choice")
+    if bases:
+        kept = bases["chosen"]
+        out[BASE_CHOICE] = {"value": float(kept == "c2am"), "val_miou": float(bases["miou"][kept])}
+    silence = pseudo.get("silence_choice")
+    if silence:
+        which = "emptied" if silence["emptied"] else "kept"
+        out[SILENCE_CHOICE] = {"value": float(silence["emptied"]), "val_miou": float(silence["miou"][which])}
     return out
 
 

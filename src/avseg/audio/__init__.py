@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 from avseg.audio.decode import AudioError, decode_audio_stream, load_audio
-from avseg.audio.frontends import FRONTENDS, FrontendSpec, aisfx_embeddings, aisfx_log_mel, compute_features, feature_shape, fit_length, frame_windows, log_mel, log_stft, rms, vggish_examples
+from avseg.audio.frontends import (
+    FRONTENDS,
+    FrontendSpec,
+    aisfx_embeddings,
+    aisfx_log_mel,
+    compute_features,
+    feature_shape,
+    fit_length,
+    frame_windows,
+    log_mel,
+    log_stft,
+    quiet_seconds,
+    rms,
+    vggish_examples,
+)
 from avseg.audio.resample import resample
 
 __all__ = [
@@ -20,6 +34,7 @@ __all__ = [
     "load_audio",
     "log_mel",
     "log_stft",
+    "quiet_seconds",
     "resample",
     "rms",
     "vggish_examples",

@@ -404,6 +404,23 @@ def rms(wave: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if len(wave) else 0.0
 
 
+def quiet_seconds(wave: np.ndarray, sample_rate: int, seconds: int, db: float) -> np.ndarray:
+    """(seconds,) bool: second t of the clip (samples [t, t + 1) s) is more than ``db`` dB below the loudest of
+    the ``seconds`` seconds in RMS (a second past the clip's end holds no sample and is quiet; so is every
+    second of an all-zero clip). AVSBench shows one frame per second: this is "nothing sounds in frame t"
+    judged from the sound's level alone, relative to the clip, as a background that stays while the sources
+    stop leaves it."""
+    if seconds < 1:
+        raise ValueError(f"seconds must be >= 1, got {seconds}")
+    if not db > 0:
+        raise ValueError(f"db must be > 0, got {db}")
+    levels = np.array([rms(wave[t * sample_rate : (t + 1) * sample_rate]) for t in range(seconds)])
+    loudest = float(levels.max())
+    if loudest <= 0.0:
+        return np.ones(seconds, dtype=bool)
+    return levels < loudest * 10.0 ** (-db / 20.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Per-frame windows
 # ----------------------------------------------------------------------------------------------

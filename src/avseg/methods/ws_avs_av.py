@@ -43,6 +43,18 @@ variant keeps only the salient regions that an audio-visual similarity map selec
    min-max normalised maps (``AVEnsemble``), its threshold chosen on validation like a single model's
    (or ``av_threshold`` with ``av_threshold_from: config``); each model's own validation score is still
    recorded. Averaging draws whose errors differ gave better selected masks than the best draw alone.
+   ``refinement_from: val`` (with ``refinement: saliency``) scores every candidate a second time with the C2AM
+   mask alone, A > ``c2am_alone_threshold`` (its components the proposals), in place of Eq. 6, i.e. as
+   ``refinement: c2am`` with that threshold would select, and keeps the base (and its model choice and
+   threshold) with the better validation mIoU (ties: Eq. 6); the manifest's ``refinement_choice`` keeps both
+   scores. The saliency detector is trained on the initial masks either way. On synthetic S4 the saliency map
+   of some draws covers half of the objects, and Eq. 6 then cuts the selected objects in half.
+   ``av_silence_db``: the frames whose second (one frame per second) is more than that many dB below the
+   clip's loudest second in RMS get an empty pseudo mask: nothing sounds there (``SilenceGate``); a heat
+   map is relative and always marks something. MS3 and AVSS mark per second what sounds, and on synthetic
+   MS3 a sixth of the frames show a silent second. ``av_silence_from: val`` writes the masks with or without
+   that emptying by the validation score of the two (ties: without), so a dataset whose annotation marks
+   the object in its quiet seconds too (S4: the object of the whole clip) keeps them.
 
    Written to ``pseudo/masks`` (what the segmenter trains on), with ``pseudo/eq6`` (before the audio
    selection), ``pseudo/av-maps``, a manifest holding the quality of both against the ground truth of
@@ -64,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avseg.audio import load_audio, quiet_seconds
 from avseg.config import TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.engine.evaluate import iterate_outputs, save_probability_png
@@ -110,6 +123,10 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
     av_keep_best: bool = True
     av_models: int = 1  # audio-visual models trained (other seeds); how they are used: av_combine
     av_combine: Literal["best", "mean"] = "best"  # av_models > 1: keep the best on validation (needs av_threshold_from: val), or average their maps
+    refinement_from: Literal["config", "val"] = "config"  # "val": also try the C2AM mask alone in place of Eq. 6, keep the better on validation
+    c2am_alone_threshold: float = 0.5  # refinement_from: val: the C2AM-alone candidate's mask and proposals, A > this
+    av_silence_db: float | None = None  # frames whose second is more than this many dB below the clip's loudest get an empty pseudo mask
+    av_silence_from: Literal["config", "val"] = "config"  # "val": score the masks with and without that emptying on validation, keep the better
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps / saliency stages are reused if identical
 
     def __post_init__(self) -> None:
@@ -139,6 +156,17 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
             raise ValueError(f"av_combine must be one of {COMBINE_MODES}, got {self.av_combine!r}")
         if self.av_models > 1 and self.av_combine == "best" and self.av_threshold_from != "val":
             raise ValueError(f"av_models: {self.av_models} with av_combine: best needs av_threshold_from: val (the models are compared on the validation split)")
+        if self.refinement_from not in ("config", "val"):
+            raise ValueError(f"refinement_from must be 'config' or 'val', got {self.refinement_from!r}")
+        if self.refinement_from == "val" and (self.refinement != "saliency" or self.av_threshold_from != "val"):
+            raise ValueError("refinement_from: val needs refinement: saliency and av_threshold_from: val (Eq. 6 with the saliency map and the C2AM mask alone are compared on the validation split)")
+        check_threshold("c2am_alone_threshold", self.c2am_alone_threshold)
+        if self.av_silence_db is not None and not 0.0 < self.av_silence_db <= 60.0:
+            raise ValueError(f"av_silence_db must be in (0, 60] dB (or null: off), got {self.av_silence_db}")
+        if self.av_silence_from not in ("config", "val"):
+            raise ValueError(f"av_silence_from must be 'config' or 'val', got {self.av_silence_from!r}")
+        if self.av_silence_from == "val" and (self.av_silence_db is None or self.av_threshold_from != "val"):
+            raise ValueError("av_silence_from: val needs av_silence_db and av_threshold_from: val (the masks with and without the quiet frames emptied are compared on the validation split)")
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {**super().train_settings(), "av_train": self.av_train}
@@ -297,6 +325,35 @@ def mean_map(maps: Sequence[Tensor]) -> Tensor:
     return torch.stack(list(maps)).mean(0)
 
 
+class SilenceGate:
+    """``av_silence_db``: which frames of a batch show a second in which nothing sounds, judged from the level of
+    the sound alone (``avseg.audio.quiet_seconds``: more than ``db`` dB below the clip's loudest second). Frame
+    t of a video is second t of its clip (one frame per second; AVSS padding frames are quiet). Each clip is
+    decoded once."""
+
+    def __init__(self, records: Sequence[Any], db: float) -> None:
+        self.paths = {r.video_id: Path(r.audio_path) for r in records}
+        self.db = db
+        self.quiet: dict[str, np.ndarray] = {}
+
+    def seconds(self, video_id: str, count: int) -> np.ndarray:
+        if video_id not in self.quiet or len(self.quiet[video_id]) < count:
+            wave, rate = load_audio(self.paths[video_id], warn_silent=False)
+            self.quiet[video_id] = quiet_seconds(wave, rate, count, self.db)
+        return self.quiet[video_id][:count]
+
+    def __call__(self, batch: AVBatch) -> Tensor:
+        """(B, T) bool on the batch's device: the frame's second is quiet."""
+        t = batch.num_frames
+        quiet = np.stack([self.seconds(v, t) for v in batch.video_ids])
+        return torch.from_numpy(quiet).to(batch.frames.device) | ~batch.valid.bool()
+
+
+def silenced(mask: Tensor, quiet: Tensor | None) -> Tensor:
+    """(B, T, H, W) bool mask emptied on the quiet frames ((B, T) bool; None: unchanged)."""
+    return mask if quiet is None else mask & ~quiet[:, :, None, None]
+
+
 COLUMNS = ["frame", "C2AM map", "saliency", "AV map", "Eq. 6 mask", "audio-selected", "ground truth"]
 
 
@@ -323,13 +380,26 @@ def choose_av_threshold(
 def choose_av_thresholds(
     cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, av_models: Sequence[EZVSLNet | AVEnsemble],
     device: torch.device, split: str = "val", grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 32, with_mean: bool = False,
+    alone: float | None = None, silence: Sequence[bool] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """``choose_av_threshold`` for each of several audio-visual models, in one pass over the split: C2AM,
     saliency and Eq. 6 are computed once per frame, the audio-visual map once per model. One summary per
     model, each equal to ``choose_av_threshold`` run on that model alone; ``with_mean`` adds one last summary,
-    the models' mean map (``AVEnsemble``) as one more candidate."""
+    the models' mean map (``AVEnsemble``) as one more candidate.
+
+    ``alone`` (a threshold on the C2AM map) scores every candidate a second time with the C2AM mask alone,
+    A > ``alone``, in place of Eq. 6 (its components the proposals with ``av_regions: activation``), as
+    ``refinement: c2am`` with ``c2am_threshold: alone`` selects. ``silence`` lists, for each pass, whether the
+    masks of the frames whose second is quiet (``SilenceGate`` at ``av_silence_db``) are emptied, as the
+    pseudo-masks stage writes them; None: as configured (emptied when ``av_silence_db`` is set). The summaries
+    come in the order silence x base (Eq. 6, then alone) x candidate."""
     dataset = make_dataset(cfg.data, split, audio=True)
     count = len(av_models) + int(with_mean)
+    bases = 1 if alone is None else 2
+    passes = list(silence) if silence is not None else [cfg.av_silence_db is not None]
+    if any(passes) and cfg.av_silence_db is None:
+        raise ValueError("emptying the quiet frames needs av_silence_db")
+    gate = SilenceGate(dataset.records, cfg.av_silence_db) if cfg.av_silence_db is not None and any(passes) else None
 
     def inputs(batch: AVBatch) -> Tensor:
         b, t = batch.frames.shape[:2]
@@ -339,15 +409,29 @@ def choose_av_thresholds(
         sims = [m.av_map(batch) for m in av_models]
         if with_mean:
             sims.append(mean_map(sims))
-        return torch.stack([eq6.float(), (a > cfg.c2am_threshold).float(), *sims], dim=2)  # (B, T, 2 + candidates, H, W)
+        quiet = torch.zeros_like(a, dtype=torch.bool) if gate is None else gate(batch)[:, :, None, None].expand_as(a)
+        masks = [eq6, a > cfg.c2am_threshold, quiet] + ([] if alone is None else [a > alone])
+        return torch.stack([*(m.float() for m in masks), *sims], dim=2)  # (B, T, 3 [+ 1] + candidates, H, W)
 
-    def iou_sums(stacked: Tensor, gts: Tensor) -> list[dict[float, float]]:  # stacked: (n, 2 + candidates, H, W) as ``inputs`` makes them
-        proposals = stacked[:, 1] > 0.5 if cfg.av_regions == "activation" else None
-        eq6 = stacked[:, 0] > 0.5
-        return [sweep_selection(eq6, stacked[:, 2 + k], proposals, gts, cfg.av_select, cfg.av_keep_best, grid) for k in range(count)]
+    def iou_sums(stacked: Tensor, gts: Tensor) -> list[dict[float, float]]:  # stacked: (n, 3 [+ 1] + candidates, H, W) as ``inputs`` makes them
+        quiet = stacked[:, 2] > 0.5
+        sims = stacked[:, 2 + bases :]
+        pairs = [(stacked[:, 0] > 0.5, stacked[:, 1] > 0.5)] + ([] if alone is None else [(stacked[:, 3] > 0.5,) * 2])  # (mask, its proposals)
+        return [sweep_selection(mask & ~quiet if gated else mask, sims[:, k], props if cfg.av_regions == "activation" else None, gts, cfg.av_select, cfg.av_keep_best, grid)
+                for gated in passes for mask, props in pairs for k in range(count)]  # fmt: skip
 
     outputs = iterate_outputs(inputs, dataset, device, batch_size=4, progress=f"av_threshold on {split}")
-    return best_on_split_each(outputs, iou_sums, grid, count, split=split, where=str(cfg.data.root), setting="av_threshold_from", chunk=chunk)
+    return best_on_split_each(outputs, iou_sums, grid, len(passes) * bases * count, split=split, where=str(cfg.data.root), setting="av_threshold_from", chunk=chunk)
+
+
+def pick_candidate(candidates: Sequence[dict[str, Any]], models: int, mean: bool) -> tuple[dict[str, Any], int]:
+    """The validation summary that selects, of one base's candidates (one per audio-visual model, then the
+    models' mean map when ``mean``), and the model kept (0 for the mean): the mean's, or the best model's
+    (ties: the first)."""
+    if mean:
+        return candidates[models], 0
+    chosen = max(range(models), key=lambda k: (candidates[k]["miou"], -k))
+    return candidates[chosen], chosen
 
 
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
@@ -362,6 +446,8 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         load_model_weights(saliency, ctx.path("saliency", "last.safetensors"))
         saliency = saliency.to(ctx.device).eval()
     threshold, choice, model_choice, chosen = cfg.av_threshold, None, None, 0
+    refinement, base_threshold, refinement_choice = cfg.refinement, cfg.c2am_threshold, None
+    silence_on, silence_choice = cfg.av_silence_db is not None, None
     mean = cfg.av_combine == "mean" and cfg.av_models > 1
     models: list[EZVSLNet] = []  # loaded for the validation choice, then the kept one (or all: av_combine mean) writes the pseudo masks
     checkpoints = [str(av_model_dir(ctx, k) / "last.safetensors") for k in range(cfg.av_models)]
@@ -369,18 +455,45 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         polarity = json.loads(ctx.path("pseudo", "maps", ws_avs.POLARITY_FILE).read_text())
         c2am = ws_avs.load_c2am(cfg, ctx.run_dir, ctx.device)
         models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
-        choices = choose_av_thresholds(cfg, c2am, bool(polarity["flip"]), saliency, models, ctx.device, grid=cfg.av_threshold_grid, with_mean=mean)
-        singles = choices[: cfg.av_models]
+        alone = cfg.c2am_alone_threshold if cfg.refinement_from == "val" else None
+        silence = [False, True] if cfg.av_silence_from == "val" else [cfg.av_silence_db is not None]
+        choices = choose_av_thresholds(cfg, c2am, bool(polarity["flip"]), saliency, models, ctx.device, grid=cfg.av_threshold_grid,
+                                       with_mean=mean, alone=alone, silence=silence)  # fmt: skip
+        per = cfg.av_models + int(mean)  # candidates per (silence, base) group: bases Eq. 6, then the C2AM mask alone
+        groups = [(gated, name) for gated in silence for name in (["saliency", "c2am"] if alone is not None else [cfg.refinement])]
+        per_group = [choices[i * per : (i + 1) * per] for i in range(len(groups))]
+        picks = [pick_candidate(cands, cfg.av_models, mean) for cands in per_group]  # (choice, chosen model) per group
+        g = max(range(len(groups)), key=lambda i: (picks[i][0]["miou"], -i))  # ties: the earlier (no emptying, Eq. 6: the paper's)
+        gated_kept, base_name = groups[g]
+
+        def best_of(pred: Any) -> dict[str, Any]:
+            i = max((i for i in range(len(groups)) if pred(groups[i])), key=lambda i: (picks[i][0]["miou"], -i))
+            return picks[i][0]
+
+        if alone is not None:
+            scores = {n: best_of(lambda grp, n=n: grp[1] == n) for n in ("saliency", "c2am")}
+            refinement_choice = {"chosen": base_name, "miou": {n: c["miou"] for n, c in scores.items()},
+                                 "thresholds": {n: c["threshold"] for n, c in scores.items()}, "c2am_alone_threshold": alone}  # fmt: skip
+            log.info("pseudo-masks: validation pseudo-mask mIoU %.1f with Eq. 6 (saliency), %.1f with the C2AM mask alone (A > %.2f): %s kept",
+                     100 * scores["saliency"]["miou"], 100 * scores["c2am"]["miou"], alone, "Eq. 6" if base_name == "saliency" else "the C2AM mask alone")  # fmt: skip
+            if base_name == "c2am":
+                refinement, base_threshold = "c2am", alone
+        if len(silence) > 1:
+            scores = {k: best_of(lambda grp, v=v: grp[0] == v) for k, v in (("kept", False), ("emptied", True))}
+            silence_choice = {"emptied": gated_kept, "miou": {k: c["miou"] for k, c in scores.items()}, "av_silence_db": cfg.av_silence_db}
+            log.info("pseudo-masks: validation pseudo-mask mIoU %.1f with the quiet frames kept, %.1f emptied (%.0f dB below the loudest second): %s",
+                     100 * scores["kept"]["miou"], 100 * scores["emptied"]["miou"], cfg.av_silence_db, "emptied" if gated_kept else "kept")  # fmt: skip
+        silence_on = gated_kept
+        per_base = {groups[i][1]: per_group[i] for i in range(len(groups)) if groups[i][0] == gated_kept}
+        base = base_name
+        singles = per_base[base][: cfg.av_models]
         if cfg.av_models > 1:
             for k, c in enumerate(singles):
                 log.info("pseudo-masks: audio-visual model %d: validation pseudo-mask mIoU %.1f at av_threshold %.2f", k, 100 * c["miou"], c["threshold"])
+        choice, chosen = picks[g]
         if mean:
-            choice = choices[-1]
             log.info("pseudo-masks: the mean of the %d models' maps: validation pseudo-mask mIoU %.1f at av_threshold %.2f",
                      cfg.av_models, 100 * choice["miou"], choice["threshold"])  # fmt: skip
-        else:
-            chosen = max(range(len(singles)), key=lambda k: (singles[k]["miou"], -k))  # ties: the first model
-            choice = singles[chosen]
         threshold = choice["threshold"]
         if cfg.av_models > 1:
             model_choice = {"combine": cfg.av_combine, "chosen": None if mean else chosen, "checkpoints": checkpoints,
@@ -397,24 +510,23 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         av_model = models[chosen] if models else load_av_model(cfg, ctx, chosen)
     del models
 
+    gate = SilenceGate(train.records, cfg.av_silence_db) if silence_on and cfg.av_silence_db is not None else None
+
     def combine(batch: AVBatch) -> Tensor:
         a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
         assert a is not None  # the writer's dataset reads the C2AM maps as its pseudo masks
-        if saliency is None:
-            sal = torch.zeros_like(a)
-            eq6 = a > cfg.c2am_threshold
-        else:
-            sal = saliency.predict(batch)
-            eq6 = ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
+        sal = torch.zeros_like(a) if saliency is None else saliency.predict(batch)
+        eq6 = a > base_threshold if refinement == "c2am" else ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
+        eq6 = silenced(eq6, None if gate is None else gate(batch))  # the selection keeps a subset: quiet frames stay empty
         sim = av_model.av_map(batch)  # (B, T, H, W)
-        proposals = (a > cfg.c2am_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
+        proposals = (a > base_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
         kept = select_by_audio(eq6.flatten(0, 1), sim.flatten(0, 1), cfg.av_select, threshold, cfg.av_keep_best, proposals).view_as(eq6)
         return torch.stack([a, sal, sim, eq6.float(), kept.float()], dim=2)  # (B, T, 5, H, W)
 
     q_eq6, q_kept = BinaryAccumulator(protocol="clean"), BinaryAccumulator(protocol="clean")
     rows: list[list[np.ndarray]] = []
     labels: list[str] = []
-    frames = gt_frames = 0
+    frames = gt_frames = silent = 0
     area_eq6 = area_kept = 0.0
     folder = ctx.path("pseudo")
     for fo in iterate_outputs(combine, train, ctx.device, batch_size=4, progress="audio-selected pseudo masks"):
@@ -426,6 +538,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         if saliency is not None:
             save_probability_png(sal, folder / "saliency" / rel)
         frames += 1
+        silent += int(gate is not None and bool(gate.seconds(fo.record.video_id, fo.t + 1)[fo.t]))
         area_eq6 += float(eq6.mean())
         area_kept += float(kept.mean())
         if fo.gt is not None:
@@ -445,10 +558,10 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         return {"miou": q["miou"], "fscore": q["fscore"], "frames": q["frames"], "protocol": "clean"}
 
     summary = {
-        "stage": "pseudo-masks", "refinement": cfg.refinement, "threshold": cfg.c2am_threshold,
+        "stage": "pseudo-masks", "refinement": refinement, "threshold": base_threshold, "refinement_choice": refinement_choice,
         "av_select": cfg.av_select, "av_regions": cfg.av_regions, "av_threshold": threshold, "av_threshold_from": cfg.av_threshold_from,
         "av_threshold_choice": choice, "av_model_choice": model_choice, "av_keep_best": cfg.av_keep_best,
-        "frames": frames, "saliency": saliency is not None,
+        "frames": frames, "saliency": saliency is not None, "av_silence_db": cfg.av_silence_db if silence_on else None, "silence_choice": silence_choice, "silent_frames": silent,
         "quality": quality(q_kept), "quality_eq6": quality(q_eq6),
         "area_eq6": area_eq6 / max(frames, 1), "area_kept": area_kept / max(frames, 1),
         "contact_sheet": str(sheet) if rows else None,
