@@ -497,3 +497,45 @@ def test_segment_head_hears_the_audio(segment_audio: str, data: dict[str, Path],
     else:
         assert torch.allclose(diff[:, 1], torch.full_like(diff[:, 1], float(np.log(1e-4))), atol=1e-4)
         assert torch.equal(diff[:, 0], torch.zeros_like(diff[:, 0])) and torch.equal(diff[:, 2:], torch.zeros_like(diff[:, 2:]))
+
+
+def test_silence_db_labels_quiet_seconds_background(tmp_path: Path) -> None:
+    """silence_db: a training frame whose second is more than silence_db below its clip's loudest second is
+    labelled background throughout (synthetic MS3: exactly its silent seconds); silence_from: val records the
+    validation score of the pseudo labels both ways and applies the rule when it scores better."""
+    from avseg.audio import load_audio, quiet_seconds
+    from avseg.config import ConfigError
+    from avseg.engine.evaluate import prediction_relpath
+    from avseg.methods.common import make_dataset
+    from avseg.methods.pcas.stages import _load, silence_scores
+
+    root = tmp_path / "ms3"
+    generate("ms3", root, num_videos=10, seed=0, size=32)  # 8 of the 30 training frames silent
+    spec, cfg = config("ms3", root, "silence_db=6")
+    run = tmp_path / "run"
+    pseudo = run_method(spec, cfg, run)["pseudo-labels"]
+    train = make_dataset(cfg.data, "train")
+    quiet_frames = 0
+    for i, record in enumerate(train.records):
+        wave, rate = load_audio(record.audio_path)
+        quiet = quiet_seconds(wave, rate, len(record.frame_paths), 6.0)
+        masks = train.decode_raw(i)[1]
+        for t, k in enumerate(record.frame_numbers):
+            if quiet[t]:
+                quiet_frames += 1
+                label = np.asarray(Image.open(run / "pseudo" / "labels" / prediction_relpath("ms3", record.split, record.category, record.video_id, k)))
+                assert not label.any() and not masks[t].any()  # background throughout, and nothing sounds there
+    assert pseudo["silent_frames"] == quiet_frames > 0 and pseudo["silence_db"] == 6 and pseudo["silence_choice"] is None
+
+    spec, cfg = config("ms3", root, "silence_db=6", "silence_from=val")
+    run = tmp_path / "chosen"
+    pseudo = run_method(spec, cfg, run)["pseudo-labels"]
+    choice = pseudo["silence_choice"]
+    scores = silence_scores(_load(cfg, run / "look-listen" / "last.safetensors", torch.device("cpu")), cfg, torch.device("cpu"))
+    assert choice["miou"] == pytest.approx(scores, abs=1e-6)
+    assert choice["emptied"] == (scores["emptied"] > scores["kept"]) and pseudo["silent_frames"] == (quiet_frames if choice["emptied"] else 0)
+    for bad, match in (("silence_db=0", "silence_db must be in"), ("silence_from=always", "silence_from: expected one of")):
+        with pytest.raises(ConfigError, match=match):
+            config("ms3", root, bad)
+    with pytest.raises(ConfigError, match="silence_from: val needs silence_db"):
+        config("ms3", root, "silence_from=val")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from avseg.audio import load_audio, quiet_seconds
 from avseg.config import DataConfig, TrainSettings
 from avseg.data.avsbench import AVSBenchDataset, collate_videos
 from avseg.data.index import class_names
@@ -287,3 +288,32 @@ def without_pretrained_weights(cfg: Any) -> Any:
         if hasattr(c, name):
             object.__setattr__(c, name, "none")
     return c
+
+
+class SilenceGate:
+    """Which frames of a batch show a second in which nothing sounds, judged from the level of
+    the sound alone (``avseg.audio.quiet_seconds``: more than ``db`` dB below the clip's loudest second). Frame
+    t of a video is second t of its clip (one frame per second; AVSS padding frames are quiet). Each clip is
+    decoded once. WS-AVS-AV's ``av_silence_db`` and PCAS's ``silence_db`` empty those frames' pseudo masks."""
+
+    def __init__(self, records: Sequence[Any], db: float) -> None:
+        self.paths = {r.video_id: Path(r.audio_path) for r in records}
+        self.db = db
+        self.quiet: dict[str, np.ndarray] = {}
+
+    def seconds(self, video_id: str, count: int) -> np.ndarray:
+        if video_id not in self.quiet or len(self.quiet[video_id]) < count:
+            wave, rate = load_audio(self.paths[video_id], warn_silent=False)
+            self.quiet[video_id] = quiet_seconds(wave, rate, count, self.db)
+        return self.quiet[video_id][:count]
+
+    def __call__(self, batch: AVBatch) -> Tensor:
+        """(B, T) bool on the batch's device: the frame's second is quiet."""
+        t = batch.num_frames
+        quiet = np.stack([self.seconds(v, t) for v in batch.video_ids])
+        return torch.from_numpy(quiet).to(batch.frames.device) | ~batch.valid.bool()
+
+
+def silenced(mask: Tensor, quiet: Tensor | None) -> Tensor:
+    """(B, T, H, W) bool mask emptied on the quiet frames ((B, T) bool; None: unchanged)."""
+    return mask if quiet is None else mask & ~quiet[:, :, None, None]

@@ -76,7 +76,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avseg.audio import load_audio, quiet_seconds
 from avseg.config import TrainSettings
 from avseg.engine.checkpoint import load_model_weights
 from avseg.engine.evaluate import iterate_outputs, save_probability_png
@@ -86,7 +85,7 @@ from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.c2am import REUSE_KEYS, reusable
 from avseg.methods.cam import check_threshold
-from avseg.methods.common import THRESHOLD_GRID, best_on_split_each, make_dataset, train_stage
+from avseg.methods.common import THRESHOLD_GRID, SilenceGate, best_on_split_each, make_dataset, silenced, train_stage
 from avseg.methods.ez_vsl import EZVSLNet
 from avseg.metrics.binary import BinaryAccumulator, frame_iou_clean
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
@@ -323,35 +322,6 @@ class AVEnsemble:
 def mean_map(maps: Sequence[Tensor]) -> Tensor:
     """The mean of same-shaped maps in [0, 1] (what ``AVEnsemble`` selects with)."""
     return torch.stack(list(maps)).mean(0)
-
-
-class SilenceGate:
-    """``av_silence_db``: which frames of a batch show a second in which nothing sounds, judged from the level of
-    the sound alone (``avseg.audio.quiet_seconds``: more than ``db`` dB below the clip's loudest second). Frame
-    t of a video is second t of its clip (one frame per second; AVSS padding frames are quiet). Each clip is
-    decoded once."""
-
-    def __init__(self, records: Sequence[Any], db: float) -> None:
-        self.paths = {r.video_id: Path(r.audio_path) for r in records}
-        self.db = db
-        self.quiet: dict[str, np.ndarray] = {}
-
-    def seconds(self, video_id: str, count: int) -> np.ndarray:
-        if video_id not in self.quiet or len(self.quiet[video_id]) < count:
-            wave, rate = load_audio(self.paths[video_id], warn_silent=False)
-            self.quiet[video_id] = quiet_seconds(wave, rate, count, self.db)
-        return self.quiet[video_id][:count]
-
-    def __call__(self, batch: AVBatch) -> Tensor:
-        """(B, T) bool on the batch's device: the frame's second is quiet."""
-        t = batch.num_frames
-        quiet = np.stack([self.seconds(v, t) for v in batch.video_ids])
-        return torch.from_numpy(quiet).to(batch.frames.device) | ~batch.valid.bool()
-
-
-def silenced(mask: Tensor, quiet: Tensor | None) -> Tensor:
-    """(B, T, H, W) bool mask emptied on the quiet frames ((B, T) bool; None: unchanged)."""
-    return mask if quiet is None else mask & ~quiet[:, :, None, None]
 
 
 COLUMNS = ["frame", "C2AM map", "saliency", "AV map", "Eq. 6 mask", "audio-selected", "ground truth"]
