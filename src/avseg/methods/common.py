@@ -294,7 +294,7 @@ class SilenceGate:
     """Which frames of a batch show a second in which nothing sounds, judged from the level of
     the sound alone (``avseg.audio.quiet_seconds``: more than ``db`` dB below the clip's loudest second). Frame
     t of a video is second t of its clip (one frame per second; AVSS padding frames are quiet). Each clip is
-    decoded once. WS-AVS-AV's ``av_silence_db`` and PCAS's ``silence_db`` empty those frames' pseudo masks."""
+    decoded once. WS-AVS-AV's ``av_silence_db`` empties those frames' pseudo masks."""
 
     def __init__(self, records: Sequence[Any], db: float) -> None:
         self.paths = {r.video_id: Path(r.audio_path) for r in records}

@@ -73,8 +73,6 @@ class PCASConfig:
     # --- pseudo labels ---
     audio_threshold: float = 0.5  # a class sounds in frame t when sigmoid(audio head) > this
     empty_audio: Literal["background", "top1"] = "background"  # frame where no labelled class sounds: "background" or "top1"
-    silence_db: float | None = None  # training frames whose second is more than this many dB below the clip's loudest: all background
-    silence_from: Literal["config", "val"] = "config"  # "val": keep or apply that rule by the validation score of the pseudo labels
     cam_source: Literal["sem", "cls"] = "sem"  # CAM from the v_sem head ("sem") or the v_cls head ("cls") weights
     cam_high: float = 0.7  # normalised CAM >= high -> that class
     cam_low: float = 0.25  # < low -> background; in between -> ignored (255)
@@ -134,9 +132,6 @@ class PCASConfig:
         need(0 <= self.cam_low <= self.cam_high <= 1, f"need 0 <= cam_low <= cam_high <= 1, got {self.cam_low}, {self.cam_high}")
         need(0 < self.audio_threshold < 1, f"audio_threshold must be in (0, 1), got {self.audio_threshold}")
         need(self.empty_audio in ("background", "top1"), f"empty_audio must be background or top1, got {self.empty_audio!r}")
-        need(self.silence_db is None or 0.0 < self.silence_db <= 60.0, f"silence_db must be in (0, 60] dB (or null: off), got {self.silence_db}")
-        need(self.silence_from in ("config", "val"), f"silence_from must be config or val, got {self.silence_from!r}")
-        need(self.silence_from == "config" or self.silence_db is not None, "silence_from: val needs silence_db (the rule it keeps or drops)")
         need(self.cam_norm in ("max", "minmax"), f"cam_norm must be max or minmax, got {self.cam_norm!r}")
         need(self.cam_source in ("sem", "cls"), f"cam_source must be sem or cls, got {self.cam_source!r}")
         need(self.seg_head in ("auto", "fpn", "conv"), f"seg_head must be auto, fpn or conv, got {self.seg_head!r}")

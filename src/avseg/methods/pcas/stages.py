@@ -21,7 +21,7 @@ from avseg.engine.evaluate import evaluate_outputs, iterate_outputs, save_class_
 from avseg.engine.trainer import fit
 from avseg.fileio import unwrap_model, write_text_atomic
 from avseg.methods.base import MethodSpec, Stage, StageContext, final_weights
-from avseg.methods.common import SilenceGate, make_dataset, num_classes_of
+from avseg.methods.common import make_dataset, num_classes_of
 from avseg.methods.pcas.config import IGNORE, PCASConfig
 from avseg.methods.pcas.model import LOOK_LISTEN_MODULES, CNNVisual, PCASNet, ViTVisual
 from avseg.metrics.binary import BinaryAccumulator
@@ -190,45 +190,12 @@ def stage_look_listen(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def silence_scores(model: PCASNet, cfg: PCASConfig, device: torch.device, split: str = "val") -> dict[str, float]:
-    """Clean binary mIoU of the pseudo labels on ``split``'s frames with ground truth (ignored pixels as
-    background), with the quiet frames (``silence_db``) labelled as they are ("kept") and all background
-    ("emptied"): what ``silence_from: val`` chooses by."""
-    assert cfg.silence_db is not None  # silence_from: val needs it (config check)
-    dataset = make_dataset(cfg.data, split)
-    gate = SilenceGate(dataset.records, cfg.silence_db)
-    kept, emptied = BinaryAccumulator("clean"), BinaryAccumulator("clean")
-    for fo in iterate_outputs(model.pseudo_labels, dataset, device, batch_size=4, progress=f"silence_db on {split}"):
-        if fo.gt is None:
-            continue
-        fg = (fo.output[0].round() > 0) & (fo.output[0].round() != IGNORE)
-        gt = (fo.gt > 0).astype(np.int64)[None]
-        kept.update(fg.astype(np.float32)[None], gt)
-        quiet = bool(gate.seconds(fo.record.video_id, fo.t + 1)[fo.t])
-        emptied.update((fg & (not quiet)).astype(np.float32)[None], gt)
-    if not kept.compute()["frames"]:
-        raise ValueError(f"the {split} split of {cfg.data.root} has no frame with a ground-truth mask: silence_from: val cannot choose there")
-    return {"kept": float(kept.compute()["miou"]), "emptied": float(emptied.compute()["miou"])}
-
-
 def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
-    """CAM pseudo labels of every training frame -> pseudo/labels (class-index PNGs), quality, contact sheet.
-    With ``silence_db`` (applied, or with ``silence_from: val`` applied when that scores better on validation)
-    the frames whose second is quiet (``SilenceGate``) are labelled background throughout."""
+    """CAM pseudo labels of every training frame -> pseudo/labels (class-index PNGs), quality, contact sheet."""
 
     cfg: PCASConfig = ctx.config
     model = _load(cfg, ctx.path("look-listen", "last.safetensors"), ctx.device)
     train = make_dataset(cfg.data, "train")
-    silence_choice = None
-    silence_on = cfg.silence_db is not None
-    if cfg.silence_from == "val":
-        scores = silence_scores(model, cfg, ctx.device)
-        silence_on = scores["emptied"] > scores["kept"]  # ties: kept
-        silence_choice = {"emptied": silence_on, "miou": scores, "silence_db": cfg.silence_db}
-        log.info("pseudo-labels: validation mIoU of the pseudo labels %.1f with the quiet frames kept, %.1f all background (%.0f dB below the loudest second): %s",
-                 100 * scores["kept"], 100 * scores["emptied"], cfg.silence_db, "background" if silence_on else "kept")  # fmt: skip
-    gate = SilenceGate(train.records, cfg.silence_db) if silence_on and cfg.silence_db is not None else None
-    silent = 0
     folder = ctx.path("pseudo")
     semantic = cfg.data.layout == "avss"
     quality_sem = SemanticAccumulator(train.num_semantic_classes, "clean") if semantic else None
@@ -239,9 +206,6 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
     names: list[str] = []
     for fo in iterate_outputs(model.pseudo_labels, train, ctx.device, batch_size=4, progress="pseudo labels"):
         label = fo.output[0].round().astype(np.int64)
-        if gate is not None and gate.seconds(fo.record.video_id, fo.t + 1)[fo.t]:
-            label = np.zeros_like(label)  # nothing sounds in this second: background throughout
-            silent += 1
         save_class_png(label, folder / "labels" / fo.relpath(cfg.data.layout))
         frames += 1
         total_pixels += label.size
@@ -279,8 +243,7 @@ def stage_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
         else:
             quality.update(miou=b["miou"], fscore=b["fscore"])
     summary = {"frames": frames, "quality": quality, "cam_high": cfg.cam_high, "cam_low": cfg.cam_low, "audio_threshold": cfg.audio_threshold,
-               "empty_audio": cfg.empty_audio, "silence_db": cfg.silence_db if silence_on else None, "silence_choice": silence_choice, "silent_frames": silent,
-               "contact_sheet": str(folder / "contact_sheet.png") if rows else None}  # fmt: skip
+               "empty_audio": cfg.empty_audio, "contact_sheet": str(folder / "contact_sheet.png") if rows else None}  # fmt: skip
     write_text_atomic(folder / "manifest.json", json.dumps(summary, indent=2, default=str))
     ctx.summary["pseudo_labels"] = summary
     return summary
