@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avseg.bench import MODEL_CHOICE, resolve_methods, run_bench, split_overrides
+from avseg.bench import BASE_CHOICE, MODEL_CHOICE, SILENCE_CHOICE, resolve_methods, run_bench, split_overrides
 from avseg.cli import build_parser
 from avseg.methods import METHODS
 from avseg.runner import RunError
@@ -145,7 +145,10 @@ def test_bench_shares_ws_avs_stages(synth_s4: Path, tmp_path: Path) -> None:
     marker = json.loads((out / "ws-avs-av" / "stages" / "pseudo-masks.json").read_text())  # ws-avs-av/demo: from val, the mean of 3 models
     choice, models = marker["av_threshold_choice"], marker["av_model_choice"]
     assert models["combine"] == "mean" and models["chosen"] is None and len(models["miou"]) == 3
-    assert row["ws-avs-av"].chosen_thresholds == {"av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]}}  # no single model kept
+    silence = marker["silence_choice"]  # ws-avs-av/demo: the quiet seconds' masks kept or emptied by validation
+    assert silence["miou"]["emptied" if silence["emptied"] else "kept"] == choice["miou"]
+    assert row["ws-avs-av"].chosen_thresholds == {"av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]},  # no single model kept
+                                                  SILENCE_CHOICE: {"value": float(silence["emptied"]), "val_miou": choice["miou"]}}  # fmt: skip
     assert "(shared)" in (out / "results.md").read_text()
 
 
@@ -161,6 +164,12 @@ def test_chosen_thresholds_name_the_kept_audio_visual_model(tmp_path: Path) -> N
     row = BenchRow(method="ws-avs-av", display="WS-AVS-AV", status="ok", miou_clean=0.4, chosen_thresholds=chosen)
     write_results(tmp_path, [row], data=tmp_path, layout="s4", recipe="demo", command=None, seconds=1.0, baselines=baselines, deaf={"miou_clean": 0.4, "frames": 10})
     assert "- WS-AVS-AV: av_threshold 0.55 (validation mIoU 41.00), audio-visual model 2 (validation mIoU 41.00)" in (tmp_path / "results.md").read_text()
+    both = chosen_thresholds({"pseudo-masks": {**pseudo, "refinement_choice": {"chosen": "c2am", "miou": {"saliency": 0.39, "c2am": 0.41}},
+                                               "silence_choice": {"emptied": True, "miou": {"kept": 0.35, "emptied": 0.41}}}})  # fmt: skip
+    assert both[BASE_CHOICE] == {"value": 1.0, "val_miou": 0.41} and both[SILENCE_CHOICE] == {"value": 1.0, "val_miou": 0.41}
+    row = BenchRow(method="ws-avs-av", display="WS-AVS-AV", status="ok", miou_clean=0.4, chosen_thresholds=both)
+    write_results(tmp_path, [row], data=tmp_path, layout="s4", recipe="demo", command=None, seconds=1.0, baselines=baselines, deaf={"miou_clean": 0.4, "frames": 10})
+    assert "pseudo-mask base C2AM alone (validation mIoU 41.00), quiet frames emptied (validation mIoU 41.00)" in (tmp_path / "results.md").read_text()
 
 
 def test_reuse_refuses_other_settings(synth_s4: Path, tmp_path: Path) -> None:

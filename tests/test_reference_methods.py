@@ -263,7 +263,7 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
     maps = [torch.rand(1, 2, 4, 4) for _ in range(3)]
     assert torch.allclose(ws_avs_av.mean_map(maps), (maps[0] + maps[1] + maps[2]) / 3)
     # the mean needs no validation split (a configured threshold selects from it) and is the only other mode
-    build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_threshold_from=config", "av_models=2", "av_combine=mean"])
+    build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_threshold_from=config", "av_silence_from=config", "av_models=2", "av_combine=mean"])
     with pytest.raises(Exception, match="av_combine"):
         build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_combine=median"])
 
@@ -328,7 +328,7 @@ def test_ws_avs_av_empties_pseudo_masks_of_quiet_seconds(tmp_path: Path) -> None
     root = tmp_path / "ms3"
     generate("ms3", root, num_videos=10, seed=0, size=32)  # 8 of the 30 training frames silent
     run_dir = tmp_path / "gated"
-    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6"))
+    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6", "av_silence_from=config"))
     pseudo = summaries["pseudo-masks"]
     _, cfg = load_run(run_dir)
     train = make_dataset(cfg.data, "train")
@@ -367,7 +367,7 @@ def test_ws_avs_av_empties_pseudo_masks_of_quiet_seconds(tmp_path: Path) -> None
     with pytest.raises(Exception, match=r"av_silence_db must be in \(0, 60\]"):
         train_tiny("ws-avs-av", root, tmp_path / "bad", layout="ms3", extra=("av_silence_db=-3",))
     with pytest.raises(Exception, match="av_silence_from: val needs av_silence_db"):
-        train_tiny("ws-avs-av", root, tmp_path / "bad", layout="ms3", extra=("av_silence_from=val", "av_threshold_from=val"))
+        train_tiny("ws-avs-av", root, tmp_path / "bad", layout="ms3", extra=("av_silence_db=null", "av_silence_from=val"))
 
 
 def test_ez_vsl_ogl_mixes_object_map(synth_s4: Path, tmp_path: Path) -> None:
