@@ -454,9 +454,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
             log.info("pseudo-masks: validation pseudo-mask mIoU %.1f with the quiet frames kept, %.1f emptied (%.0f dB below the loudest second): %s",
                      100 * scores["kept"]["miou"], 100 * scores["emptied"]["miou"], cfg.av_silence_db, "emptied" if gated_kept else "kept")  # fmt: skip
         silence_on = gated_kept
-        per_base = {groups[i][1]: per_group[i] for i in range(len(groups)) if groups[i][0] == gated_kept}
-        base = base_name
-        singles = per_base[base][: cfg.av_models]
+        singles = per_group[g][: cfg.av_models]  # each model alone, in the kept group
         if cfg.av_models > 1:
             for k, c in enumerate(singles):
                 log.info("pseudo-masks: audio-visual model %d: validation pseudo-mask mIoU %.1f at av_threshold %.2f", k, 100 * c["miou"], c["threshold"])
