@@ -161,7 +161,6 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
     """av_threshold_from: val: the pseudo-masks stage scores the selection on validation for every grid value,
     keeps the best, and selects the training frames' masks with it. The validation pipeline is the training
     one: run on the training split, its sweep at the chosen value is the written pseudo masks' quality."""
-    from avseg.engine.checkpoint import load_model_weights
     from avseg.methods import ws_avs_av
     from avseg.methods.common import THRESHOLD_GRID
 
@@ -176,9 +175,8 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
 
     cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
     device = torch.device("cpu")
-    av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
-    load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
-    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model.eval(), device, split="train")
+    av_model = ws_avs_av.load_av_net(cfg, run_dir / "av-model" / "last.safetensors", device)
+    on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model, device, split="train")
     assert on_train["frames"] == pseudo["quality"]["frames"]
     assert len(set(on_train["sweep"].values())) > 1  # the threshold matters on these maps
     assert on_train["sweep"][f"{choice['threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
@@ -192,7 +190,6 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
     """av_models: 3 trains three audio-visual models (the first exactly the single model of the same seed, the
     others other draws), scores each on validation as a single one would be, and writes the training frames'
     pseudo masks with the best model at its own best threshold."""
-    from avseg.engine.checkpoint import load_model_weights
     from avseg.methods import ws_avs_av
 
     single, several = tmp_path / "one", tmp_path / "three"
@@ -214,12 +211,11 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
     cfg, c2am, flip, saliency = load_selection_inputs(several)
     device = torch.device("cpu")
     for k, path in enumerate(weights):  # each model's score is the single-model choice with it
-        av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
-        load_model_weights(av_model, path)
-        on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model.eval(), device, grid=cfg.av_threshold_grid)
+        av_model = ws_avs_av.load_av_net(cfg, path, device)
+        on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model, device, grid=cfg.av_threshold_grid)
         assert (on_val["miou"], on_val["threshold"]) == (pytest.approx(models["miou"][k], abs=1e-6), models["thresholds"][k])
         if k == chosen:  # the written masks are this model's at its threshold
-            on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model.eval(), device, split="train")
+            on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model, device, split="train")
             assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
     with pytest.raises(Exception, match="av_models: 2 with av_combine: best needs av_threshold_from: val"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config", "av_combine=best"))
@@ -232,7 +228,6 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
     that mean (beside each model alone, recorded), and the training frames' pseudo masks are the mean map's
     selection at the threshold chosen for it."""
     from avseg.bench import MODEL_CHOICE, chosen_thresholds
-    from avseg.engine.checkpoint import load_model_weights
     from avseg.methods import ws_avs_av
 
     run_dir = tmp_path / "mean"
@@ -247,11 +242,7 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
 
     cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
     device = torch.device("cpu")
-    nets = []
-    for path in weights:
-        net = ws_avs_av.build_av_model(cfg, pretrained=False)
-        load_model_weights(net, path)
-        nets.append(net.eval())
+    nets = [ws_avs_av.load_av_net(cfg, path, device) for path in weights]
     ensemble = ws_avs_av.AVEnsemble(nets)
     on_val = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, ensemble, device, grid=cfg.av_threshold_grid)
     choice = pseudo["av_threshold_choice"]
@@ -275,7 +266,6 @@ def test_ws_avs_av_chooses_eq6_or_c2am_alone_on_validation(synth_s4: Path, tmp_p
     import dataclasses
 
     from avseg.bench import BASE_CHOICE, chosen_thresholds
-    from avseg.engine.checkpoint import load_model_weights
     from avseg.methods import ws_avs_av
 
     run_dir = tmp_path / "both"
@@ -291,9 +281,7 @@ def test_ws_avs_av_chooses_eq6_or_c2am_alone_on_validation(synth_s4: Path, tmp_p
     cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
     assert pseudo["refinement"] == kept and pseudo["threshold"] == (0.4 if kept == "c2am" else cfg.c2am_threshold)
     device = torch.device("cpu")
-    av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
-    load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
-    av_model.eval()
+    av_model = ws_avs_av.load_av_net(cfg, run_dir / "av-model" / "last.safetensors", device)
     with_eq6, with_alone = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, grid=cfg.av_threshold_grid, alone=0.4)
     assert with_eq6 == ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model, device, grid=cfg.av_threshold_grid)
     alone_cfg = dataclasses.replace(cfg, refinement="c2am", c2am_threshold=0.4, refinement_from="config")  # the C2AM-alone base is that recipe's
@@ -320,7 +308,6 @@ def test_ws_avs_av_empties_pseudo_masks_of_quiet_seconds(tmp_path: Path) -> None
     from avseg.bench import SILENCE_CHOICE, chosen_thresholds
     from avseg.data.avsbench import read_probability_png
     from avseg.data.synthetic import generate
-    from avseg.engine.checkpoint import load_model_weights
     from avseg.engine.evaluate import prediction_relpath
     from avseg.methods import ws_avs_av
     from avseg.methods.common import make_dataset
@@ -354,9 +341,7 @@ def test_ws_avs_av_empties_pseudo_masks_of_quiet_seconds(tmp_path: Path) -> None
     choice = pseudo["silence_choice"]
     cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
     device = torch.device("cpu")
-    av_model = ws_avs_av.build_av_model(cfg, pretrained=False)
-    load_model_weights(av_model, run_dir / "av-model" / "last.safetensors")
-    av_model.eval()
+    av_model = ws_avs_av.load_av_net(cfg, run_dir / "av-model" / "last.safetensors", device)
     kept, emptied = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, grid=cfg.av_threshold_grid, silence=[False, True])
     assert choice["miou"] == pytest.approx({"kept": kept["miou"], "emptied": emptied["miou"]}, abs=1e-6)
     assert choice["emptied"] == (emptied["miou"] > kept["miou"]) and pseudo["av_silence_db"] == (6 if choice["emptied"] else None)

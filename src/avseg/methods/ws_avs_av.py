@@ -298,10 +298,16 @@ def stage_av_model(ctx: StageContext) -> dict[str, Any]:
     return first if cfg.av_models == 1 else {**first, "draws": draws}
 
 
-def load_av_model(cfg: WSAVSAudioConfig, ctx: StageContext, k: int) -> EZVSLNet:
+def load_av_net(cfg: WSAVSAudioConfig, weights: Path, device: torch.device) -> EZVSLNet:
+    """An audio-visual model with the weights of ``weights``, on ``device``, in eval mode."""
     model = build_av_model(cfg, pretrained=False)
-    load_model_weights(model, av_model_dir(ctx, k) / "last.safetensors")
-    return model.to(ctx.device).eval()
+    load_model_weights(model, weights)
+    return model.to(device).eval()
+
+
+def load_av_model(cfg: WSAVSAudioConfig, ctx: StageContext, k: int) -> EZVSLNet:
+    """The run's k-th trained audio-visual model (``av_model_dir``)."""
+    return load_av_net(cfg, av_model_dir(ctx, k) / "last.safetensors", ctx.device)
 
 
 class AVEnsemble:
