@@ -614,3 +614,49 @@ def test_resume_with_other_settings_says_which_finished_stages_are_kept(synth_s4
     assert history == [{"changed": {"threshold_from": ["val", "config"], "train.lr": [lr, 0.123]}, "stages_kept": ["classifier"]}]
     assert list(summaries) == ["classifier"] and summaries["classifier"]["stage"] == "classifier"  # kept, not retrained
     assert load_run(run_dir)[1].train.lr == 0.123  # config.yaml says the new value; config-changes.json says what was kept
+
+
+def test_ws_avs_av_keeps_the_segmenter_that_scores_better_on_validation(synth_s4: Path, tmp_path: Path) -> None:
+    """refinement_from: segmenter writes the pseudo masks of both bases (Eq. 6 with the saliency map ->
+    pseudo/masks, the C2AM mask alone -> pseudo/c2am-alone/masks, each as the run configured for that base alone
+    writes them), trains a segmenter on each (each as that run trains it) and copies the one with the better
+    best validation mIoU to segmenter/, which every later command loads."""
+    from safetensors.torch import load_file
+
+    from avseg.bench import BASE_CHOICE, chosen_thresholds
+    from avseg.methods import ws_avs_av
+
+    common = ("av_threshold_from=val", "av_models=1", "c2am_alone_threshold=0.4")
+    run_dir = tmp_path / "both"
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=(*common, "refinement_from=segmenter"))
+    eq6_run, alone_run = tmp_path / "eq6", tmp_path / "alone"
+    train_tiny("ws-avs-av", synth_s4, eq6_run, extra=(*common, "refinement_from=config"))
+    train_tiny("ws-avs-av", synth_s4, alone_run, extra=(*common, "refinement_from=config", "refinement=c2am", "c2am_threshold=0.4"))
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+    pseudo, seg = summaries["pseudo-masks"], summaries["segmenter"]
+    assert pseudo["refinement_choice"]["chosen"] is None and pseudo["refinement_choice"]["decided_by"] == "segmenter"
+    both_masks, alone_masks = files(run_dir / "pseudo" / "masks"), files(run_dir / "pseudo" / ws_avs_av.ALONE_DIR / "masks")
+    assert len(both_masks) == pseudo["frames"] and both_masks == files(eq6_run / "pseudo" / "masks")
+    assert alone_masks == files(alone_run / "pseudo" / "masks") and alone_masks != both_masks
+    alone = json.loads((alone_run / "stages" / "pseudo-masks.json").read_text())
+    assert pseudo["c2am_alone"]["av_threshold"] == alone["av_threshold"] and pseudo["c2am_alone"]["quality"] == alone["quality"]
+    # each candidate is the segmenter its base's own run trains; the better on validation is the run's final model
+    for name, other in (("saliency", eq6_run), ("c2am", alone_run)):
+        folder = Path(seg["refinement_choice"]["folders"][name])
+        ours, theirs = load_file(folder / "best.safetensors"), load_file(other / "segmenter" / "best.safetensors")  # the headers name each run
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+        assert seg["refinement_choice"]["val_miou"][name] == json.loads((other / "stages" / "segmenter.json").read_text())["best"]
+    scores = seg["refinement_choice"]["val_miou"]
+    kept = seg["refinement_choice"]["chosen"]
+    assert scores[kept] == max(scores.values()) and (kept == "saliency" or scores["c2am"] > scores["saliency"])
+    kept_folder = Path(seg["refinement_choice"]["folders"][kept])
+    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl"):
+        assert (run_dir / "segmenter" / name).read_bytes() == (kept_folder / name).read_bytes()
+    assert chosen_thresholds(summaries)[BASE_CHOICE] == {"value": float(kept == "c2am"), "val_miou": scores[kept]}
+    with pytest.raises(Exception, match="refinement_from: segmenter needs select_best: true"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=(*common, "refinement_from=segmenter", "select_best=false"))
+    with pytest.raises(Exception, match="refinement_from: segmenter needs refinement: saliency and av_threshold_from: val"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=segmenter", "av_threshold_from=config"))

@@ -119,7 +119,8 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     each as {"value": t, "val_miou": its validation mIoU}; with several audio-visual models (``av_models``) also
     the one kept (``"audio-visual model"``: its index, 0 = the run's seed; absent when their maps are averaged,
     ``av_combine: mean``); with ``refinement_from: val`` the pseudo-mask base kept (``"pseudo-mask base"``: 0 =
-    Eq. 6 with the saliency map, 1 = the C2AM mask alone), with ``av_silence_from: val`` whether the quiet
+    Eq. 6 with the saliency map, 1 = the C2AM mask alone; with ``refinement_from: segmenter`` the base whose
+    segmenter was kept, its ``val_miou`` that segmenter's best), with ``av_silence_from: val`` whether the quiet
     frames' masks were emptied (``"quiet frames"``: 0 = kept, 1 = emptied)."""
     out: dict[str, dict[str, float]] = {}
     heat = summaries.get("threshold") or {}
@@ -133,7 +134,11 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     if models and models.get("chosen") is not None:  # None: av_combine mean (the threshold above is the mean map's)
         out[MODEL_CHOICE] = {"value": float(models["chosen"]), "val_miou": float(models["miou"][models["chosen"]])}
     bases = pseudo.get("refinement_choice")
-    if bases:
+    by_segmenter = (summaries.get("segmenter") or {}).get("refinement_choice")  # refinement_from: segmenter
+    if by_segmenter:
+        kept = by_segmenter["chosen"]
+        out[BASE_CHOICE] = {"value": float(kept == "c2am"), "val_miou": float(by_segmenter["val_miou"][kept])}
+    elif bases and bases.get("chosen"):
         kept = bases["chosen"]
         out[BASE_CHOICE] = {"value": float(kept == "c2am"), "val_miou": float(bases["miou"][kept])}
     silence = pseudo.get("silence_choice")

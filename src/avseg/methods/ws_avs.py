@@ -443,13 +443,19 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def stage_segmenter(ctx: StageContext) -> dict[str, Any]:
+def train_segmenter(ctx: StageContext, masks: Path, out_dir: Path, desc: str = "segmenter") -> dict[str, Any]:
+    """WS-AVS's final training (M2ICL + the BCE on the pseudo masks in ``masks``) into ``out_dir``; with
+    ``select_best`` the checkpoint with the best validation mIoU is kept."""
     cfg: WSAVSConfig = ctx.config
     s = cfg.segmenter_train
     model = WSAVSNet(build_segmenter(cfg), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
-    train = make_dataset(cfg.data, "train", augment=True, pseudo_dir=ctx.path("pseudo", "masks"), sample_frames=cfg.train_frames, seed=s.seed)
+    train = make_dataset(cfg.data, "train", augment=True, pseudo_dir=masks, sample_frames=cfg.train_frames, seed=s.seed)
     evaluate = binary_validator(cfg.data, ctx.device, audio=True) if cfg.select_best else None
-    return train_stage(model, train, s, ctx.path("segmenter"), resume=ctx.resume, desc="segmenter", evaluate=evaluate, best_key="val_miou" if evaluate else None)
+    return train_stage(model, train, s, out_dir, resume=ctx.resume, desc=desc, evaluate=evaluate, best_key="val_miou" if evaluate else None)
+
+
+def stage_segmenter(ctx: StageContext) -> dict[str, Any]:
+    return train_segmenter(ctx, ctx.path("pseudo", "masks"), ctx.path("segmenter"))
 
 
 def stages(cfg: WSAVSConfig) -> list[Stage]:

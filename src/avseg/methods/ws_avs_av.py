@@ -49,6 +49,12 @@ variant keeps only the salient regions that an audio-visual similarity map selec
    threshold) with the better validation mIoU (ties: Eq. 6); the manifest's ``refinement_choice`` keeps both
    scores. The saliency detector is trained on the initial masks either way. On synthetic S4 the saliency map
    of some draws covers half of the objects, and Eq. 6 then cuts the selected objects in half.
+   ``refinement_from: segmenter`` makes the same two candidates (each base with its own model choice,
+   quiet-frame choice and threshold, chosen on validation as above) but writes both: the Eq. 6 base's masks
+   to ``pseudo/masks``, the C2AM-alone base's to ``pseudo/c2am-alone/masks``; stage 4 decides (below). The
+   validation mIoU of the pseudo masks did not tell the bases apart (synthetic S4: margins of -1 to +2.6
+   points where the segmenters trained on them differ by 5-14 points on test), the segmenters' own
+   validation scores did.
    ``av_silence_db``: the frames whose second (one frame per second) is more than that many dB below the
    clip's loudest second in RMS get an empty pseudo mask: nothing sounds there (``SilenceGate``); a heat
    map is relative and always marks something. MS3 and AVSS mark per second what sounds, and on synthetic
@@ -59,7 +65,11 @@ variant keeps only the salient regions that an audio-visual similarity map selec
    Written to ``pseudo/masks`` (what the segmenter trains on), with ``pseudo/eq6`` (before the audio
    selection), ``pseudo/av-maps``, a manifest holding the quality of both against the ground truth of
    the training frames that have it, and a contact sheet.
-4. ``segmenter``: WS-AVS's final training (``ws_avs.stage_segmenter``) on the selected masks.
+4. ``segmenter``: WS-AVS's final training (``ws_avs.stage_segmenter``) on the selected masks. With
+   ``refinement_from: segmenter``: one segmenter on each base's masks (``segmenter/eq6``,
+   ``segmenter/c2am-alone``, the same seed and settings), each keeping its best validation checkpoint as
+   always; the one whose best validation mIoU is higher (ties: Eq. 6) is copied to ``segmenter/`` (what
+   every later command loads), its choice and both scores in the stage's summary (``refinement_choice``).
 """
 
 from __future__ import annotations
@@ -77,10 +87,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avseg.config import TrainSettings
+from avseg.engine import distributed as dist
 from avseg.engine.checkpoint import load_model_weights
 from avseg.engine.evaluate import iterate_outputs, save_probability_png
 from avseg.engine.trainer import seed_everything
-from avseg.fileio import write_text_atomic
+from avseg.fileio import atomic_write_bytes, write_text_atomic
 from avseg.methods import ws_avs
 from avseg.methods.base import MethodSpec, Stage, StageContext
 from avseg.methods.c2am import REUSE_KEYS, reusable
@@ -97,6 +108,11 @@ log = logging.getLogger("avseg")
 SELECT_MODES = ("components", "pixels")
 REGION_SOURCES = ("activation", "pseudo")
 COMBINE_MODES = ("best", "mean")
+REFINEMENT_SOURCES = ("config", "val", "segmenter")
+BASE_NAMES = ("saliency", "c2am")  # the two pseudo-mask bases refinement_from compares: Eq. 6 with the saliency map, the C2AM mask alone
+ALONE_DIR = "c2am-alone"  # refinement_from: segmenter: pseudo/<this>/masks holds the C2AM-alone base's masks, segmenter/<this> its segmenter
+BASE_LABELS = {"saliency": "Eq. 6", "c2am": "the C2AM mask alone"}
+EQ6_DIR = "eq6"  # refinement_from: segmenter: segmenter/<this> holds the segmenter trained on the Eq. 6 base's masks (pseudo/masks)
 
 
 @dataclass
@@ -122,8 +138,10 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
     av_keep_best: bool = True
     av_models: int = 1  # audio-visual models trained (other seeds); how they are used: av_combine
     av_combine: Literal["best", "mean"] = "best"  # av_models > 1: keep the best on validation (needs av_threshold_from: val), or average their maps
-    refinement_from: Literal["config", "val"] = "config"  # "val": also try the C2AM mask alone in place of Eq. 6, keep the better on validation
-    c2am_alone_threshold: float = 0.5  # refinement_from: val: the C2AM-alone candidate's mask and proposals, A > this
+    # "val": also try the C2AM mask alone in place of Eq. 6, keep the base whose pseudo masks score better on validation;
+    # "segmenter": write the pseudo masks of both, train a segmenter on each, keep the one that scores better on validation
+    refinement_from: Literal["config", "val", "segmenter"] = "config"
+    c2am_alone_threshold: float = 0.5  # refinement_from: val / segmenter: the C2AM-alone candidate's mask and proposals, A > this
     av_silence_db: float | None = None  # frames whose second is more than this many dB below the clip's loudest get an empty pseudo mask
     av_silence_from: Literal["config", "val"] = "config"  # "val": score the masks with and without that emptying on validation, keep the better
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps / saliency stages are reused if identical
@@ -155,10 +173,12 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
             raise ValueError(f"av_combine must be one of {COMBINE_MODES}, got {self.av_combine!r}")
         if self.av_models > 1 and self.av_combine == "best" and self.av_threshold_from != "val":
             raise ValueError(f"av_models: {self.av_models} with av_combine: best needs av_threshold_from: val (the models are compared on the validation split)")
-        if self.refinement_from not in ("config", "val"):
-            raise ValueError(f"refinement_from must be 'config' or 'val', got {self.refinement_from!r}")
-        if self.refinement_from == "val" and (self.refinement != "saliency" or self.av_threshold_from != "val"):
-            raise ValueError("refinement_from: val needs refinement: saliency and av_threshold_from: val (Eq. 6 with the saliency map and the C2AM mask alone are compared on the validation split)")
+        if self.refinement_from not in REFINEMENT_SOURCES:
+            raise ValueError(f"refinement_from must be one of {REFINEMENT_SOURCES}, got {self.refinement_from!r}")
+        if self.refinement_from != "config" and (self.refinement != "saliency" or self.av_threshold_from != "val"):
+            raise ValueError(f"refinement_from: {self.refinement_from} needs refinement: saliency and av_threshold_from: val (Eq. 6 with the saliency map and the C2AM mask alone are compared on the validation split)")
+        if self.refinement_from == "segmenter" and not self.select_best:
+            raise ValueError("refinement_from: segmenter needs select_best: true (the two segmenters are compared by their best validation mIoU)")
         check_threshold("c2am_alone_threshold", self.c2am_alone_threshold)
         if self.av_silence_db is not None and not 0.0 < self.av_silence_db <= 60.0:
             raise ValueError(f"av_silence_db must be in (0, 60] dB (or null: off), got {self.av_silence_db}")
@@ -410,8 +430,23 @@ def pick_candidate(candidates: Sequence[dict[str, Any]], models: int, mean: bool
     return candidates[chosen], chosen
 
 
+@dataclass
+class Selection:
+    """One set of training-frame pseudo masks the pseudo-masks stage writes: a base (``refinement``: Eq. 6 with
+    the saliency map, or the C2AM mask A > ``base_threshold``), whether quiet frames are emptied, the
+    audio-visual map that selects (a model or the mean of several) and its threshold."""
+
+    folder: str  # under pseudo/: where its masks go
+    refinement: str
+    base_threshold: float
+    silence_on: bool
+    threshold: float
+    av_model: EZVSLNet | AVEnsemble
+
+
 def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
-    """Eq. 6 masks filtered by the audio-visual map -> pseudo/masks (+ eq6, av-maps, manifest, sheet)."""
+    """Eq. 6 masks filtered by the audio-visual map -> pseudo/masks (+ eq6, av-maps, manifest, sheet); with
+    ``refinement_from: segmenter`` also the C2AM-alone base's -> pseudo/c2am-alone/masks."""
 
     cfg: WSAVSAudioConfig = ctx.config
     layout = cfg.data.layout
@@ -424,6 +459,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     threshold, choice, model_choice, chosen = cfg.av_threshold, None, None, 0
     refinement, base_threshold, refinement_choice = cfg.refinement, cfg.c2am_threshold, None
     silence_on, silence_choice = cfg.av_silence_db is not None, None
+    second: tuple[bool, float, int] | None = None  # refinement_from: segmenter: the C2AM-alone base's (quiet frames emptied, threshold, model)
     mean = cfg.av_combine == "mean" and cfg.av_models > 1
     models: list[EZVSLNet] = []  # loaded for the validation choice, then the kept one (or all: av_combine mean) writes the pseudo masks
     checkpoints = [str(av_model_dir(ctx, k) / "last.safetensors") for k in range(cfg.av_models)]
@@ -431,31 +467,36 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         polarity = json.loads(ctx.path("pseudo", "maps", ws_avs.POLARITY_FILE).read_text())
         c2am = ws_avs.load_c2am(cfg, ctx.run_dir, ctx.device)
         models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
-        alone = cfg.c2am_alone_threshold if cfg.refinement_from == "val" else None
+        alone = cfg.c2am_alone_threshold if cfg.refinement_from != "config" else None
         silence = [False, True] if cfg.av_silence_from == "val" else [cfg.av_silence_db is not None]
         choices = choose_av_thresholds(cfg, c2am, bool(polarity["flip"]), saliency, models, ctx.device, grid=cfg.av_threshold_grid,
                                        with_mean=mean, alone=alone, silence=silence)  # fmt: skip
         per = cfg.av_models + int(mean)  # candidates per (silence, base) group: bases Eq. 6, then the C2AM mask alone
-        groups = [(gated, name) for gated in silence for name in (["saliency", "c2am"] if alone is not None else [cfg.refinement])]
+        groups = [(gated, name) for gated in silence for name in (BASE_NAMES if alone is not None else [cfg.refinement])]
         per_group = [choices[i * per : (i + 1) * per] for i in range(len(groups))]
         picks = [pick_candidate(cands, cfg.av_models, mean) for cands in per_group]  # (choice, chosen model) per group
-        g = max(range(len(groups)), key=lambda i: (picks[i][0]["miou"], -i))  # ties: the earlier (no emptying, Eq. 6: the paper's)
+
+        def best_group(pred: Any) -> int:  # ties: the earlier (no emptying, Eq. 6: the paper's)
+            return max((i for i in range(len(groups)) if pred(groups[i])), key=lambda i: (picks[i][0]["miou"], -i))
+
+        both = cfg.refinement_from == "segmenter"
+        g = best_group(lambda grp: grp[1] == "saliency") if both else best_group(lambda grp: True)
         gated_kept, base_name = groups[g]
-
-        def best_of(pred: Any) -> dict[str, Any]:
-            i = max((i for i in range(len(groups)) if pred(groups[i])), key=lambda i: (picks[i][0]["miou"], -i))
-            return picks[i][0]
-
         if alone is not None:
-            scores = {n: best_of(lambda grp, n=n: grp[1] == n) for n in ("saliency", "c2am")}
-            refinement_choice = {"chosen": base_name, "miou": {n: c["miou"] for n, c in scores.items()},
+            best = {n: best_group(lambda grp, n=n: grp[1] == n) for n in BASE_NAMES}
+            scores = {n: picks[i][0] for n, i in best.items()}
+            refinement_choice = {"chosen": None if both else base_name, "miou": {n: c["miou"] for n, c in scores.items()},
                                  "thresholds": {n: c["threshold"] for n, c in scores.items()}, "c2am_alone_threshold": alone}  # fmt: skip
-            log.info("pseudo-masks: validation pseudo-mask mIoU %.1f with Eq. 6 (saliency), %.1f with the C2AM mask alone (A > %.2f): %s kept",
-                     100 * scores["saliency"]["miou"], 100 * scores["c2am"]["miou"], alone, "Eq. 6" if base_name == "saliency" else "the C2AM mask alone")  # fmt: skip
+            if both:
+                refinement_choice.update(decided_by="segmenter", quiet_emptied={n: groups[i][0] for n, i in best.items()})
+                second = (groups[best["c2am"]][0], scores["c2am"]["threshold"], picks[best["c2am"]][1])
+            log.info("pseudo-masks: validation pseudo-mask mIoU %.1f with Eq. 6 (saliency), %.1f with the C2AM mask alone (A > %.2f): %s",
+                     100 * scores["saliency"]["miou"], 100 * scores["c2am"]["miou"], alone,
+                     "both written, a segmenter trained on each decides" if both else "Eq. 6 kept" if base_name == "saliency" else "the C2AM mask alone kept")  # fmt: skip
             if base_name == "c2am":
                 refinement, base_threshold = "c2am", alone
         if len(silence) > 1:
-            scores = {k: best_of(lambda grp, v=v: grp[0] == v) for k, v in (("kept", False), ("emptied", True))}
+            scores = {k: picks[best_group(lambda grp, v=v: grp[0] == v and (grp[1] == base_name or not both))][0] for k, v in (("kept", False), ("emptied", True))}
             silence_choice = {"emptied": gated_kept, "miou": {k: c["miou"] for k, c in scores.items()}, "av_silence_db": cfg.av_silence_db}
             log.info("pseudo-masks: validation pseudo-mask mIoU %.1f with the quiet frames kept, %.1f emptied (%.0f dB below the loudest second): %s",
                      100 * scores["kept"]["miou"], 100 * scores["emptied"]["miou"], cfg.av_silence_db, "emptied" if gated_kept else "kept")  # fmt: skip
@@ -477,48 +518,61 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
                  "" if cfg.av_models == 1 else f", the mean of {cfg.av_models} audio-visual models" if mean else f", audio-visual model {chosen} of {cfg.av_models}")  # fmt: skip
     elif mean:
         models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
-    av_model: EZVSLNet | AVEnsemble
-    if mean:
-        av_model = AVEnsemble(models)
-    else:
-        av_model = models[chosen] if models else load_av_model(cfg, ctx, chosen)
-    del models
 
-    gate = SilenceGate(train.records, cfg.av_silence_db) if silence_on and cfg.av_silence_db is not None else None
+    def av_model_for(k: int) -> EZVSLNet | AVEnsemble:
+        if mean:
+            return AVEnsemble(models)
+        return models[k] if models else load_av_model(cfg, ctx, k)
+
+    selections = [Selection("masks", refinement, base_threshold, silence_on and cfg.av_silence_db is not None, threshold, av_model_for(chosen))]
+    if second is not None:
+        selections.append(Selection(f"{ALONE_DIR}/masks", "c2am", cfg.c2am_alone_threshold, second[0], second[1], av_model_for(second[2])))
+    gate = SilenceGate(train.records, cfg.av_silence_db) if cfg.av_silence_db is not None and any(s.silence_on for s in selections) else None
 
     def combine(batch: AVBatch) -> Tensor:
         a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
         assert a is not None  # the writer's dataset reads the C2AM maps as its pseudo masks
         sal = torch.zeros_like(a) if saliency is None else saliency.predict(batch)
-        eq6 = a > base_threshold if refinement == "c2am" else ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
-        eq6 = silenced(eq6, None if gate is None else gate(batch))  # the selection keeps a subset: quiet frames stay empty
-        sim = av_model.av_map(batch)  # (B, T, H, W)
-        proposals = (a > base_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
-        kept = select_by_audio(eq6.flatten(0, 1), sim.flatten(0, 1), cfg.av_select, threshold, cfg.av_keep_best, proposals).view_as(eq6)
-        return torch.stack([a, sal, sim, eq6.float(), kept.float()], dim=2)  # (B, T, 5, H, W)
+        quiet = None if gate is None else gate(batch)
+        out = [a, sal]
+        for sel in selections:
+            eq6 = a > sel.base_threshold if sel.refinement == "c2am" else ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
+            eq6 = silenced(eq6, quiet if sel.silence_on else None)  # the selection keeps a subset: quiet frames stay empty
+            sim = sel.av_model.av_map(batch)  # (B, T, H, W)
+            proposals = (a > sel.base_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
+            kept = select_by_audio(eq6.flatten(0, 1), sim.flatten(0, 1), cfg.av_select, sel.threshold, cfg.av_keep_best, proposals).view_as(eq6)
+            out += [sim, eq6.float(), kept.float()]
+        return torch.stack(out, dim=2)  # (B, T, 2 + 3 x selections, H, W)
 
-    q_eq6, q_kept = BinaryAccumulator(protocol="clean"), BinaryAccumulator(protocol="clean")
+    q_eq6, q_kept = BinaryAccumulator(protocol="clean"), [BinaryAccumulator(protocol="clean") for _ in selections]
     rows: list[list[np.ndarray]] = []
     labels: list[str] = []
-    frames = gt_frames = silent = 0
-    area_eq6 = area_kept = 0.0
+    frames = gt_frames = 0
+    silent = [0 for _ in selections]
+    area_eq6 = 0.0
+    area_kept = [0.0 for _ in selections]
     folder = ctx.path("pseudo")
     for fo in iterate_outputs(combine, train, ctx.device, batch_size=4, progress="audio-selected pseudo masks"):
-        amap, sal, sim, eq6, kept = fo.output
+        amap, sal = fo.output[:2]
+        sim, eq6, kept = fo.output[2:5]
         rel = fo.relpath(layout)
-        save_probability_png(kept, folder / "masks" / rel)
+        for j, sel in enumerate(selections):
+            save_probability_png(fo.output[4 + 3 * j], folder / sel.folder / rel)
         save_probability_png(eq6, folder / "eq6" / rel)
         save_probability_png(sim, folder / "av-maps" / rel)
         if saliency is not None:
             save_probability_png(sal, folder / "saliency" / rel)
         frames += 1
-        silent += int(gate is not None and bool(gate.seconds(fo.record.video_id, fo.t + 1)[fo.t]))
+        quiet_frame = gate is not None and bool(gate.seconds(fo.record.video_id, fo.t + 1)[fo.t])
         area_eq6 += float(eq6.mean())
-        area_kept += float(kept.mean())
+        for j, sel in enumerate(selections):
+            silent[j] += int(quiet_frame and sel.silence_on)
+            area_kept[j] += float(fo.output[4 + 3 * j].mean())
         if fo.gt is not None:
             gt_frames += 1
             q_eq6.update(eq6[None], fo.gt[None])
-            q_kept.update(kept[None], fo.gt[None])
+            for j in range(len(selections)):
+                q_kept[j].update(fo.output[4 + 3 * j][None], fo.gt[None])
             if len(rows) < 8:
                 rgb = denormalize(fo.frame)
                 rows.append([rgb, colormap(amap), colormap(sal), colormap(sim), mask_image(eq6), mask_image(kept), mask_image((fo.gt != 0).astype(np.float32))])
@@ -535,15 +589,55 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         "stage": "pseudo-masks", "refinement": refinement, "threshold": base_threshold, "refinement_choice": refinement_choice,
         "av_select": cfg.av_select, "av_regions": cfg.av_regions, "av_threshold": threshold, "av_threshold_from": cfg.av_threshold_from,
         "av_threshold_choice": choice, "av_model_choice": model_choice, "av_keep_best": cfg.av_keep_best,
-        "frames": frames, "saliency": saliency is not None, "av_silence_db": cfg.av_silence_db if silence_on else None, "silence_choice": silence_choice, "silent_frames": silent,
-        "quality": quality(q_kept), "quality_eq6": quality(q_eq6),
-        "area_eq6": area_eq6 / max(frames, 1), "area_kept": area_kept / max(frames, 1),
+        "frames": frames, "saliency": saliency is not None, "av_silence_db": cfg.av_silence_db if silence_on else None, "silence_choice": silence_choice, "silent_frames": silent[0],
+        "quality": quality(q_kept[0]), "quality_eq6": quality(q_eq6),
+        "area_eq6": area_eq6 / max(frames, 1), "area_kept": area_kept[0] / max(frames, 1),
         "contact_sheet": str(sheet) if rows else None,
         "av_checkpoint": checkpoints if mean else checkpoints[chosen],  # the mean's models (av_combine: mean) or the one used
     }  # fmt: skip
+    if second is not None:
+        sel = selections[1]
+        summary["c2am_alone"] = {"masks": str(folder / sel.folder), "threshold": sel.base_threshold, "av_threshold": sel.threshold,
+                                 "av_silence_db": cfg.av_silence_db if sel.silence_on else None, "silent_frames": silent[1],
+                                 "quality": quality(q_kept[1]), "area_kept": area_kept[1] / max(frames, 1),
+                                 "av_checkpoint": checkpoints if mean else checkpoints[second[2]]}  # fmt: skip
     write_text_atomic(folder / "manifest.json", json.dumps(summary, indent=2, default=str))
     ctx.summary["pseudo_masks"] = summary
     return summary
+
+
+CANDIDATE_FILES = ("best.safetensors", "last.safetensors", "metrics.jsonl")  # what the kept candidate's folder gives segmenter/
+
+
+def stage_segmenter(ctx: StageContext) -> dict[str, Any]:
+    """WS-AVS's segmenter on the pseudo masks; with ``refinement_from: segmenter`` one on each base's masks, the
+    better on validation (best validation mIoU; ties: Eq. 6) copied to ``segmenter/``."""
+    cfg: WSAVSAudioConfig = ctx.config
+    if cfg.refinement_from != "segmenter":
+        return ws_avs.stage_segmenter(ctx)
+    candidates = {"saliency": (ctx.path("pseudo", "masks"), EQ6_DIR), "c2am": (ctx.path("pseudo", ALONE_DIR, "masks"), ALONE_DIR)}
+    results: dict[str, dict[str, Any]] = {}
+    for i, (name, (masks, sub)) in enumerate(candidates.items()):
+        if i:
+            seed_everything(next(iter(cfg.train_settings().values())).seed)  # as the runner seeds a stage: each candidate starts as its own run would
+        results[name] = ws_avs.train_segmenter(ctx, masks, ctx.path("segmenter", sub), desc=f"segmenter ({BASE_LABELS[name]})")
+    scores: dict[str, float] = {}
+    for name, r in results.items():
+        score = r["best"] if r["best"] is not None else r["metrics"].get("val_miou")
+        if score is None:
+            raise RuntimeError(f"segmenter ({BASE_LABELS[name]}): no validation mIoU to compare the two segmenters by ({ctx.path('segmenter', candidates[name][1])})")
+        scores[name] = float(score)
+    kept = max(candidates, key=lambda n: (scores[n], n == "saliency"))
+    log.info("segmenter: best validation mIoU %.1f on the Eq. 6 masks, %.1f on the C2AM-alone masks: %s kept",
+             100 * scores["saliency"], 100 * scores["c2am"], BASE_LABELS[kept])  # fmt: skip
+    source = ctx.path("segmenter", candidates[kept][1])
+    if dist.is_main():
+        for name in CANDIDATE_FILES:
+            if (source / name).is_file():
+                atomic_write_bytes(ctx.path("segmenter", name), (source / name).read_bytes())
+    final = ctx.path("segmenter", "best.safetensors" if (source / "best.safetensors").is_file() else "last.safetensors")
+    choice = {"chosen": kept, "val_miou": scores, "folders": {n: str(ctx.path("segmenter", sub)) for n, (_, sub) in candidates.items()}}
+    return {**results[kept], "checkpoint": str(final), "refinement_choice": choice, "candidates": results}
 
 
 def stages(cfg: WSAVSAudioConfig) -> list[Stage]:
@@ -554,8 +648,10 @@ def stages(cfg: WSAVSAudioConfig) -> list[Stage]:
                              outputs=("av-model",), reads=()))  # frames and audio only: C2AM / saliency reruns leave it valid
             out.append(Stage(
                 "pseudo-masks", stage_pseudo_masks, "Eq. 6 pseudo masks kept where the audio-visual map selects them",
-                outputs=("pseudo/masks", "pseudo/eq6", "pseudo/av-maps", "pseudo/saliency", "pseudo/manifest.json", "pseudo/contact_sheet.png"),
+                outputs=("pseudo/masks", "pseudo/eq6", "pseudo/av-maps", "pseudo/saliency", f"pseudo/{ALONE_DIR}", "pseudo/manifest.json", "pseudo/contact_sheet.png"),
             ))  # fmt: skip
+        elif stage.name == "segmenter":
+            out.append(dataclasses.replace(stage, run=stage_segmenter))
         elif stage.name in REUSE_KEYS:  # shared with ws-avs: taken from reuse_run when identical
             out.append(dataclasses.replace(stage, run=reusable(stage.name, stage.run)))
         else:
