@@ -147,8 +147,17 @@ def test_bench_shares_ws_avs_stages(synth_s4: Path, tmp_path: Path) -> None:
     assert models["combine"] == "mean" and models["chosen"] is None and len(models["miou"]) == 3
     silence = marker["silence_choice"]  # ws-avs-av/demo: the quiet seconds' masks kept or emptied by validation
     assert silence["miou"]["emptied" if silence["emptied"] else "kept"] == choice["miou"]
-    assert row["ws-avs-av"].chosen_thresholds == {"av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]},  # no single model kept
-                                                  SILENCE_CHOICE: {"value": float(silence["emptied"]), "val_miou": choice["miou"]}}  # fmt: skip
+    # ws-avs-av/demo: a segmenter on each pseudo-mask base, the better on validation kept; the bench names the kept one's choices
+    segmenter = json.loads((out / "ws-avs-av" / "stages" / "segmenter.json").read_text())["refinement_choice"]
+    kept = segmenter["chosen"]
+    if kept == "c2am":
+        alone, score = marker["c2am_alone"], marker["refinement_choice"]["miou"]["c2am"]
+        expected = {"av_threshold": {"value": alone["av_threshold"], "val_miou": score},
+                    SILENCE_CHOICE: {"value": float(marker["refinement_choice"]["quiet_emptied"]["c2am"]), "val_miou": score}}  # fmt: skip
+    else:
+        expected = {"av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]}, SILENCE_CHOICE: {"value": float(silence["emptied"]), "val_miou": choice["miou"]}}
+    expected[BASE_CHOICE] = {"value": float(kept == "c2am"), "val_miou": segmenter["val_miou"][kept]}
+    assert row["ws-avs-av"].chosen_thresholds == expected  # no single model kept (the mean of three)
     assert "(shared)" in (out / "results.md").read_text()
 
 
@@ -170,6 +179,15 @@ def test_chosen_thresholds_name_the_kept_audio_visual_model(tmp_path: Path) -> N
     row = BenchRow(method="ws-avs-av", display="WS-AVS-AV", status="ok", miou_clean=0.4, chosen_thresholds=both)
     write_results(tmp_path, [row], data=tmp_path, layout="s4", recipe="demo", command=None, seconds=1.0, baselines=baselines, deaf={"miou_clean": 0.4, "frames": 10})
     assert "pseudo-mask base C2AM alone (validation mIoU 41.00), quiet frames emptied (validation mIoU 41.00)" in (tmp_path / "results.md").read_text()
+    # refinement_from: segmenter: the pseudo-mask stage wrote both bases, the segmenter stage kept the C2AM-alone one
+    pseudo_both = {**pseudo, "refinement_choice": {"chosen": None, "miou": {"saliency": 0.41, "c2am": 0.39}, "quiet_emptied": {"saliency": True, "c2am": False}},
+                   "silence_choice": {"emptied": True, "miou": {"kept": 0.35, "emptied": 0.41}}, "c2am_alone": {"av_threshold": 0.7, "av_model": 1}}  # fmt: skip
+    by_segmenter = chosen_thresholds({"pseudo-masks": pseudo_both, "segmenter": {"refinement_choice": {"chosen": "c2am", "val_miou": {"saliency": 0.30, "c2am": 0.33}}}})
+    assert by_segmenter == {"av_threshold": {"value": 0.7, "val_miou": 0.39}, MODEL_CHOICE: {"value": 1.0, "val_miou": 0.39},
+                            BASE_CHOICE: {"value": 1.0, "val_miou": 0.33}, SILENCE_CHOICE: {"value": 0.0, "val_miou": 0.39}}  # fmt: skip
+    eq6_kept = chosen_thresholds({"pseudo-masks": pseudo_both, "segmenter": {"refinement_choice": {"chosen": "saliency", "val_miou": {"saliency": 0.34, "c2am": 0.33}}}})
+    assert eq6_kept == {"av_threshold": {"value": 0.55, "val_miou": 0.41}, MODEL_CHOICE: {"value": 2.0, "val_miou": 0.41},
+                        BASE_CHOICE: {"value": 0.0, "val_miou": 0.34}, SILENCE_CHOICE: {"value": 1.0, "val_miou": 0.41}}  # fmt: skip
 
 
 def test_reuse_refuses_other_settings(synth_s4: Path, tmp_path: Path) -> None:

@@ -254,7 +254,7 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
     maps = [torch.rand(1, 2, 4, 4) for _ in range(3)]
     assert torch.allclose(ws_avs_av.mean_map(maps), (maps[0] + maps[1] + maps[2]) / 3)
     # the mean needs no validation split (a configured threshold selects from it) and is the only other mode
-    build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_threshold_from=config", "av_silence_from=config", "av_models=2", "av_combine=mean"])
+    build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_threshold_from=config", "av_silence_from=config", "refinement_from=config", "av_models=2", "av_combine=mean"])
     with pytest.raises(Exception, match="av_combine"):
         build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_combine=median"])
 

@@ -128,13 +128,18 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
         out["heat map"] = {"value": float(heat["threshold"]), "val_miou": float(heat["miou"])}
     pseudo = summaries.get("pseudo-masks") or {}
     choice = pseudo.get("av_threshold_choice")
-    if choice:
+    by_segmenter: dict[str, Any] = (summaries.get("segmenter") or {}).get("refinement_choice") or {}  # refinement_from: segmenter
+    alone_kept = by_segmenter.get("chosen") == "c2am"  # the kept segmenter trained on the C2AM-alone base's masks
+    bases: dict[str, Any] = pseudo.get("refinement_choice") or {}
+    if alone_kept:
+        out["av_threshold"] = {"value": float(pseudo["c2am_alone"]["av_threshold"]), "val_miou": float(bases["miou"]["c2am"])}
+    elif choice:
         out["av_threshold"] = {"value": float(choice["threshold"]), "val_miou": float(choice["miou"])}
     models = pseudo.get("av_model_choice")
-    if models and models.get("chosen") is not None:  # None: av_combine mean (the threshold above is the mean map's)
+    if models and models.get("chosen") is not None and alone_kept:  # the model that selected the C2AM-alone base's masks
+        out[MODEL_CHOICE] = {"value": float(pseudo["c2am_alone"]["av_model"]), "val_miou": float(bases["miou"]["c2am"])}
+    elif models and models.get("chosen") is not None:  # None: av_combine mean (the threshold above is the mean map's)
         out[MODEL_CHOICE] = {"value": float(models["chosen"]), "val_miou": float(models["miou"][models["chosen"]])}
-    bases = pseudo.get("refinement_choice")
-    by_segmenter = (summaries.get("segmenter") or {}).get("refinement_choice")  # refinement_from: segmenter
     if by_segmenter:
         kept = by_segmenter["chosen"]
         out[BASE_CHOICE] = {"value": float(kept == "c2am"), "val_miou": float(by_segmenter["val_miou"][kept])}
@@ -142,7 +147,10 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
         kept = bases["chosen"]
         out[BASE_CHOICE] = {"value": float(kept == "c2am"), "val_miou": float(bases["miou"][kept])}
     silence = pseudo.get("silence_choice")
-    if silence:
+    if silence and alone_kept:
+        emptied = bool(bases["quiet_emptied"]["c2am"])
+        out[SILENCE_CHOICE] = {"value": float(emptied), "val_miou": float(bases["miou"]["c2am"])}
+    elif silence:
         which = "emptied" if silence["emptied"] else "kept"
         out[SILENCE_CHOICE] = {"value": float(silence["emptied"]), "val_miou": float(silence["miou"][which])}
     return out

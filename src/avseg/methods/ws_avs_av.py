@@ -597,7 +597,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     }  # fmt: skip
     if second is not None:
         sel = selections[1]
-        summary["c2am_alone"] = {"masks": str(folder / sel.folder), "threshold": sel.base_threshold, "av_threshold": sel.threshold,
+        summary["c2am_alone"] = {"masks": str(folder / sel.folder), "threshold": sel.base_threshold, "av_threshold": sel.threshold, "av_model": None if mean else second[2],
                                  "av_silence_db": cfg.av_silence_db if sel.silence_on else None, "silent_frames": silent[1],
                                  "quality": quality(q_kept[1]), "area_kept": area_kept[1] / max(frames, 1),
                                  "av_checkpoint": checkpoints if mean else checkpoints[second[2]]}  # fmt: skip
