@@ -157,6 +157,7 @@ def test_bench_shares_ws_avs_stages(synth_s4: Path, tmp_path: Path) -> None:
     else:
         expected = {"av_threshold": {"value": choice["threshold"], "val_miou": choice["miou"]}, SILENCE_CHOICE: {"value": float(silence["emptied"]), "val_miou": choice["miou"]}}
     expected[BASE_CHOICE] = {"value": float(kept == "c2am"), "val_miou": segmenter["val_miou"][kept]}
+    assert row["ws-avs-av"].pseudo_miou == (marker["c2am_alone"] if kept == "c2am" else marker)["quality"]["miou"]  # the kept segmenter's masks
     assert row["ws-avs-av"].chosen_thresholds == expected  # no single model kept (the mean of three)
     assert "(shared)" in (out / "results.md").read_text()
 

@@ -346,7 +346,8 @@ def run_bench(
             row.reused_stages = {k: str(v["reused_from"]) for k, v in summaries.items() if v.get("reused_from")}
             row.train_seconds = round(sum(row.stage_seconds.values()), 1)
             pseudo = summaries.get("pseudo-masks", {})
-            row.pseudo_miou = (pseudo.get("quality") or {}).get("miou")
+            alone_kept = ((summaries.get("segmenter") or {}).get("refinement_choice") or {}).get("chosen") == "c2am"  # ws-avs-av, refinement_from: segmenter
+            row.pseudo_miou = (((pseudo.get("c2am_alone") or {}) if alone_kept else pseudo).get("quality") or {}).get("miou")  # the kept segmenter's masks
             row.pseudo_miou_eq6 = (pseudo.get("quality_eq6") or {}).get("miou")
             row.chosen_thresholds = chosen_thresholds(summaries)
             phase = "eval"
