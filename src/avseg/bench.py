@@ -113,6 +113,12 @@ def _choice_value(name: str, value: float) -> str:
     return f"{int(value)}" if name == MODEL_CHOICE else f"{value:.2f}"
 
 
+def c2am_alone_kept(summaries: dict[str, dict[str, Any]]) -> bool:
+    """A ws-avs-av run with ``refinement_from: segmenter`` whose kept segmenter trained on the C2AM-alone base's
+    pseudo masks (the pseudo-masks summary's ``c2am_alone``), not on ``pseudo/masks``."""
+    return ((summaries.get("segmenter") or {}).get("refinement_choice") or {}).get("chosen") == "c2am"
+
+
 def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """What a run chose on the validation split, from its stage summaries: the heat map's binarisation threshold
     (stage ``threshold``) and WS-AVS-AV's selection threshold (``pseudo-masks`` with ``av_threshold_from: val``),
@@ -129,7 +135,7 @@ def chosen_thresholds(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[st
     pseudo = summaries.get("pseudo-masks") or {}
     choice = pseudo.get("av_threshold_choice")
     by_segmenter: dict[str, Any] = (summaries.get("segmenter") or {}).get("refinement_choice") or {}  # refinement_from: segmenter
-    alone_kept = by_segmenter.get("chosen") == "c2am"  # the kept segmenter trained on the C2AM-alone base's masks
+    alone_kept = c2am_alone_kept(summaries)
     bases: dict[str, Any] = pseudo.get("refinement_choice") or {}
     if alone_kept:
         out["av_threshold"] = {"value": float(pseudo["c2am_alone"]["av_threshold"]), "val_miou": float(bases["miou"]["c2am"])}
@@ -346,8 +352,7 @@ def run_bench(
             row.reused_stages = {k: str(v["reused_from"]) for k, v in summaries.items() if v.get("reused_from")}
             row.train_seconds = round(sum(row.stage_seconds.values()), 1)
             pseudo = summaries.get("pseudo-masks", {})
-            alone_kept = ((summaries.get("segmenter") or {}).get("refinement_choice") or {}).get("chosen") == "c2am"  # ws-avs-av, refinement_from: segmenter
-            row.pseudo_miou = (((pseudo.get("c2am_alone") or {}) if alone_kept else pseudo).get("quality") or {}).get("miou")  # the kept segmenter's masks
+            row.pseudo_miou = ((pseudo["c2am_alone"] if c2am_alone_kept(summaries) else pseudo).get("quality") or {}).get("miou")  # the kept segmenter's masks
             row.pseudo_miou_eq6 = (pseudo.get("quality_eq6") or {}).get("miou")
             row.chosen_thresholds = chosen_thresholds(summaries)
             phase = "eval"

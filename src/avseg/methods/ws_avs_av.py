@@ -519,26 +519,30 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
     elif mean:
         models = [load_av_model(cfg, ctx, k) for k in range(cfg.av_models)]
 
+    ensemble = AVEnsemble(models) if mean else None
+
     def av_model_for(k: int) -> EZVSLNet | AVEnsemble:
-        if mean:
-            return AVEnsemble(models)
+        if ensemble is not None:
+            return ensemble
         return models[k] if models else load_av_model(cfg, ctx, k)
 
     selections = [Selection("masks", refinement, base_threshold, silence_on and cfg.av_silence_db is not None, threshold, av_model_for(chosen))]
     if second is not None:
         selections.append(Selection(f"{ALONE_DIR}/masks", "c2am", cfg.c2am_alone_threshold, second[0], second[1], av_model_for(second[2])))
     gate = SilenceGate(train.records, cfg.av_silence_db) if cfg.av_silence_db is not None and any(s.silence_on for s in selections) else None
+    selectors = {id(sel.av_model): sel.av_model for sel in selections}  # each distinct map computed once per batch (both bases may share it)
 
     def combine(batch: AVBatch) -> Tensor:
         a = batch.pseudo_masks  # (B, T, H, W) C2AM map A
         assert a is not None  # the writer's dataset reads the C2AM maps as its pseudo masks
         sal = torch.zeros_like(a) if saliency is None else saliency.predict(batch)
         quiet = None if gate is None else gate(batch)
+        sims = {key: model.av_map(batch) for key, model in selectors.items()}  # (B, T, H, W) each
         out = [a, sal]
         for sel in selections:
             eq6 = a > sel.base_threshold if sel.refinement == "c2am" else ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
             eq6 = silenced(eq6, quiet if sel.silence_on else None)  # the selection keeps a subset: quiet frames stay empty
-            sim = sel.av_model.av_map(batch)  # (B, T, H, W)
+            sim = sims[id(sel.av_model)]
             proposals = (a > sel.base_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
             kept = select_by_audio(eq6.flatten(0, 1), sim.flatten(0, 1), cfg.av_select, sel.threshold, cfg.av_keep_best, proposals).view_as(eq6)
             out += [sim, eq6.float(), kept.float()]
