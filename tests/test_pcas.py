@@ -474,6 +474,60 @@ def test_binary_dense_crf_is_the_two_label_case_of_the_multi_label_one() -> None
     assert np.array_equal(multi[1] > 0.5, mask.astype(bool))  # 24 px: no resampling, the same unaries
 
 
+def test_crf_refine_mask_moves_a_mask_to_the_object_edges() -> None:
+    """WS-AVS-AV's pseudo-mask CRF on a uniform red disc over a noisy grey background: a mask that covers two
+    thirds of the disc and leaks onto the background becomes the disc; one that covers less than half of it
+    is erased (the unnormalised pairwise terms make the CRF a vote among pixels of similar colour: the mass of
+    the disc's pixels outweighs the unary); an empty mask stays empty."""
+    from avseg.pseudo.crf import crf_refine_mask
+
+    rng = np.random.default_rng(3)
+    image = (rng.random((64, 64, 3)) * 80 + 60).astype(np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 14**2
+    image[disc] = (210, 30, 30)
+    leak = (abs(yy - 32) < 3) & (xx >= 48) & (xx < 56)
+    most = ((disc & (xx < 36)) | leak).astype(np.float32)
+    iou = lambda m: (m.astype(bool) & disc).sum() / (m.astype(bool) | disc).sum()  # noqa: E731
+    out = crf_refine_mask(image, most, confidence=0.7)
+    assert out.dtype == np.float32 and set(np.unique(out)) <= {0.0, 1.0}
+    assert iou(most) < 0.65 and iou(out) > 0.95
+    assert not crf_refine_mask(image, (disc & (xx < 30)).astype(np.float32), confidence=0.7).any()
+    assert not crf_refine_mask(image, np.zeros((64, 64), np.float32)).any()
+    with pytest.raises(ValueError, match="confidence must be in"):
+        crf_refine_mask(image, most, confidence=0.5)
+
+
+def test_dense_crf_mean_field_equals_the_textbook_kernels() -> None:
+    """The mean field builds its kernel in place (|Ii - Ij|^2 from a Gram matrix, exponents floored at -80 so no
+    weight is a subnormal float, the grid's terms cached): the marginals equal those of the kernels written out
+    directly (pairwise differences, exp without a floor) on a coloured image with a noisy unary."""
+    from avseg.pseudo.crf import _mean_field
+
+    rng = np.random.default_rng(2)
+    gh, gw = 20, 24
+    image = (rng.random((gh, gw, 3)) * 60).astype(np.uint8)
+    image[4:14, 6:18] = (220, 40, 30)
+    probs = torch.from_numpy(rng.dirichlet(np.ones(3), size=(gh, gw)).transpose(2, 0, 1).astype(np.float32))
+    sxy_b, srgb, w_b, sxy_g, w_g, iterations = 20.0, 13.0, 5.0, 1.5, 3.0, 5
+    q = _mean_field(image, probs, iterations, sxy_b, srgb, w_b, sxy_g, w_g)
+
+    img = torch.from_numpy(image.astype(np.float64)).reshape(-1, 3)
+    ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+    pos = torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=1)
+    d_pos = ((pos[:, None] - pos[None]) ** 2).sum(-1)
+    d_rgb = ((img[:, None] - img[None]) ** 2).sum(-1)
+    kernel = w_b * torch.exp(-d_pos / (2 * sxy_b**2) - d_rgb / (2 * srgb**2)) + w_g * torch.exp(-d_pos / (2 * sxy_g**2))
+    kernel.fill_diagonal_(0.0)
+    unary = -torch.log(probs.double().reshape(3, -1).T.clamp(1e-5, 1.0))
+    ref = torch.softmax(-unary, dim=1)
+    for _ in range(iterations):
+        message = kernel @ ref
+        ref = torch.softmax(-(unary + message.sum(dim=1, keepdim=True) - message), dim=1)
+    assert torch.allclose(q.double(), ref, atol=1e-4)
+    assert (q.argmax(1) != probs.reshape(3, -1).T.argmax(1)).any()  # the pairwise terms changed labels
+
+
 @pytest.mark.parametrize("segment_audio", ["bias", "none"])
 def test_segment_head_hears_the_audio(segment_audio: str, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``segment_audio: bias`` the segmentation logits (training and inference) depend on what the audio
