@@ -145,11 +145,14 @@ def dense_crf_multi(
         probs: (C, H, W) class probabilities.
 
     Returns:
-        (C, H, W) float32 refined probabilities (summing to 1 per pixel).
+        (C, H, W) float32 refined probabilities (summing to 1 per pixel; 0 wherever ``probs`` is 0).
     """
     c, h, w = probs.shape
     gh, gw = _grid(h, w, max_side)
     p = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(gh, gw), mode="bilinear", align_corners=False)[0]
     q = _mean_field(image, p, iterations, sxy_bilateral, srgb, w_bilateral, sxy_gaussian, w_gaussian)
     out = F.interpolate(q.T.reshape(1, c, gh, gw), size=(h, w), mode="bilinear", align_corners=False)[0]
+    # a label with probability 0 at a pixel has an infinite unary there (the clamp above only keeps the logs
+    # finite): it stays at exactly 0, e.g. every class an audio gate silenced
+    out = out * (torch.from_numpy(np.asarray(probs)) > 0)
     return (out / out.sum(dim=0, keepdim=True).clamp_min(1e-6)).numpy()
