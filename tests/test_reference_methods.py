@@ -88,7 +88,7 @@ def test_ws_avs_av_pseudo_masks_are_audio_selected(synth_s4: Path, tmp_path: Pat
     from avseg.data.layout import prediction_relpath
 
     run_dir = tmp_path / "ws-avs-av"
-    summaries = train_tiny("ws-avs-av", synth_s4, run_dir)
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("pseudo_crf=false",))  # the CRF may grow a mask past Eq. 6
     assert list(summaries) == ["c2am", "activation-maps", "saliency", "av-model", "pseudo-masks", "segmenter"]
     pseudo = summaries["pseudo-masks"]
     assert set(pseudo["quality"]) >= {"miou", "fscore"} and set(pseudo["quality_eq6"]) >= {"miou", "fscore"}
@@ -269,7 +269,7 @@ def test_ws_avs_av_chooses_eq6_or_c2am_alone_on_validation(synth_s4: Path, tmp_p
     from avseg.methods import ws_avs_av
 
     run_dir = tmp_path / "both"
-    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_models=1", "refinement_from=val", "c2am_alone_threshold=0.4"))
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_models=1", "refinement_from=val", "c2am_alone_threshold=0.4", "pseudo_crf=false"))
     pseudo = summaries["pseudo-masks"]
     bases = pseudo["refinement_choice"]
     assert set(bases["miou"]) == {"saliency", "c2am"} and bases["c2am_alone_threshold"] == 0.4
@@ -336,7 +336,7 @@ def test_ws_avs_av_empties_pseudo_masks_of_quiet_seconds(tmp_path: Path) -> None
 
     # av_silence_from: val scores the masks with the quiet frames kept and emptied, and writes the better
     run_dir = tmp_path / "chosen"
-    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6", "av_silence_from=val"))
+    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6", "av_silence_from=val", "pseudo_crf=false"))
     pseudo = summaries["pseudo-masks"]
     choice = pseudo["silence_choice"]
     cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
@@ -614,6 +614,46 @@ def test_resume_with_other_settings_says_which_finished_stages_are_kept(synth_s4
     assert history == [{"changed": {"threshold_from": ["val", "config"], "train.lr": [lr, 0.123]}, "stages_kept": ["classifier"]}]
     assert list(summaries) == ["classifier"] and summaries["classifier"]["stage"] == "classifier"  # kept, not retrained
     assert load_run(run_dir)[1].train.lr == 0.123  # config.yaml says the new value; config-changes.json says what was kept
+
+
+def test_ws_avs_av_pseudo_crf_refines_every_written_pseudo_mask(synth_s4: Path, tmp_path: Path) -> None:
+    """pseudo_crf: true refines each base's audio-selected masks with a dense CRF on the frame before they are
+    written: a run with it writes crf_refine_mask(frame, mask) of the masks the same run without it writes
+    (every earlier stage is identical), or the mask as selected where the CRF would empty it; records their
+    quality before the CRF, and trains on them."""
+    from avseg.data.avsbench import read_probability_png
+    from avseg.engine.evaluate import iterate_outputs
+    from avseg.methods import ws_avs_av
+    from avseg.methods.common import make_dataset
+    from avseg.methods.ws_avs_av import crf_pseudo_mask
+    from avseg.pseudo.crf import crf_refine_mask
+    from avseg.visualize import denormalize
+
+    common = ("av_threshold_from=val", "av_models=1", "c2am_alone_threshold=0.4", "refinement_from=segmenter")
+    plain, refined = tmp_path / "plain", tmp_path / "crf"
+    base = train_tiny("ws-avs-av", synth_s4, plain, extra=(*common, "pseudo_crf=false"))
+    summaries = train_tiny("ws-avs-av", synth_s4, refined, extra=(*common, "pseudo_crf=true", "pseudo_crf_confidence=0.8"))
+    pseudo = summaries["pseudo-masks"]
+    assert {k: pseudo["pseudo_crf"][k] for k in ("confidence", "quality_before")} == {"confidence": 0.8, "quality_before": base["pseudo-masks"]["quality"]}
+    assert pseudo["c2am_alone"]["quality_before_crf"] == base["pseudo-masks"]["c2am_alone"]["quality"]
+    assert base["pseudo-masks"]["pseudo_crf"] is None
+    _, cfg = load_run(plain)
+    changed = restored = 0
+    for folder in ("masks", f"{ws_avs_av.ALONE_DIR}/masks"):
+        train = make_dataset(cfg.data, "train", audio=False, pseudo_dir=plain / "pseudo" / folder)
+        for fo in iterate_outputs(lambda batch: batch.pseudo_masks, train, torch.device("cpu")):
+            rel = fo.relpath(cfg.data.layout)
+            crf = crf_refine_mask(denormalize(fo.frame), fo.output, 0.8)
+            expected = crf if crf.any() else fo.output > 0.5  # never emptied by the CRF
+            assert np.array_equal(crf_pseudo_mask(denormalize(fo.frame), fo.output, 0.8) > 0.5, expected > 0.5)
+            written = read_probability_png(refined / "pseudo" / folder / rel)
+            assert np.array_equal(written > 0.5, expected > 0.5), (folder, rel)
+            changed += int(not np.array_equal(written > 0.5, fo.output > 0.5))
+            restored += int(bool((fo.output > 0.5).any()) and not crf.any())
+    assert changed > 0 and restored > 0  # the CRF moved some mask and would have emptied another
+    assert summaries["segmenter"]["refinement_choice"]["chosen"] in ("saliency", "c2am")
+    with pytest.raises(Exception, match="pseudo_crf_confidence must be in"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("pseudo_crf_confidence=0.5",))
 
 
 def test_ws_avs_av_keeps_the_segmenter_that_scores_better_on_validation(synth_s4: Path, tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ from avseg.methods.common import THRESHOLD_GRID, SilenceGate, best_on_split_each
 from avseg.methods.ez_vsl import EZVSLNet
 from avseg.metrics.binary import BinaryAccumulator, frame_iou_clean
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
+from avseg.pseudo.crf import crf_refine_mask
 from avseg.types import AVBatch
 from avseg.visualize import colormap, contact_sheet, denormalize, mask_image, save_image_atomic
 
@@ -144,6 +145,8 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
     c2am_alone_threshold: float = 0.5  # refinement_from: val / segmenter: the C2AM-alone candidate's mask and proposals, A > this
     av_silence_db: float | None = None  # frames whose second is more than this many dB below the clip's loudest get an empty pseudo mask
     av_silence_from: Literal["config", "val"] = "config"  # "val": score the masks with and without that emptying on validation, keep the better
+    pseudo_crf: bool = False  # every written pseudo mask (each base's, after the audio selection) refined by a dense CRF on its frame (kept as selected where the CRF would empty it)
+    pseudo_crf_confidence: float = 0.7  # the CRF's unary: P(foreground) inside the selected mask, 1 - this outside
     reuse_run: str | None = None  # a finished ws-avs run whose c2am / activation-maps / saliency stages are reused if identical
 
     def __post_init__(self) -> None:
@@ -186,6 +189,8 @@ class WSAVSAudioConfig(ws_avs.WSAVSConfig):
             raise ValueError(f"av_silence_from must be 'config' or 'val', got {self.av_silence_from!r}")
         if self.av_silence_from == "val" and (self.av_silence_db is None or self.av_threshold_from != "val"):
             raise ValueError("av_silence_from: val needs av_silence_db and av_threshold_from: val (the masks with and without the quiet frames emptied are compared on the validation split)")
+        if not 0.5 < self.pseudo_crf_confidence < 1.0:
+            raise ValueError(f"pseudo_crf_confidence must be in (0.5, 1): the CRF's P(foreground) inside the selected mask, got {self.pseudo_crf_confidence}")
 
     def train_settings(self) -> dict[str, TrainSettings]:
         return {**super().train_settings(), "av_train": self.av_train}
@@ -328,6 +333,17 @@ def load_av_net(cfg: WSAVSAudioConfig, weights: Path, device: torch.device) -> E
 def load_av_model(cfg: WSAVSAudioConfig, ctx: StageContext, k: int) -> EZVSLNet:
     """The run's k-th trained audio-visual model (``av_model_dir``)."""
     return load_av_net(cfg, av_model_dir(ctx, k) / "last.safetensors", ctx.device)
+
+
+def crf_pseudo_mask(image: np.ndarray, mask: np.ndarray, confidence: float) -> np.ndarray:
+    """``pseudo_crf``: the audio-selected mask refined by ``crf_refine_mask``, or the selected mask itself (binary)
+    where the CRF would empty it. The CRF votes among pixels of similar colour, so it erases a mask that covers
+    less than half of its object: on synthetic MS3 (seed 2) it emptied 295 of the 801 sounding training frames'
+    masks, and the segmenter learnt to mark less (test mIoU 36.8 -> 26.9); keeping those masks as selected,
+    the sounding frames' pseudo-mask mIoU went 26.1 -> 37.5 with 6 empty (as before the CRF)."""
+    selected = (np.asarray(mask) > 0.5).astype(np.float32)
+    refined = crf_refine_mask(image, selected, confidence)
+    return refined if refined.any() else selected
 
 
 class AVEnsemble:
@@ -549,19 +565,24 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         return torch.stack(out, dim=2)  # (B, T, 2 + 3 x selections, H, W)
 
     q_eq6, q_kept = BinaryAccumulator(protocol="clean"), [BinaryAccumulator(protocol="clean") for _ in selections]
+    q_raw = [BinaryAccumulator(protocol="clean") for _ in selections]  # pseudo_crf: the selected masks before the CRF
     rows: list[list[np.ndarray]] = []
     labels: list[str] = []
     frames = gt_frames = 0
     silent = [0 for _ in selections]
     area_eq6 = 0.0
     area_kept = [0.0 for _ in selections]
+    crf_kept = [0 for _ in selections]  # pseudo_crf: non-empty masks the CRF left as selected (unchanged, or erased and restored)
     folder = ctx.path("pseudo")
     for fo in iterate_outputs(combine, train, ctx.device, batch_size=4, progress="audio-selected pseudo masks"):
         amap, sal = fo.output[:2]
-        sim, eq6, kept = fo.output[2:5]
+        sim, eq6 = fo.output[2:4]
         rel = fo.relpath(layout)
+        raw = [fo.output[4 + 3 * j] for j in range(len(selections))]  # each selection's audio-selected mask
+        written = [crf_pseudo_mask(denormalize(fo.frame), m, cfg.pseudo_crf_confidence) for m in raw] if cfg.pseudo_crf else raw
+        kept = written[0]
         for j, sel in enumerate(selections):
-            save_probability_png(fo.output[4 + 3 * j], folder / sel.folder / rel)
+            save_probability_png(written[j], folder / sel.folder / rel)
         save_probability_png(eq6, folder / "eq6" / rel)
         save_probability_png(sim, folder / "av-maps" / rel)
         if saliency is not None:
@@ -571,19 +592,21 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         area_eq6 += float(eq6.mean())
         for j, sel in enumerate(selections):
             silent[j] += int(quiet_frame and sel.silence_on)
-            area_kept[j] += float(fo.output[4 + 3 * j].mean())
+            crf_kept[j] += int(cfg.pseudo_crf and bool(raw[j].any()) and np.array_equal(written[j], raw[j] > 0.5))
+            area_kept[j] += float(written[j].mean())
         if fo.gt is not None:
             gt_frames += 1
             q_eq6.update(eq6[None], fo.gt[None])
             for j in range(len(selections)):
-                q_kept[j].update(fo.output[4 + 3 * j][None], fo.gt[None])
+                q_kept[j].update(written[j][None], fo.gt[None])
+                q_raw[j].update(raw[j][None], fo.gt[None])
             if len(rows) < 8:
                 rgb = denormalize(fo.frame)
                 rows.append([rgb, colormap(amap), colormap(sal), colormap(sim), mask_image(eq6), mask_image(kept), mask_image((fo.gt != 0).astype(np.float32))])
                 labels.append(f"{fo.record.video_id}#{fo.frame_number}")
     sheet = folder / "contact_sheet.png"
     if rows:
-        save_image_atomic(contact_sheet(rows, row_labels=labels, col_labels=COLUMNS), sheet)
+        save_image_atomic(contact_sheet(rows, row_labels=labels, col_labels=COLUMNS[:5] + (["selected + CRF"] if cfg.pseudo_crf else COLUMNS[5:6]) + COLUMNS[6:]), sheet)
 
     def quality(acc: BinaryAccumulator) -> dict[str, Any]:
         q = acc.compute() if gt_frames else {"miou": None, "fscore": None, "frames": 0}
@@ -598,12 +621,15 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         "area_eq6": area_eq6 / max(frames, 1), "area_kept": area_kept[0] / max(frames, 1),
         "contact_sheet": str(sheet) if rows else None,
         "av_checkpoint": checkpoints if mean else checkpoints[chosen],  # the mean's models (av_combine: mean) or the one used
+        "pseudo_crf": {"confidence": cfg.pseudo_crf_confidence, "quality_before": quality(q_raw[0]), "unchanged": crf_kept[0]} if cfg.pseudo_crf else None,
     }  # fmt: skip
     if second is not None:
         sel = selections[1]
         summary["c2am_alone"] = {"masks": str(folder / sel.folder), "threshold": sel.base_threshold, "av_threshold": sel.threshold, "av_model": None if mean else second[2],
                                  "av_silence_db": cfg.av_silence_db if sel.silence_on else None, "silent_frames": silent[1],
-                                 "quality": quality(q_kept[1]), "area_kept": area_kept[1] / max(frames, 1),
+                                 "quality": quality(q_kept[1]), "quality_before_crf": quality(q_raw[1]) if cfg.pseudo_crf else None,
+                                 "crf_unchanged": crf_kept[1] if cfg.pseudo_crf else None,
+                                 "area_kept": area_kept[1] / max(frames, 1),
                                  "av_checkpoint": checkpoints if mean else checkpoints[second[2]]}  # fmt: skip
     write_text_atomic(folder / "manifest.json", json.dumps(summary, indent=2, default=str))
     ctx.summary["pseudo_masks"] = summary
