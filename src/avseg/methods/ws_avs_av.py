@@ -61,6 +61,8 @@ variant keeps only the salient regions that an audio-visual similarity map selec
    MS3 a sixth of the frames show a silent second. ``av_silence_from: val`` writes the masks with or without
    that emptying by the validation score of the two (ties: without), so a dataset whose annotation marks
    the object in its quiet seconds too (S4: the object of the whole clip) keeps them.
+   ``pseudo_crf``: every mask written (each base's) is refined by a dense CRF on its frame (``crf_pseudo_mask``;
+   the mask as selected where the CRF would empty it), after every validation choice above.
 
    Written to ``pseudo/masks`` (what the segmenter trains on), with ``pseudo/eq6`` (before the audio
    selection), ``pseudo/av-maps``, a manifest holding the quality of both against the ground truth of
