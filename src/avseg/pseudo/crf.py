@@ -28,10 +28,11 @@ def _grid(h: int, w: int, max_side: int) -> tuple[int, int]:
 _EXP_FLOOR = -80.0
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=2)  # one entry is two (P, P) float32 tensors, 128 MB on the 64 x 64 grid; a run's frames share one grid
 def _grid_terms(gh: int, gw: int, sxy_bilateral: float, sxy_gaussian: float, w_gaussian: float) -> tuple[torch.Tensor, torch.Tensor]:
     """For a gh x gw grid: the bilateral kernel's spatial exponent -|dp|^2 / (2 sxy_b^2) and the whole smoothness
-    kernel w_g exp(-|dp|^2 / (2 sxy_g^2)), both (P, P); they depend on the grid only, so they are computed once."""
+    kernel w_g exp(-|dp|^2 / (2 sxy_g^2)), both (P, P); they depend on the grid only, so they are computed once
+    (callers read them, never write them)."""
     ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
     pos = torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=1)  # (P, 2)
     d_pos = (pos[:, None, :] - pos[None, :, :]).pow(2).sum(dim=2)
