@@ -656,6 +656,37 @@ def test_ws_avs_av_pseudo_crf_refines_every_written_pseudo_mask(synth_s4: Path, 
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("pseudo_crf_confidence=0.5",))
 
 
+def test_ws_avs_av_pseudo_crf_from_val_chooses_the_threshold_the_crf_scores_best(synth_s4: Path, tmp_path: Path) -> None:
+    """pseudo_crf_from: val re-chooses av_threshold on validation with the CRF applied to every candidate: the
+    recorded sweep's best value (ties: nearest 0.5) is used, and the masks written are those a run with that
+    threshold fixed (the same earlier stages, the CRF on) writes."""
+    common = ("av_threshold_from=val", "av_models=1", "refinement_from=config", "pseudo_crf=true", "av_select=components")
+    grid = [0.3, 0.5, 0.7, 0.9]
+    chosen_run = tmp_path / "val"
+    summaries = train_tiny("ws-avs-av", synth_s4, chosen_run, extra=(*common, "pseudo_crf_from=val", f"pseudo_crf_grid={grid}"))
+    pseudo = summaries["pseudo-masks"]
+    choice = pseudo["pseudo_crf"]["threshold_choice"]["masks"]
+    assert pseudo["pseudo_crf"]["from"] == "val" and set(pseudo["pseudo_crf"]["threshold_choice"]) == {"masks"}
+    sweep = {float(t): v for t, v in choice["sweep"].items()}
+    assert sorted(sweep) == grid and choice["frames"] > 0 and choice["before_crf"] == pseudo["av_threshold_choice"]["threshold"]
+    best = max(sweep, key=lambda t: (sweep[t], -abs(t - 0.5)))
+    assert choice["threshold"] == best == pseudo["av_threshold"] and round(choice["miou"], 5) == sweep[best]
+    assert len(set(sweep.values())) > 1  # the threshold matters after the CRF
+    before = pseudo["av_threshold_choice"]["sweep"]  # the same candidates scored without the CRF
+    assert any(abs(sweep[t] - before[f"{t:.2f}"]) > 1e-3 for t in (0.5, 0.7, 0.9))
+
+    fixed_run = tmp_path / "fixed"
+    train_tiny("ws-avs-av", synth_s4, fixed_run, extra=(*common, "pseudo_crf_from=config", f"av_threshold_grid=[{best}]"))
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+    written = files(chosen_run / "pseudo" / "masks")
+    assert len(written) == pseudo["frames"] and written == files(fixed_run / "pseudo" / "masks")
+    with pytest.raises(Exception, match="pseudo_crf_from: val needs pseudo_crf: true"):
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_threshold_from=val", "pseudo_crf=false", "pseudo_crf_from=val"))
+
+
 def test_ws_avs_av_keeps_the_segmenter_that_scores_better_on_validation(synth_s4: Path, tmp_path: Path) -> None:
     """refinement_from: segmenter writes the pseudo masks of both bases (Eq. 6 with the saliency map ->
     pseudo/masks, the C2AM mask alone -> pseudo/c2am-alone/masks, each as the run configured for that base alone

@@ -27,6 +27,9 @@ def _grid(h: int, w: int, max_side: int) -> tuple[int, int]:
 # longer); against the pairs that matter (weights of order 1e-3 and above) the change is below float precision.
 _EXP_FLOOR = -80.0
 
+# The kernels' defaults (grid pixels, colour levels, weights): appearance (bilateral) and smoothness terms.
+SXY_BILATERAL, SRGB, W_BILATERAL, SXY_GAUSSIAN, W_GAUSSIAN = 20.0, 13.0, 5.0, 1.5, 3.0
+
 
 @functools.lru_cache(maxsize=2)  # one entry is two (P, P) float32 tensors, 128 MB on the 64 x 64 grid; a run's frames share one grid
 def _grid_terms(gh: int, gw: int, sxy_bilateral: float, sxy_gaussian: float, w_gaussian: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,24 +54,30 @@ def _mean_field(
     sxy_gaussian: float,
     w_gaussian: float,
 ) -> torch.Tensor:
-    """Mean-field marginals (P, C) on the grid of ``probs`` (C, gh, gw); unary = -log(probs)."""
-    c, gh, gw = probs.shape
+    """Mean-field marginals on the grid of ``probs``: (C, gh, gw) -> (P, C); a batch (B, C, gh, gw) of
+    unaries on the same frame -> (P, B, C), each the marginals it would have alone (the kernel, which depends on
+    the frame only, is built once; each inference reads only its own marginals). Unary = -log(probs)."""
+    single = probs.dim() == 3
+    batch = probs[None] if single else probs
+    b, c, gh, gw = batch.shape
     img = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
     img = F.interpolate(img, size=(gh, gw), mode="bilinear", align_corners=False)[0].reshape(3, -1).T  # (P, 3)
-    unary = -torch.log(probs.reshape(c, -1).T.clamp(1e-5, 1.0))  # (P, C)
+    unary = -torch.log(batch.reshape(b, c, -1).permute(2, 0, 1).clamp(1e-5, 1.0))  # (P, B, C)
     spatial, smooth = _grid_terms(gh, gw, float(sxy_bilateral), float(sxy_gaussian), float(w_gaussian))
     sq = img.pow(2).sum(dim=1)
     # in place on one (P, P) buffer: |Ii - Ij|^2 = |Ii|^2 + |Ij|^2 - 2 Ii.Ij, then the bilateral exponent, its exp
     kernel = (img @ img.T).mul_(-2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0.0)
     kernel.mul_(-1.0 / (2 * srgb**2)).add_(spatial).clamp_(min=_EXP_FLOOR).exp_().mul_(w_bilateral).add_(smooth)
     kernel.fill_diagonal_(0.0)
-    q = torch.softmax(-unary, dim=1)
+    p = unary.shape[0]
+    q = torch.softmax(-unary, dim=2)
     for _ in range(iterations):
-        message = (q.T @ kernel).T  # (P, C): similarity-weighted label mass of all other pixels (the kernel is symmetric)
+        # (P, B, C): similarity-weighted label mass of all other pixels (the kernel is symmetric), every inference at once
+        message = (q.reshape(p, b * c).T @ kernel).T.reshape(p, b, c)
         # Potts: label l pays for the mass of every other label = total - own
-        energy = unary + message.sum(dim=1, keepdim=True) - message
-        q = torch.softmax(-energy, dim=1)
-    return q
+        energy = unary + message.sum(dim=2, keepdim=True) - message
+        q = torch.softmax(-energy, dim=2)
+    return q[:, 0] if single else q
 
 
 def dense_crf(
@@ -77,11 +86,11 @@ def dense_crf(
     threshold: float = 0.5,
     iterations: int = 5,
     max_side: int = 64,
-    sxy_bilateral: float = 20.0,
-    srgb: float = 13.0,
-    w_bilateral: float = 5.0,
-    sxy_gaussian: float = 1.5,
-    w_gaussian: float = 3.0,
+    sxy_bilateral: float = SXY_BILATERAL,
+    srgb: float = SRGB,
+    w_bilateral: float = W_BILATERAL,
+    sxy_gaussian: float = SXY_GAUSSIAN,
+    w_gaussian: float = W_GAUSSIAN,
     sharpness: float = 8.0,
 ) -> np.ndarray:
     """Refine a foreground map with a dense CRF.
@@ -119,13 +128,32 @@ def crf_refine_mask(image: np.ndarray, mask: np.ndarray, confidence: float = 0.7
     Returns:
         (H, W) float32 mask in {0, 1}.
     """
+    return crf_refine_masks(image, np.asarray(mask)[None], confidence, iterations, max_side)[0]
+
+
+def crf_refine_masks(image: np.ndarray, masks: np.ndarray, confidence: float = 0.7, iterations: int = 5, max_side: int = 64) -> np.ndarray:
+    """``crf_refine_mask`` of several masks on one frame, (K, H, W) -> (K, H, W) float32 in {0, 1}: each the
+    mask ``crf_refine_mask`` gives it alone, the frame's kernel built once (the costly part; each further mask
+    adds one (P, 2) column pair to the mean-field products)."""
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
-    binary = (np.asarray(mask) > 0.5).astype(np.float32)
-    if not binary.any():
-        return binary
+    binary = (np.asarray(masks) > 0.5).astype(np.float32)
+    if binary.ndim != 3:
+        raise ValueError(f"crf_refine_masks expects (K, H, W) masks, got shape {binary.shape}")
+    out = np.zeros_like(binary)
+    todo = [k for k in range(len(binary)) if binary[k].any()]  # an empty mask stays empty
+    if not todo:
+        return out
     sharpness = 2.0 * float(np.log(confidence / (1.0 - confidence)))  # sigmoid((p - 0.5) * sharpness) = confidence at p = 1
-    return dense_crf(image, binary, threshold=0.5, iterations=iterations, max_side=max_side, sharpness=sharpness)
+    k, h, w = binary[todo].shape
+    gh, gw = _grid(h, w, max_side)
+    p = F.interpolate(torch.from_numpy(binary[todo])[:, None], size=(gh, gw), mode="bilinear", align_corners=False)[:, 0]  # (k, gh, gw)
+    fg = torch.sigmoid((p - 0.5) * sharpness).clamp(1e-4, 1 - 1e-4)
+    q = _mean_field(image, torch.stack([1 - fg, fg], dim=1), iterations, SXY_BILATERAL, SRGB, W_BILATERAL, SXY_GAUSSIAN, W_GAUSSIAN)  # (P, k, 2)
+    fg_q = q[:, :, 1].T.reshape(k, 1, gh, gw)
+    refined = F.interpolate(fg_q, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    out[todo] = (refined > 0.5).float().numpy()
+    return out
 
 
 def dense_crf_multi(
@@ -133,11 +161,11 @@ def dense_crf_multi(
     probs: np.ndarray,
     iterations: int = 5,
     max_side: int = 64,
-    sxy_bilateral: float = 20.0,
-    srgb: float = 13.0,
-    w_bilateral: float = 5.0,
-    sxy_gaussian: float = 1.5,
-    w_gaussian: float = 3.0,
+    sxy_bilateral: float = SXY_BILATERAL,
+    srgb: float = SRGB,
+    w_bilateral: float = W_BILATERAL,
+    sxy_gaussian: float = SXY_GAUSSIAN,
+    w_gaussian: float = W_GAUSSIAN,
 ) -> np.ndarray:
     """Dense CRF for C labels: unary = -log(probs), the same kernels and mean field as ``dense_crf``.
 
