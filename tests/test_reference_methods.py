@@ -5,6 +5,7 @@ and the recipes (valid, and in sync with ws-avs where they share its settings)."
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -731,3 +732,33 @@ def test_ws_avs_av_keeps_the_segmenter_that_scores_better_on_validation(synth_s4
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=(*common, "refinement_from=segmenter", "select_best=false"))
     with pytest.raises(Exception, match="refinement_from: segmenter needs refinement: saliency and av_threshold_from: val"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=segmenter", "av_threshold_from=config"))
+
+
+@pytest.mark.parametrize("method", ["ws-avs", "supervised"])
+def test_crf_inference_refines_each_valid_frame_with_a_dense_crf(method: str, tiny_ws_run: Path, synth_s4: Path, tmp_path: Path) -> None:
+    """crf_inference: true (WS-AVS, WS-AVS-AV, the supervised reference) returns, for every valid frame, the
+    foreground marginal of the two-label dense CRF whose unary is the plain model's probability map; padding
+    frames keep the plain output; the same weights load either way."""
+    from avseg.data.avsbench import collate_videos
+    from avseg.methods.common import make_dataset
+    from avseg.methods.ws_avs import crf_foreground
+    from avseg.pseudo.crf import dense_crf_multi
+    from avseg.visualize import denormalize
+
+    run_dir = tiny_ws_run
+    if method == "supervised":
+        run_dir = tmp_path / "supervised"
+        train_tiny("supervised", synth_s4, run_dir)
+    spec, cfg = load_run(run_dir)
+    assert spec.name == method and cfg.crf_inference is False
+    plain = spec.load_predictor(cfg, run_dir, torch.device("cpu"))
+    refined = spec.load_predictor(dataclasses.replace(cfg, crf_inference=True), run_dir, torch.device("cpu"))
+    test = make_dataset(cfg.data, "test")
+    batch = collate_videos([test[0], test[1]])
+    batch = dataclasses.replace(batch, valid=batch.valid.clone())
+    batch.valid[1, 3:] = False  # as AVSS pads a short video
+    p, q = plain.predict(batch), refined.predict(batch)
+    assert torch.equal(q[1, 3:], p[1, 3:]) and not torch.equal(q, p)
+    assert torch.equal(q, crf_foreground(batch.frames, p, batch.valid))
+    expected = dense_crf_multi(denormalize(batch.frames[0, 2].numpy()), np.stack([1 - p[0, 2].numpy(), p[0, 2].numpy()]))[1]
+    assert np.allclose(q[0, 2].numpy(), expected, atol=1e-6)

@@ -42,6 +42,7 @@ class SupervisedConfig:
     train_frames: Literal["all", "masked"] = "all"
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=20, lr=1e-4, batch_size=16, optimizer="adam", schedule="constant"))
     select_best: bool = True
+    crf_inference: bool = False  # dense CRF on the predictions (inference only, ``ws_avs.crf_foreground``)
 
     def __post_init__(self) -> None:
         for name, table in (("visual", VISUAL_ENCODERS), ("audio", AUDIO_ENCODERS)):
@@ -64,7 +65,8 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def load_predictor(cfg: SupervisedConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
-    net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt")
+    net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight, mask_source="gt",
+                   crf_inference=cfg.crf_inference)  # fmt: skip
     load_model_weights(net, final_weights(run_dir, weights))
     return net.to(device).eval()
 

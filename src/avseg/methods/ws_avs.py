@@ -38,7 +38,7 @@ from avseg.models.heads import C2AMHead
 from avseg.models.segmenter import AVSegmenter
 from avseg.models.visual import encoder_channels
 from avseg.models.zoo import AUDIO_ENCODERS, VISUAL_ENCODERS, check_audio_frontend
-from avseg.pseudo.crf import dense_crf
+from avseg.pseudo.crf import dense_crf, dense_crf_multi
 from avseg.pseudo.writer import PseudoMaskWriter, frame_relpaths
 from avseg.types import AVBatch
 from avseg.visualize import denormalize
@@ -80,7 +80,8 @@ class WSAVSConfig:
     # Rings of outermost C2AM feature cells replaced by the frame's median before the map is upsampled (0 = the
     # paper's map). Those cells see mostly zero padding, and a trained head can light them whatever the image.
     c2am_border: int = 0
-    crf: bool = False
+    crf: bool = False  # dense CRF on the training frames' initial masks
+    crf_inference: bool = False  # dense CRF on the final model's predictions (inference only: ``crf_foreground``)
     saliency_visual: str = "resnet50"
     saliency_weights: str = "imagenet"
     c2am_train: TrainSettings = field(default_factory=lambda: _default_train(10, lr=1e-4, batch_size=64))
@@ -211,13 +212,16 @@ class WSAVSNet(nn.Module):
 
     output = "binary"
 
-    def __init__(self, segmenter: AVSegmenter, tau: float, scale_by_tau: bool, m2icl_weight: float, mask_source: str = "pseudo") -> None:
+    def __init__(
+        self, segmenter: AVSegmenter, tau: float, scale_by_tau: bool, m2icl_weight: float, mask_source: str = "pseudo", crf_inference: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.segmenter = segmenter
         self.tau = tau
         self.scale_by_tau = scale_by_tau
         self.m2icl_weight = m2icl_weight
         self.mask_source = mask_source
+        self.crf_inference = crf_inference  # predict: each frame's probabilities refined by a dense CRF (``crf_foreground``)
 
     def forward(self, batch: AVBatch) -> dict[str, Tensor]:
         b, t = batch.frames.shape[:2]
@@ -252,7 +256,21 @@ class WSAVSNet(nn.Module):
         """(B, T, H, W) sounding-object probabilities."""
         b, t = batch.frames.shape[:2]
         out = self.segmenter(batch.frames.flatten(0, 1), batch.audio.flatten(0, 1) if batch.audio is not None else None)
-        return torch.sigmoid(out.logits[:, 0]).view(b, t, *batch.frames.shape[-2:])
+        probs = torch.sigmoid(out.logits[:, 0]).view(b, t, *batch.frames.shape[-2:])
+        return crf_foreground(batch.frames, probs, batch.valid) if self.crf_inference else probs
+
+
+def crf_foreground(frames: Tensor, probs: Tensor, valid: Tensor) -> Tensor:
+    """``crf_inference``: the foreground probabilities (B, T, H, W) of the valid frames (``valid`` (B, T)) refined by
+    a dense CRF on their frames (``frames`` (B, T, 3, H, W), normalised): unary -log p / -log(1 - p), the
+    appearance and smoothness kernels of ``pseudo.crf`` (PCAS's ``crf: true`` on two labels). Returns the CRF's
+    foreground marginals; padding frames unchanged. The CRF pulls a blob to the edges of the object under it."""
+    out = probs.clone()
+    for i, j in valid.nonzero().tolist():
+        p = probs[i, j].float().cpu().numpy()
+        refined = dense_crf_multi(denormalize(frames[i, j].cpu().numpy()), np.stack([1.0 - p, p]))[1]
+        out[i, j] = torch.from_numpy(refined).to(out)
+    return out
 
 
 def build_segmenter(cfg: Any, use_audio: bool = True) -> AVSegmenter:
@@ -476,7 +494,8 @@ def stages(cfg: WSAVSConfig) -> list[Stage]:
 
 
 def load_predictor(cfg: WSAVSConfig, run_dir: Path | None, device: torch.device, weights: Path | None = None) -> nn.Module:
-    net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight)
+    net = WSAVSNet(build_segmenter(without_pretrained_weights(cfg)), tau=cfg.tau, scale_by_tau=cfg.m2icl_scale_by_tau, m2icl_weight=cfg.m2icl_weight,
+                   crf_inference=cfg.crf_inference)  # fmt: skip
     load_model_weights(net, final_weights(run_dir, weights))
     return net.to(device).eval()
 
