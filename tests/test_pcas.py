@@ -543,7 +543,7 @@ def test_batched_mean_field_and_crf_refine_masks_equal_one_inference_at_a_time()
     assert batched.shape == (gh * gw, 3, 2)
     for b in range(3):
         alone = _mean_field(image, probs[b], 5, 20.0, 13.0, 5.0, 1.5, 3.0)
-        assert torch.allclose(batched[:, b], alone, atol=1e-3)  # float32 products of other shapes: 4e-5 measured; mixing inferences moves them by far more
+        assert torch.equal(batched[:, b], alone)  # the same products: written masks do not depend on what else the frame refines
     assert not torch.allclose(batched[:, 0], batched[:, 1], atol=1e-2)
 
     frame = (rng.random((64, 64, 3)) * 80 + 60).astype(np.uint8)

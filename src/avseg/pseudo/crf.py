@@ -55,8 +55,8 @@ def _mean_field(
     w_gaussian: float,
 ) -> torch.Tensor:
     """Mean-field marginals on the grid of ``probs``: (C, gh, gw) -> (P, C); a batch (B, C, gh, gw) of
-    unaries on the same frame -> (P, B, C), each the marginals it would have alone (the kernel, which depends on
-    the frame only, is built once; each inference reads only its own marginals). Unary = -log(probs)."""
+    unaries on the same frame -> (P, B, C), each exactly the marginals it has alone (the kernel, which depends on
+    the frame only, is built once). Unary = -log(probs)."""
     single = probs.dim() == 3
     batch = probs[None] if single else probs
     b, c, gh, gw = batch.shape
@@ -72,8 +72,9 @@ def _mean_field(
     p = unary.shape[0]
     q = torch.softmax(-unary, dim=2)
     for _ in range(iterations):
-        # (P, B, C): similarity-weighted label mass of all other pixels (the kernel is symmetric), every inference at once
-        message = (q.reshape(p, b * c).T @ kernel).T.reshape(p, b, c)
+        # (P, B, C): similarity-weighted label mass of all other pixels (the kernel is symmetric); one product per
+        # inference, of the same shape as alone, so a batched inference gives exactly what it gives alone
+        message = torch.stack([(q[:, i].T @ kernel).T for i in range(b)], dim=1)
         # Potts: label l pays for the mass of every other label = total - own
         energy = unary + message.sum(dim=2, keepdim=True) - message
         q = torch.softmax(-energy, dim=2)
