@@ -89,7 +89,7 @@ def test_ws_avs_av_pseudo_masks_are_audio_selected(synth_s4: Path, tmp_path: Pat
     from avseg.data.layout import prediction_relpath
 
     run_dir = tmp_path / "ws-avs-av"
-    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("pseudo_crf=false",))  # the CRF may grow a mask past Eq. 6
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("pseudo_crf=false", "pseudo_crf_from=config"))  # the CRF may grow a mask past Eq. 6
     assert list(summaries) == ["c2am", "activation-maps", "saliency", "av-model", "pseudo-masks", "segmenter"]
     pseudo = summaries["pseudo-masks"]
     assert set(pseudo["quality"]) >= {"miou", "fscore"} and set(pseudo["quality_eq6"]) >= {"miou", "fscore"}
@@ -166,7 +166,7 @@ def test_ws_avs_av_threshold_chosen_on_validation(synth_s4: Path, tmp_path: Path
     from avseg.methods.common import THRESHOLD_GRID
 
     run_dir = tmp_path / "ws-avs-av"
-    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_threshold=0.6", "av_models=1"))
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_threshold=0.6", "av_models=1", "pseudo_crf_from=config"))
     pseudo = summaries["pseudo-masks"]
     choice = pseudo["av_threshold_choice"]
     assert choice["split"] == "val" and choice["frames"] > 0 and choice["threshold"] in THRESHOLD_GRID and choice["threshold"] >= 0.5
@@ -194,8 +194,8 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
     from avseg.methods import ws_avs_av
 
     single, several = tmp_path / "one", tmp_path / "three"
-    train_tiny("ws-avs-av", synth_s4, single, extra=("av_threshold_from=val", "av_models=1"))
-    summaries = train_tiny("ws-avs-av", synth_s4, several, extra=("av_threshold_from=val", "av_models=3", "av_combine=best"))  # ws-avs-av/demo before session 17
+    train_tiny("ws-avs-av", synth_s4, single, extra=("av_threshold_from=val", "av_models=1", "pseudo_crf_from=config"))
+    summaries = train_tiny("ws-avs-av", synth_s4, several, extra=("av_threshold_from=val", "av_models=3", "av_combine=best", "pseudo_crf_from=config"))  # ws-avs-av/demo before session 17
     weights = [several / "av-model" / "last.safetensors", several / "av-model" / "draw-1" / "last.safetensors", several / "av-model" / "draw-2" / "last.safetensors"]
     assert weights[0].read_bytes() == (single / "av-model" / "last.safetensors").read_bytes()
     assert len({w.read_bytes() for w in weights}) == 3
@@ -219,7 +219,7 @@ def test_ws_avs_av_keeps_best_of_several_av_models(synth_s4: Path, tmp_path: Pat
             on_train = ws_avs_av.choose_av_threshold(cfg, c2am, flip, saliency, av_model, device, split="train")
             assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
     with pytest.raises(Exception, match="av_models: 2 with av_combine: best needs av_threshold_from: val"):
-        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config", "av_combine=best"))
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=2", "av_threshold_from=config", "pseudo_crf_from=config", "av_combine=best"))
     with pytest.raises(Exception, match="av_models must be >= 1, got 0"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("av_models=0",))
 
@@ -255,7 +255,7 @@ def test_ws_avs_av_averages_several_av_models(synth_s4: Path, tmp_path: Path) ->
     maps = [torch.rand(1, 2, 4, 4) for _ in range(3)]
     assert torch.allclose(ws_avs_av.mean_map(maps), (maps[0] + maps[1] + maps[2]) / 3)
     # the mean needs no validation split (a configured threshold selects from it) and is the only other mode
-    build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_threshold_from=config", "av_silence_from=config", "refinement_from=config", "av_models=2", "av_combine=mean"])
+    build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_threshold_from=config", "pseudo_crf_from=config", "av_silence_from=config", "refinement_from=config", "av_models=2", "av_combine=mean"])
     with pytest.raises(Exception, match="av_combine"):
         build_config("ws-avs-av", "ws-avs-av/demo", str(synth_s4), "s4", QUICK, SIZE, [*TINY["ws-avs-av"], "av_combine=median"])
 
@@ -270,7 +270,7 @@ def test_ws_avs_av_chooses_eq6_or_c2am_alone_on_validation(synth_s4: Path, tmp_p
     from avseg.methods import ws_avs_av
 
     run_dir = tmp_path / "both"
-    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_models=1", "refinement_from=val", "c2am_alone_threshold=0.4", "pseudo_crf=false"))
+    summaries = train_tiny("ws-avs-av", synth_s4, run_dir, extra=("av_threshold_from=val", "av_models=1", "refinement_from=val", "c2am_alone_threshold=0.4", "pseudo_crf=false", "pseudo_crf_from=config"))
     pseudo = summaries["pseudo-masks"]
     bases = pseudo["refinement_choice"]
     assert set(bases["miou"]) == {"saliency", "c2am"} and bases["c2am_alone_threshold"] == 0.4
@@ -293,7 +293,7 @@ def test_ws_avs_av_chooses_eq6_or_c2am_alone_on_validation(synth_s4: Path, tmp_p
     on_train = ws_avs_av.choose_av_thresholds(cfg, c2am, flip, saliency, [av_model], device, split="train", alone=0.4)[int(kept == "c2am")]
     assert on_train["sweep"][f"{pseudo['av_threshold']:.2f}"] == pytest.approx(pseudo["quality"]["miou"], abs=1e-4)
     with pytest.raises(Exception, match="refinement_from: val needs refinement: saliency and av_threshold_from: val"):
-        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=val", "av_threshold_from=config"))
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=val", "av_threshold_from=config", "pseudo_crf_from=config"))
     with pytest.raises(Exception, match="refinement_from: val needs refinement: saliency"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=val", "refinement=c2am", "av_threshold_from=val"))
     with pytest.raises(Exception, match=r"c2am_alone_threshold must be in \(0, 1\), got 1.0"):
@@ -337,7 +337,7 @@ def test_ws_avs_av_empties_pseudo_masks_of_quiet_seconds(tmp_path: Path) -> None
 
     # av_silence_from: val scores the masks with the quiet frames kept and emptied, and writes the better
     run_dir = tmp_path / "chosen"
-    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6", "av_silence_from=val", "pseudo_crf=false"))
+    summaries = train_tiny("ws-avs-av", root, run_dir, layout="ms3", extra=("av_threshold_from=val", "av_models=1", "av_silence_db=6", "av_silence_from=val", "pseudo_crf=false", "pseudo_crf_from=config"))
     pseudo = summaries["pseudo-masks"]
     choice = pseudo["silence_choice"]
     cfg, c2am, flip, saliency = load_selection_inputs(run_dir)
@@ -630,9 +630,9 @@ def test_ws_avs_av_pseudo_crf_refines_every_written_pseudo_mask(synth_s4: Path, 
     from avseg.pseudo.crf import crf_refine_mask
     from avseg.visualize import denormalize
 
-    common = ("av_threshold_from=val", "av_models=1", "c2am_alone_threshold=0.4", "refinement_from=segmenter")
+    common = ("av_threshold_from=val", "av_models=1", "c2am_alone_threshold=0.4", "refinement_from=segmenter", "pseudo_crf_from=config")
     plain, refined = tmp_path / "plain", tmp_path / "crf"
-    base = train_tiny("ws-avs-av", synth_s4, plain, extra=(*common, "pseudo_crf=false"))
+    base = train_tiny("ws-avs-av", synth_s4, plain, extra=(*common, "pseudo_crf=false", "pseudo_crf_from=config"))
     summaries = train_tiny("ws-avs-av", synth_s4, refined, extra=(*common, "pseudo_crf=true", "pseudo_crf_confidence=0.8"))
     pseudo = summaries["pseudo-masks"]
     assert {k: pseudo["pseudo_crf"][k] for k in ("confidence", "quality_before")} == {"confidence": 0.8, "quality_before": base["pseudo-masks"]["quality"]}
@@ -731,7 +731,7 @@ def test_ws_avs_av_keeps_the_segmenter_that_scores_better_on_validation(synth_s4
     with pytest.raises(Exception, match="refinement_from: segmenter needs select_best: true"):
         train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=(*common, "refinement_from=segmenter", "select_best=false"))
     with pytest.raises(Exception, match="refinement_from: segmenter needs refinement: saliency and av_threshold_from: val"):
-        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=segmenter", "av_threshold_from=config"))
+        train_tiny("ws-avs-av", synth_s4, tmp_path / "bad", extra=("refinement_from=segmenter", "av_threshold_from=config", "pseudo_crf_from=config"))
 
 
 @pytest.mark.parametrize("method", ["ws-avs", "supervised"])

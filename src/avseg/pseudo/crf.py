@@ -53,10 +53,13 @@ def _mean_field(
     w_bilateral: float,
     sxy_gaussian: float,
     w_gaussian: float,
+    one_product: bool = False,
 ) -> torch.Tensor:
     """Mean-field marginals on the grid of ``probs``: (C, gh, gw) -> (P, C); a batch (B, C, gh, gw) of
     unaries on the same frame -> (P, B, C), each exactly the marginals it has alone (the kernel, which depends on
-    the frame only, is built once). Unary = -log(probs)."""
+    the frame only, is built once). Unary = -log(probs). ``one_product``: the batch's messages in one matrix
+    product per iteration (the kernel read once, ~4x faster for 18 inferences at 64 x 64), each marginal then
+    within ~1e-4 of its value alone instead of equal to it (products of another shape round differently)."""
     single = probs.dim() == 3
     batch = probs[None] if single else probs
     b, c, gh, gw = batch.shape
@@ -74,7 +77,10 @@ def _mean_field(
     for _ in range(iterations):
         # (P, B, C): similarity-weighted label mass of all other pixels (the kernel is symmetric); one product per
         # inference, of the same shape as alone, so a batched inference gives exactly what it gives alone
-        message = torch.stack([(q[:, i].T @ kernel).T for i in range(b)], dim=1)
+        if one_product:
+            message = (q.reshape(p, b * c).T @ kernel).T.reshape(p, b, c)
+        else:
+            message = torch.stack([(q[:, i].T @ kernel).T for i in range(b)], dim=1)
         # Potts: label l pays for the mass of every other label = total - own
         energy = unary + message.sum(dim=2, keepdim=True) - message
         q = torch.softmax(-energy, dim=2)
@@ -132,10 +138,13 @@ def crf_refine_mask(image: np.ndarray, mask: np.ndarray, confidence: float = 0.7
     return crf_refine_masks(image, np.asarray(mask)[None], confidence, iterations, max_side)[0]
 
 
-def crf_refine_masks(image: np.ndarray, masks: np.ndarray, confidence: float = 0.7, iterations: int = 5, max_side: int = 64) -> np.ndarray:
+def crf_refine_masks(
+    image: np.ndarray, masks: np.ndarray, confidence: float = 0.7, iterations: int = 5, max_side: int = 64, one_product: bool = False,
+) -> np.ndarray:  # fmt: skip
     """``crf_refine_mask`` of several masks on one frame, (K, H, W) -> (K, H, W) float32 in {0, 1}: each the
-    mask ``crf_refine_mask`` gives it alone, the frame's kernel built once (the costly part; each further mask
-    adds one (P, 2) column pair to the mean-field products)."""
+    mask ``crf_refine_mask`` gives it alone, the frame's kernel built once (the costly part). ``one_product``
+    (``_mean_field``): faster for many masks, a pixel whose marginal lies within ~1e-4 of 0.5 may then differ
+    from the mask refined alone (for scoring candidates, not for writing masks)."""
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
     binary = (np.asarray(masks) > 0.5).astype(np.float32)
@@ -150,7 +159,7 @@ def crf_refine_masks(image: np.ndarray, masks: np.ndarray, confidence: float = 0
     gh, gw = _grid(h, w, max_side)
     p = F.interpolate(torch.from_numpy(binary[todo])[:, None], size=(gh, gw), mode="bilinear", align_corners=False)[:, 0]  # (k, gh, gw)
     fg = torch.sigmoid((p - 0.5) * sharpness).clamp(1e-4, 1 - 1e-4)
-    q = _mean_field(image, torch.stack([1 - fg, fg], dim=1), iterations, SXY_BILATERAL, SRGB, W_BILATERAL, SXY_GAUSSIAN, W_GAUSSIAN)  # (P, k, 2)
+    q = _mean_field(image, torch.stack([1 - fg, fg], dim=1), iterations, SXY_BILATERAL, SRGB, W_BILATERAL, SXY_GAUSSIAN, W_GAUSSIAN, one_product)  # (P, k, 2)
     fg_q = q[:, :, 1].T.reshape(k, 1, gh, gw)
     refined = F.interpolate(fg_q, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
     out[todo] = (refined > 0.5).float().numpy()
