@@ -133,7 +133,9 @@ def _display_matrix(frame) -> tuple[float, float, float, float] | None:
     x' = a x + c y, y' = b x + d y (libavutil/display.h).
     """
     try:
-        entries = list(frame.side_data)
+        container = frame.side_data
+        # PyAV <= 18.1.0 iterates SideData objects; 18.1.1 iterates its keys (side-data types) like a mapping
+        entries = [item if hasattr(item, "type") else container[item] for item in list(container)]
     except Exception:
         return None
     for sd in entries:
