@@ -404,6 +404,15 @@ def sweep_selection(
     return {float(t): float(frame_iou_clean(select_by_audio(eq6, sim, mode, t, keep_best, proposals).float(), gts).sum()) for t in grid}
 
 
+def stored_activation(c2am: ws_avs.C2AMNet, batch: AVBatch, flip: bool) -> Tensor:
+    """(B, T, H, W) the C2AM map A of a batch's frames with polarity ``flip``, quantised to 8 bits as the
+    activation-maps stage stores it (``save_probability_png``): the validation choices see the maps the training
+    frames' pseudo masks are made from."""
+    b, t = batch.frames.shape[:2]
+    a = c2am.activation(batch.frames.flatten(0, 1), flip=flip)
+    return (torch.floor(a.clamp(0, 1) * 255.0 + 0.5) / 255.0).view(b, t, *a.shape[-2:])
+
+
 def choose_av_threshold(
     cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, av_model: EZVSLNet | AVEnsemble, device: torch.device,
     split: str = "val", grid: Sequence[float] = THRESHOLD_GRID, chunk: int = 32,
@@ -441,9 +450,7 @@ def choose_av_thresholds(
     gate = SilenceGate(dataset.records, cfg.av_silence_db) if cfg.av_silence_db is not None and any(passes) else None
 
     def inputs(batch: AVBatch) -> Tensor:
-        b, t = batch.frames.shape[:2]
-        a = c2am.activation(batch.frames.flatten(0, 1), flip=flip)
-        a = (torch.floor(a.clamp(0, 1) * 255.0 + 0.5) / 255.0).view(b, t, *a.shape[-2:])  # as save_probability_png rounds
+        a = stored_activation(c2am, batch, flip)
         eq6 = a > cfg.c2am_threshold if saliency is None else ws_avs.eq6_mask(a, saliency.predict(batch), cfg.eq6_floor)
         sims = [m.av_map(batch) for m in av_models]
         if with_mean:
@@ -486,6 +493,11 @@ class Selection:
     threshold: float
     av_model: EZVSLNet | AVEnsemble
 
+    def base(self, a: Tensor, sal: Tensor, eq6_floor: float) -> Tensor:
+        """The audio-agnostic mask the audio-visual map selects from (any shape): A > ``base_threshold`` (the C2AM
+        mask alone) or Eq. 6 with the saliency map ``sal``; quiet frames not yet emptied."""
+        return a > self.base_threshold if self.refinement == "c2am" else ws_avs.eq6_mask(a, sal, eq6_floor)
+
 
 def choose_crf_thresholds(
     cfg: WSAVSAudioConfig, c2am: ws_avs.C2AMNet, flip: bool, saliency: ws_avs.SaliencyNet | None, selections: Sequence[Selection],
@@ -508,9 +520,7 @@ def choose_crf_thresholds(
     keys = list(selectors)
 
     def inputs(batch: AVBatch) -> Tensor:
-        b, t = batch.frames.shape[:2]
-        a = c2am.activation(batch.frames.flatten(0, 1), flip=flip)
-        a = (torch.floor(a.clamp(0, 1) * 255.0 + 0.5) / 255.0).view(b, t, *a.shape[-2:])  # as save_probability_png rounds
+        a = stored_activation(c2am, batch, flip)
         sal = torch.zeros_like(a) if saliency is None else saliency.predict(batch)
         quiet = torch.zeros_like(a, dtype=torch.bool) if gate is None else gate(batch)[:, :, None, None].expand_as(a)
         return torch.stack([a, sal, quiet.float(), *(selectors[k].av_map(batch) for k in keys)], dim=2)  # (B, T, 3 + maps, H, W)
@@ -524,7 +534,7 @@ def choose_crf_thresholds(
         a, sal, quiet = out[0], out[1], out[2] > 0.5
         candidates = []
         for sel in selections:
-            base = a > sel.base_threshold if sel.refinement == "c2am" else ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
+            base = sel.base(a, sal, cfg.eq6_floor)
             base = base & ~quiet if sel.silence_on else base
             sim = out[3 + keys.index(id(sel.av_model))]
             proposals = (a > sel.base_threshold)[None] if cfg.av_regions == "activation" else None
@@ -648,8 +658,7 @@ def stage_pseudo_masks(ctx: StageContext) -> dict[str, Any]:
         sims = {key: model.av_map(batch) for key, model in selectors.items()}  # (B, T, H, W) each
         out = [a, sal]
         for sel in selections:
-            eq6 = a > sel.base_threshold if sel.refinement == "c2am" else ws_avs.eq6_mask(a, sal, cfg.eq6_floor)
-            eq6 = silenced(eq6, quiet if sel.silence_on else None)  # the selection keeps a subset: quiet frames stay empty
+            eq6 = silenced(sel.base(a, sal, cfg.eq6_floor), quiet if sel.silence_on else None)  # the selection keeps a subset: quiet frames stay empty
             sim = sims[id(sel.av_model)]
             proposals = (a > sel.base_threshold).flatten(0, 1) if cfg.av_regions == "activation" else None
             kept = select_by_audio(eq6.flatten(0, 1), sim.flatten(0, 1), cfg.av_select, sel.threshold, cfg.av_keep_best, proposals).view_as(eq6)

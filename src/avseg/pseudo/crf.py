@@ -29,6 +29,7 @@ _EXP_FLOOR = -80.0
 
 # The kernels' defaults (grid pixels, colour levels, weights): appearance (bilateral) and smoothness terms.
 SXY_BILATERAL, SRGB, W_BILATERAL, SXY_GAUSSIAN, W_GAUSSIAN = 20.0, 13.0, 5.0, 1.5, 3.0
+_DEFAULT_KERNELS = (SXY_BILATERAL, SRGB, W_BILATERAL, SXY_GAUSSIAN, W_GAUSSIAN)
 
 
 @functools.lru_cache(maxsize=2)  # one entry is two (P, P) float32 tensors, 128 MB on the 64 x 64 grid; a run's frames share one grid
@@ -109,19 +110,28 @@ def dense_crf(
     Returns:
         (H, W) float32 mask in {0, 1}.
     """
-    h, w = prob.shape
+    kernels = (sxy_bilateral, srgb, w_bilateral, sxy_gaussian, w_gaussian)
+    return _dense_crf_maps(image, np.asarray(prob)[None], threshold, iterations, max_side, kernels, sharpness)[0]
+
+
+def _dense_crf_maps(
+    image: np.ndarray, probs: np.ndarray, threshold: float, iterations: int, max_side: int, kernels: tuple[float, float, float, float, float],
+    sharpness: float, one_product: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """``dense_crf`` of K foreground maps of one frame, (K, H, W) -> (K, H, W) float32 in {0, 1}: each map
+    resampled to the grid, its unary sigmoid((p - threshold) * sharpness), one ``_mean_field`` for all (the
+    frame's kernel built once), the foreground marginal resampled back and cut at 0.5."""
+    k, h, w = probs.shape
     gh, gw = _grid(h, w, max_side)
-    p = torch.from_numpy(prob.astype(np.float32))[None, None]
-    p = F.interpolate(p, size=(gh, gw), mode="bilinear", align_corners=False).reshape(gh, gw)
+    p = F.interpolate(torch.from_numpy(probs.astype(np.float32))[:, None], size=(gh, gw), mode="bilinear", align_corners=False)[:, 0]  # (K, gh, gw)
     fg = torch.sigmoid((p - threshold) * sharpness).clamp(1e-4, 1 - 1e-4)
-    q = _mean_field(image, torch.stack([1 - fg, fg]), iterations, sxy_bilateral, srgb, w_bilateral, sxy_gaussian, w_gaussian)
-    out = q[:, 1].reshape(1, 1, gh, gw)
-    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    q = _mean_field(image, torch.stack([1 - fg, fg], dim=1), iterations, *kernels, one_product)  # (P, K, 2)
+    out = F.interpolate(q[:, :, 1].T.reshape(k, 1, gh, gw), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
     return (out > 0.5).float().numpy()
 
 
 def crf_refine_mask(image: np.ndarray, mask: np.ndarray, confidence: float = 0.7, iterations: int = 5, max_side: int = 64) -> np.ndarray:
-    """A binary mask refined by ``dense_crf``: the unary says foreground with probability ``confidence`` inside
+    """A binary mask refined by ``dense_crf``'s CRF: the unary says foreground with probability ``confidence`` inside
     ``mask`` and 1 - ``confidence`` outside, so the pairwise terms can move the boundary to the image's edges.
     The pairwise terms are not normalised (each pixel's message is a sum over every pixel of similar colour
     and position), so over a uniform object they outweigh the unary: the CRF acts as a vote, a mask covering
@@ -155,14 +165,7 @@ def crf_refine_masks(
     if not todo:
         return out
     sharpness = 2.0 * float(np.log(confidence / (1.0 - confidence)))  # sigmoid((p - 0.5) * sharpness) = confidence at p = 1
-    k, h, w = binary[todo].shape
-    gh, gw = _grid(h, w, max_side)
-    p = F.interpolate(torch.from_numpy(binary[todo])[:, None], size=(gh, gw), mode="bilinear", align_corners=False)[:, 0]  # (k, gh, gw)
-    fg = torch.sigmoid((p - 0.5) * sharpness).clamp(1e-4, 1 - 1e-4)
-    q = _mean_field(image, torch.stack([1 - fg, fg], dim=1), iterations, SXY_BILATERAL, SRGB, W_BILATERAL, SXY_GAUSSIAN, W_GAUSSIAN, one_product)  # (P, k, 2)
-    fg_q = q[:, :, 1].T.reshape(k, 1, gh, gw)
-    refined = F.interpolate(fg_q, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    out[todo] = (refined > 0.5).float().numpy()
+    out[todo] = _dense_crf_maps(image, binary[todo], 0.5, iterations, max_side, _DEFAULT_KERNELS, sharpness, one_product)
     return out
 
 
